@@ -1,0 +1,223 @@
+"""The stage contract: what a stage program is given, and what it must leave behind.
+
+A stage is `python -m sil_stages <stage> --config <json or @file>`; the same command runs in a Job's container
+and as a local subprocess. The config names the loop, the iteration and every input and output as store URIs,
+so a stage needs nothing else (no Kubernetes API, no operator import).
+
+A stage writes its outputs first and its manifest (`_manifest.json`: files with sizes and sha256, metrics) as
+its *last* write. No manifest means the stage did not finish; a manifest means it did, and running the stage
+again is a no-op. Both runners (the operator and `sil run`) rely on this and on nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STAGES: tuple[str, ...] = ("acquire", "select", "optimize", "evaluate")
+"""The stage order of one iteration."""
+
+MANIFEST_NAME = "_manifest.json"
+CHAMPION_NAME = "champion.json"
+
+StageName = Literal["acquire", "select", "optimize", "evaluate"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def iteration_uri(storage_uri: str, iteration: int) -> str:
+    return f"{storage_uri.rstrip('/')}/iterations/{iteration}"
+
+
+def stage_uri(storage_uri: str, iteration: int, stage: str) -> str:
+    """`<storage>/iterations/<k>/<stage>`: everything a stage writes lives under here."""
+    return f"{iteration_uri(storage_uri, iteration)}/{stage}"
+
+
+def manifest_uri(stage_dir_uri: str) -> str:
+    return f"{stage_dir_uri.rstrip('/')}/{MANIFEST_NAME}"
+
+
+def champion_uri(storage_uri: str) -> str:
+    return f"{storage_uri.rstrip('/')}/{CHAMPION_NAME}"
+
+
+class StorageOptions(_Frozen):
+    """How to reach the store. Credentials never appear here: they come from the environment."""
+
+    uri: str
+    endpoint: str | None = None
+    region: str | None = None
+
+
+class SamplingConfig(_Frozen):
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+
+
+class ScorerConfig(_Frozen):
+    type: Literal["verifier", "majority-vote"] = "verifier"
+    verifier: str = "exact-match"
+    """`exact-match` (normalized answer equals the record's `answer`) or a user function `module:function`."""
+    answer_pattern: str | None = None
+    """A regex whose first group (or whole match) extracts the answer from a completion."""
+
+
+class KeepConfig(_Frozen):
+    min_score: float = 1.0
+    max_per_prompt: int | None = None
+    dedupe: bool = True
+
+
+class Hyperparameters(_Frozen):
+    learning_rate: float = 1e-4
+    epochs: float = 1.0
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int | None = None
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    lr_scheduler: str = "linear"
+    max_length: int = 256
+    seed: int = 0
+    bf16: bool | None = None
+    """None: bf16 when a CUDA device supports it, fp32 otherwise."""
+    deepspeed: str | None = None
+    """Path or JSON of a DeepSpeed config (GPU only)."""
+
+
+class EvalDatasetConfig(_Frozen):
+    name: str
+    uri: str
+
+
+class RefinementConfig(_Frozen):
+    method: Literal["none", "self-consistency"] = "self-consistency"
+    samples: int = 8
+    temperature: float = 0.7
+
+
+class MetricLabels(_Frozen):
+    """The labels every metric of this loop carries (Prometheus conventions: snake_case keys)."""
+
+    namespace: str
+    loop: str
+    iteration: int
+
+
+class _StageConfigBase(_Frozen):
+    loop: str
+    namespace: str = "default"
+    iteration: int = Field(ge=1)
+    storage: StorageOptions
+    output_uri: str
+    """The stage directory; outputs and the manifest go here."""
+    seed: int = 0
+
+
+class AcquireConfig(_StageConfigBase):
+    stage: Literal["acquire"] = "acquire"
+    model_uri: str
+    prompts_uri: str
+    per_iteration: int | None = None
+    """How many prompts to draw this iteration (a deterministic draw seeded by the iteration); None: all."""
+    samples_per_prompt: int = 4
+    sampling: SamplingConfig = SamplingConfig()
+    engine: Literal["transformers", "vllm"] = "transformers"
+    batch_size: int = 64
+
+
+class SelectConfig(_StageConfigBase):
+    stage: Literal["select"] = "select"
+    samples_uri: str
+    scorer: ScorerConfig = ScorerConfig()
+    keep: KeepConfig = KeepConfig()
+
+
+class OptimizeConfig(_StageConfigBase):
+    stage: Literal["optimize"] = "optimize"
+    train_uri: str
+    init_model_uri: str
+    method: Literal["sft"] = "sft"
+    hyperparameters: Hyperparameters = Hyperparameters()
+
+
+class EvaluateConfig(_StageConfigBase):
+    stage: Literal["evaluate"] = "evaluate"
+    candidate_uri: str
+    champion_uri: str
+    datasets: tuple[EvalDatasetConfig, ...]
+    refinement: RefinementConfig = RefinementConfig()
+    verifier: str = "exact-match"
+    answer_pattern: str | None = None
+    max_new_tokens: int = 32
+    batch_size: int = 64
+    engine: Literal["transformers", "vllm"] = "transformers"
+
+
+StageConfig = Annotated[
+    AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig, Field(discriminator="stage")
+]
+
+
+class StageConfigEnvelope(BaseModel):
+    """Parses any stage config by its `stage` field."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    config: StageConfig
+
+
+def parse_stage_config(raw: str | dict[str, Any]) -> AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig:
+    data = json.loads(raw) if isinstance(raw, str) else raw
+    return StageConfigEnvelope.model_validate({"config": data}).config
+
+
+class FileEntry(_Frozen):
+    path: str
+    """Relative to the stage directory."""
+    size: int
+    sha256: str
+
+
+class MetricSample(_Frozen):
+    """One metric series value: what the evaluate stage pushes to Prometheus, and what local gates read."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class Manifest(_Frozen):
+    """The last thing a stage writes. Its presence is the stage's completion."""
+
+    stage: StageName
+    iteration: int
+    loop: str
+    files: tuple[FileEntry, ...] = ()
+    metrics: dict[str, float] = {}
+    """Scalar results for tables and reports (e.g. samples, kept, train_loss, heldout accuracy)."""
+    series: tuple[MetricSample, ...] = ()
+    """Labelled metric samples (evaluate only): the data gates read."""
+    started_at: datetime
+    finished_at: datetime
+    duration_seconds: float
+
+
+class ChampionPointer(_Frozen):
+    """`champion.json`: which checkpoint is the champion. Written only by a promotion."""
+
+    iteration: int
+    """0 is the base model."""
+    uri: str
+    score: float | None = None
+    promoted_at: datetime
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
