@@ -1,0 +1,12 @@
+"""The one error a stage reports as the user's to fix.
+
+A stage exits 2 on a `StageInputError` (a bad config value, a missing input, a record without a field the
+scorer needs) and 1 on anything else. The distinction matters to the runners: retrying a bad input wastes a
+GPU Job, retrying a crash may not. The message is one line that names the field or URI and what to do.
+"""
+
+from __future__ import annotations
+
+
+class StageInputError(ValueError):
+    """A config value or an input the user must fix; the message names it and says what to do."""

@@ -1,0 +1,97 @@
+"""The generation interface shared by acquire and evaluate, and its transformers engine.
+
+Both stages need one thing: for each prompt, `n` completions at some temperature. Hiding the engine behind
+`GenerationEngine` lets the CPU path (transformers `generate`) and the GPU path (vLLM, `vllm_engine`) be
+swapped by one config field, `engine`, and lets tests fake generation entirely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """How to sample; temperature 0 means greedy decoding (then `n` identical completions are pointless)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+
+
+class GenerationEngine(Protocol):
+    def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
+        """For each prompt, `request.n` completions (text after the prompt, special tokens dropped)."""
+        ...
+
+
+class TransformersEngine:
+    """Batched `generate` with left padding: each batch of prompts yields `n` sequences per prompt."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        batch_size: int = 64,
+        progress: str = "generate",
+    ) -> None:
+        self._model = model
+        self._tokenizer = tokenizer
+        self._batch_size = max(1, batch_size)
+        self._progress = progress
+
+    def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
+        import torch
+
+        torch.manual_seed(request.seed)
+        greedy = request.temperature <= 0.0
+        results: list[list[str]] = []
+        batches = range(0, len(prompts), self._batch_size)
+        for start in tqdm(batches, desc=self._progress, unit="batch", leave=False):
+            batch = list(prompts[start : start + self._batch_size])
+            inputs = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = inputs.to(self._model.device)
+            model: Any = self._model
+            with torch.no_grad():
+                output = model.generate(
+                    **inputs,
+                    do_sample=not greedy,
+                    temperature=None if greedy else request.temperature,
+                    top_p=None if greedy else request.top_p,
+                    top_k=None if greedy else 0,
+                    num_return_sequences=request.n,
+                    max_new_tokens=request.max_new_tokens,
+                    eos_token_id=self._tokenizer.eos_token_id,
+                    pad_token_id=self._tokenizer.pad_token_id,
+                )
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            texts = self._tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for index in range(len(batch)):
+                results.append(texts[index * request.n : (index + 1) * request.n])
+        return results
+
+
+EngineKind = Literal["transformers", "vllm"]
+
+
+def make_engine(kind: EngineKind, model_path: str, *, batch_size: int, progress: str) -> GenerationEngine:
+    """The engine named by a stage config's `engine` field, loaded from a resolved model path."""
+    if kind == "vllm":
+        from sil_stages.vllm_engine import VllmEngine
+
+        return VllmEngine(model_path)
+    from sil_stages.models import load_model, load_tokenizer
+
+    return TransformersEngine(
+        load_model(model_path), load_tokenizer(model_path), batch_size=batch_size, progress=progress
+    )

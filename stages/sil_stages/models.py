@@ -1,0 +1,81 @@
+"""Resolves a model URI to something `from_pretrained` can load, and loads model and tokenizer.
+
+`file://` checkpoints are used in place (no copy of gigabytes on a local run), `s3://` ones are downloaded
+once into a cache directory keyed by the URI (a second stage on the same node reuses them), and
+`hf://org/name` is handed to `from_pretrained` as `org/name` for clusters that can reach the hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from sil_stages.errors import StageInputError
+from sil_stages.store import Store, StoreError, is_remote, local_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+CACHE_ENV = "SIL_MODEL_CACHE"
+"""Where s3:// checkpoints are cached; default `~/.cache/selfimprove/models`."""
+
+
+def cache_root() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "selfimprove" / "models"
+
+
+def resolve_model(store: Store, uri: str, *, field: str) -> str:
+    """A local directory or a hub id for `uri`; `field` names the config field, for the error message."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "hf":
+        name = f"{parsed.netloc}{parsed.path}".strip("/")
+        if not name:
+            raise StageInputError(f"{field}: {uri} names no model; write hf://org/name")
+        return name
+    if is_remote(uri):
+        key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+        target = cache_root() / key
+        marker = target / ".complete"
+        if not marker.exists():
+            try:
+                store.download_dir(uri, target)
+            except StoreError as error:
+                raise StageInputError(f"{field}: cannot download {uri} ({error})") from error
+            marker.write_text(uri + "\n")
+        return str(target)
+    try:
+        path = local_path(uri)
+    except StoreError as error:
+        raise StageInputError(f"{field}: {uri} is not a model URI; use file://, s3:// or hf://") from error
+    if not (path / "config.json").is_file():
+        raise StageInputError(f"{field}: {uri} holds no config.json; point it at a save_pretrained directory")
+    return str(path)
+
+
+def load_tokenizer(name_or_path: str, *, padding_side: str = "left") -> PreTrainedTokenizerBase:
+    """The tokenizer with a pad token (EOS when the checkpoint has none), padded on `padding_side`."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_model(name_or_path: str, *, device: str | None = None) -> PreTrainedModel:
+    """The causal LM in eval mode on `device` (CUDA when available)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if target == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    model: Any = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    model.to(target)
+    model.eval()
+    loaded: PreTrainedModel = model
+    return loaded
