@@ -1,0 +1,86 @@
+"""Reading a loop file: YAML in, a validated `SelfImprovementLoop` out, or errors that name the field.
+
+`sil run` and `sil validate` resolve relative paths against the loop file's directory, so an example folder works
+from any working directory. On Kubernetes the API server validates with the CRD generated from the same models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
+from sil_stages.store import to_uri
+
+
+class SpecError(ValueError):
+    """The loop file is not a valid SelfImprovementLoop; `problems` lists one line per field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid SelfImprovementLoop\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(document)"
+    message = str(error["msg"])
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return f"{path}: unknown field (check its spelling; `sil explain` lists the fields)"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict | list) or given is None else f" (got {given!r})"
+    return f"{path}: {message}{shown}"
+
+
+def parse_loop(document: Any, source: str = "<loop>") -> SelfImprovementLoop:
+    if not isinstance(document, dict):
+        raise SpecError(source, ["(document): expected a YAML mapping with apiVersion, kind, metadata and spec"])
+    try:
+        return SelfImprovementLoop.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(source, [_describe(dict(e)) for e in error.errors()]) from None
+
+
+def load_loop(path: Path) -> SelfImprovementLoop:
+    """Loads and validates a loop file; relative URIs become file:// URIs next to the file."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError(source, [f"(file): cannot read it: {error.strerror}"]) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SpecError(source, [f"(yaml): not valid YAML: {error}"]) from None
+    loop = parse_loop(document, source)
+    return loop.model_copy(update={"spec": resolve_paths(loop.spec, path.parent)})
+
+
+def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
+    """Every URI in the spec that is a plain path becomes an absolute file:// URI relative to `base`."""
+
+    def uri(value: str) -> str:
+        return to_uri(value, base)
+
+    acquire = spec.acquire.model_copy(
+        update={"prompts": spec.acquire.prompts.model_copy(update={"uri": uri(spec.acquire.prompts.uri)})}
+    )
+    evaluate = spec.evaluate.model_copy(
+        update={"datasets": [d.model_copy(update={"uri": uri(d.uri)}) for d in spec.evaluate.datasets]}
+    )
+    return spec.model_copy(
+        update={
+            "model": spec.model.model_copy(update={"uri": uri(spec.model.uri)}),
+            "storage": spec.storage.model_copy(update={"uri": uri(spec.storage.uri)}),
+            "acquire": acquire,
+            "evaluate": evaluate,
+        }
+    )

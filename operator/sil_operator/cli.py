@@ -1,0 +1,198 @@
+"""`sil`: run a loop on this machine, validate a loop file, show a loop's status, explain the API.
+
+Exit codes: 0 done (or suspended), 1 the loop failed, 2 the loop file is invalid (nothing was written),
+3 another run holds the loop, 130 interrupted (run the same command again to continue).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from sil_operator.api.loader import SpecError, load_loop
+from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
+from sil_operator.api.status import LoopPhase, LoopStatus, StagePhase
+from sil_operator.explain import explain
+from sil_operator.local.runner import LocalRunner, RunnerBusy, load_status, run_dir_for
+from sil_operator.planner import Event
+from sil_operator.report import iteration_table, write_report
+from sil_stages.contract import StorageOptions
+from sil_stages.store import Store, is_remote, local_path
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def preflight(spec: LoopSpec) -> list[str]:
+    """Local inputs that do not exist, by field path: caught before anything is written."""
+    problems = []
+    checks = [
+        ("spec.model.uri", spec.model.uri, True),
+        ("spec.acquire.prompts.uri", spec.acquire.prompts.uri, False),
+    ]
+    checks += [(f"spec.evaluate.datasets.{i}.uri", d.uri, False) for i, d in enumerate(spec.evaluate.datasets)]
+    for field, uri, is_dir in checks:
+        if uri.startswith("file://"):
+            path = local_path(uri)
+            if not (path.is_dir() if is_dir else path.is_file()):
+                kind = "directory" if is_dir else "file"
+                problems.append(f"{field}: no such {kind} {path}")
+    return problems
+
+
+def _load(path: Path, console: Console) -> SelfImprovementLoop | None:
+    try:
+        loop = load_loop(path)
+    except SpecError as error:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+        return None
+    problems = preflight(loop.spec)
+    if problems:
+        console.print(f"[red]error:[/] {path}: inputs not found", highlight=False)
+        for problem in problems:
+            console.print(f"  {problem}", highlight=False)
+        return None
+    return loop
+
+
+def cmd_validate(args: argparse.Namespace, console: Console) -> int:
+    loop = _load(args.loop, console)
+    if loop is None:
+        return EXIT_INVALID
+    spec = loop.spec
+    console.print(
+        f"[green]valid[/]: {loop.metadata.name}: {spec.max_iterations} iterations, "
+        f"{len(spec.promotion.gates)} gate(s), store {spec.storage.uri}",
+        highlight=False,
+    )
+    return EXIT_OK
+
+
+class _Progress:
+    """Prints one line per event and keeps a status line: iteration, stage, elapsed, latest scores."""
+
+    def __init__(self, console: Console, loop: SelfImprovementLoop) -> None:
+        self.console = console
+        self.loop = loop
+        self.started = time.monotonic()
+        self.spinner = console.status("starting", spinner="dots")
+
+    def event(self, event: Event, status: LoopStatus) -> None:
+        colour = "yellow" if event.type == "Warning" else "cyan"
+        stamp = time.strftime("%H:%M:%S")
+        self.console.print(f"[dim]{stamp}[/] [{colour}]{event.reason:<16}[/] {event.message}", highlight=False)
+
+    def status(self, status: LoopStatus) -> None:
+        current = status.current()
+        stage = "-"
+        if current is not None:
+            running = [s for s in current.stages if s.phase is StagePhase.RUNNING]
+            stage = running[0].stage if running else ("gates" if len(current.stages) == 4 else "-")
+        champion = status.champion.score if status.champion else None
+        elapsed = int(time.monotonic() - self.started)
+        iteration = f"iteration {status.iteration}/{self.loop.spec.max_iterations}"
+        score = "-" if champion is None else f"{champion:.3f}"
+        self.spinner.update(f"{iteration} · {stage} · {elapsed // 60}m{elapsed % 60:02d}s · champion {score}")
+
+
+def _report_dir(storage_uri: str) -> Path:
+    return local_path(storage_uri) if not is_remote(storage_uri) else run_dir_for(storage_uri)
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    loop = _load(args.loop, console)
+    if loop is None:
+        return EXIT_INVALID
+    progress = _Progress(console, loop)
+    runner = LocalRunner(
+        loop=loop,
+        store=Store(_storage_options(loop)),
+        loop_dir=args.loop.resolve().parent,
+        on_event=progress.event,
+        on_status=progress.status,
+    )
+    console.print(f"[bold]sil run[/] {loop.metadata.name} → {loop.spec.storage.uri}", highlight=False)
+    try:
+        with progress.spinner:
+            status = runner.run()
+    except RunnerBusy as busy:
+        console.print(f"[red]error:[/] {busy}", highlight=False)
+        return EXIT_BUSY
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")
+        return EXIT_INTERRUPTED
+    return _finish(status, loop, console)
+
+
+def _storage_options(loop: SelfImprovementLoop) -> StorageOptions:
+    storage = loop.spec.storage
+    return StorageOptions(uri=storage.uri, endpoint=storage.endpoint, region=storage.region)
+
+
+def _finish(status: LoopStatus, loop: SelfImprovementLoop, console: Console) -> int:
+    console.print(iteration_table(status))
+    json_path, png_path = write_report(status, _report_dir(loop.spec.storage.uri))
+    champion = status.champion
+    if champion is not None:
+        score = "-" if champion.score is None else f"{champion.score:.3f}"
+        console.print(f"champion: iteration {champion.iteration} (score {score}) {champion.uri}", highlight=False)
+    console.print(f"report: {json_path}  plot: {png_path}", highlight=False)
+    if status.phase is LoopPhase.FAILED:
+        console.print(f"[red]failed[/]: {status.message}", highlight=False)
+        return EXIT_FAILED
+    if status.phase is LoopPhase.SUSPENDED:
+        console.print(f"[yellow]suspended[/]: {status.message}; set spec.suspend: false and run again")
+        return EXIT_OK
+    console.print(f"[green]{status.phase.value}[/]: {status.message}", highlight=False)
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace, console: Console) -> int:
+    loop = _load(args.loop, console)
+    if loop is None:
+        return EXIT_INVALID
+    status = load_status(Store(_storage_options(loop)), loop.spec.storage.uri)
+    console.print(f"phase: {status.phase.value}  iteration: {status.iteration}  {status.message or ''}")
+    console.print(iteration_table(status))
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace, console: Console) -> int:
+    try:
+        console.print(explain(args.field or "spec"), highlight=False, markup=False)
+    except KeyError as error:
+        console.print(f"[red]error:[/] {error.args[0]}", highlight=False)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sil", description="Self-improvement loops for language models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a loop on this machine (continues an interrupted run)")
+    run.add_argument("loop", type=Path, help="loop file (YAML)")
+    run.set_defaults(handler=cmd_run)
+    validate = commands.add_parser("validate", help="check a loop file without running it")
+    validate.add_argument("loop", type=Path)
+    validate.set_defaults(handler=cmd_validate)
+    status = commands.add_parser("status", help="show a loop's status and iterations")
+    status.add_argument("loop", type=Path)
+    status.set_defaults(handler=cmd_status)
+    explain_cmd = commands.add_parser("explain", help="document a field, e.g. `sil explain spec.select.keep`")
+    explain_cmd.add_argument("field", nargs="?")
+    explain_cmd.set_defaults(handler=cmd_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False, highlight=False)
+    code: int = args.handler(args, console)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""`sil run`: the loop on one machine. Stages are subprocesses; the status lives in `<storage>/status.json`.
+
+The runner is a thin executor around the planner: observe (manifests in the store, the stage process), plan,
+carry out the actions, write the status once, print what happened, wait for the next change. Interrupted at any
+moment (Ctrl-C or kill -9), the same command continues from what it observes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sil_operator.api.spec import SelfImprovementLoop
+from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus, Measurement, StagePhase
+from sil_operator.gates.measure import measure
+from sil_operator.gates.providers import ManifestProvider, MetricsProvider
+from sil_operator.local.executor import LocalExecutor
+from sil_operator.planner import (
+    Event,
+    MeasureGates,
+    Observation,
+    Plan,
+    Promote,
+    StageObservation,
+    StartStage,
+    plan,
+)
+from sil_operator.stageconfig import LoopRef
+from sil_stages.contract import (
+    STAGES,
+    ChampionPointer,
+    Manifest,
+    champion_uri,
+    manifest_uri,
+    stage_uri,
+    utcnow,
+)
+from sil_stages.store import Store, is_remote, local_path
+
+STATUS_NAME = "status.json"
+POLL_SECONDS = 1.0
+
+
+class RunnerBusy(RuntimeError):
+    """Another `sil run` holds this loop's lock."""
+
+
+def spec_hash(loop: SelfImprovementLoop) -> str:
+    return hashlib.sha256(loop.spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def run_dir_for(storage_uri: str) -> Path:
+    """Where local-only files go (stage configs, logs, the launch journal): inside a file:// store, else a cache."""
+    if not is_remote(storage_uri):
+        return local_path(storage_uri) / "local"
+    digest = hashlib.sha256(storage_uri.encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "selfimprove" / "runs" / digest
+
+
+def status_uri(storage_uri: str) -> str:
+    return f"{storage_uri.rstrip('/')}/{STATUS_NAME}"
+
+
+def load_status(store: Store, storage_uri: str) -> LoopStatus:
+    uri = status_uri(storage_uri)
+    if not store.exists(uri):
+        return LoopStatus()
+    return LoopStatus.model_validate_json(store.read_bytes(uri))
+
+
+@contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunnerBusy(f"another `sil run` is running this loop (lock {run_dir / '.lock'})") from None
+        yield
+
+
+@dataclass
+class LocalRunner:
+    loop: SelfImprovementLoop
+    store: Store
+    loop_dir: Path
+    """The loop file's directory: put on PYTHONPATH so `module:function` verifiers next to it import."""
+    on_event: Callable[[Event, LoopStatus], None] = lambda event, status: None
+    on_status: Callable[[LoopStatus], None] = lambda status: None
+    clock: Callable[[], datetime] = utcnow
+    provider: MetricsProvider | None = None
+    _pending: dict[str, list[Measurement]] = field(default_factory=dict)
+    _manifests: dict[tuple[int, str], Manifest] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        spec = self.loop.spec
+        self.storage = spec.storage.uri
+        self.run_dir = run_dir_for(self.storage)
+        env = dict(spec.runtime.env or {})
+        self.executor = LocalExecutor(self.run_dir, env, [self.loop_dir])
+        self._provider: MetricsProvider = self.provider or ManifestProvider(self.store, self.storage)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    def run(self) -> LoopStatus:
+        with exclusive(self.run_dir):
+            try:
+                return self._run()
+            finally:
+                self.executor.stop_all()
+
+    def _run(self) -> LoopStatus:
+        status = load_status(self.store, self.storage)
+        digest = spec_hash(self.loop)
+        generation = status.observed_generation or 1
+        if status.spec_hash is not None and status.spec_hash != digest:
+            generation += 1
+        ref = LoopRef(self.loop.metadata.name, self.loop.metadata.namespace, generation)
+        status = status.model_copy(update={"spec_hash": digest})
+        while True:
+            result = plan(self.loop.spec, ref, status, self.observe(status), self.clock())
+            self._pending = {}
+            for action in result.actions:
+                self.execute(action)
+            status = self.save(status, result)
+            if status.phase in TERMINAL_PHASES:
+                return status
+            if status.phase is LoopPhase.SUSPENDED and not self.executor.running():
+                return status
+            if not result.actions:
+                self.executor.wait(min(result.requeue_after or POLL_SECONDS, POLL_SECONDS))
+
+    def save(self, before: LoopStatus, result: Plan) -> LoopStatus:
+        """Writes the status once per round (skipped when unchanged), then reports the round's events."""
+        if result.status != before:
+            self.store.write_text(status_uri(self.storage), result.status.model_dump_json(by_alias=True, indent=2))
+        for event in result.events:
+            self.on_event(event, result.status)
+        self.on_status(result.status)
+        return result.status
+
+    # -- observing ------------------------------------------------------------------------------------------
+    def observe(self, status: LoopStatus) -> Observation:
+        stages: dict[str, StageObservation] = {}
+        if status.iteration > 0:
+            for stage in STAGES:
+                seen = self.observe_stage(status.iteration, stage)
+                if seen is not None:
+                    stages[stage] = seen
+        return Observation(stages=stages, measurements=dict(self._pending))
+
+    def observe_stage(self, iteration: int, stage: str) -> StageObservation | None:
+        manifest = self.manifest(iteration, stage)
+        running = self.executor.processes.get((iteration, stage))
+        if manifest is not None:
+            return StageObservation(
+                phase=StagePhase.SUCCEEDED,
+                attempts=running.action.attempt - 1 if running else 0,
+                run_name=running.action.run_name if running else None,
+                started_at=manifest.started_at,
+                finished_at=manifest.finished_at,
+                metrics=manifest.metrics,
+            )
+        if running is None:
+            return None
+        code = running.process.poll()
+        if code is None:
+            return StageObservation(
+                phase=StagePhase.RUNNING,
+                attempts=running.action.attempt - 1,
+                run_name=running.action.run_name,
+                started_at=running.started_at,
+            )
+        reason = running.last_error_line() if code != 0 else "exited 0 without writing its manifest"
+        return StageObservation(
+            phase=StagePhase.FAILED,
+            attempts=running.action.attempt,
+            run_name=running.action.run_name,
+            started_at=running.started_at,
+            finished_at=self.clock(),
+            message=f"exit code {code}: {reason} (log: {running.log_path})",
+        )
+
+    def manifest(self, iteration: int, stage: str) -> Manifest | None:
+        key = (iteration, stage)
+        if key not in self._manifests:
+            uri = manifest_uri(stage_uri(self.storage, iteration, stage))
+            if not self.store.exists(uri):
+                return None
+            self._manifests[key] = Manifest.model_validate_json(self.store.read_bytes(uri))
+        return self._manifests[key]
+
+    # -- acting ---------------------------------------------------------------------------------------------
+    def execute(self, action: StartStage | MeasureGates | Promote) -> None:
+        if isinstance(action, StartStage):
+            self.executor.processes.pop((action.iteration, action.stage), None)
+            self.executor.start(action, self.clock())
+        elif isinstance(action, MeasureGates):
+            gates = {g.name: g for g in self.loop.spec.promotion.gates}
+            for resolved in action.gates:
+                measurement = measure(gates[resolved.name], resolved, self._provider, self.clock())
+                self._pending.setdefault(resolved.name, []).append(measurement)
+        else:
+            pointer = ChampionPointer(
+                iteration=action.iteration, uri=action.uri, score=action.score, promoted_at=self.clock()
+            )
+            self.store.write_text(champion_uri(self.storage), pointer.model_dump_json(indent=2))
+
+
+def read_launches(storage_uri: str) -> list[dict[str, object]]:
+    """The launch journal: one entry per stage process started, across every `sil run` of this loop."""
+    path = run_dir_for(storage_uri) / "launches.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

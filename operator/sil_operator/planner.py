@@ -1,0 +1,468 @@
+"""The planner: from (spec, status, what was observed) to the next status and the actions that get there.
+
+Pure: no I/O, no clock (the time is an input), no randomness. Both runners (kopf on Kubernetes, `sil run`
+locally) call it on every reconcile and only carry out what it returns, so the loop logic exists once.
+
+Level-triggered and restart-safe: every call recomputes the next step from the status and the observation.
+A stage is started only when the observation shows no run of it (or a failed one with retries left), under a
+deterministic name; so a runner that crashed after starting a stage and before writing status sees the stage
+running (or finished) on its next call and starts nothing twice.
+
+One iteration: acquire → select → optimize → evaluate → gates → Promote or Reject → stop or next iteration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sil_operator.api.spec import DEFAULT_BACKOFF_LIMIT, LoopSpec
+from sil_operator.api.status import (
+    HISTORY_LIMIT,
+    TERMINAL_PHASES,
+    ChampionStatus,
+    Condition,
+    Decision,
+    GatePhase,
+    GateStatus,
+    IterationStatus,
+    LoopPhase,
+    LoopStatus,
+    Measurement,
+    StagePhase,
+    StageStatus,
+)
+from sil_operator.gates.analysis import (
+    QueryContext,
+    ResolvedGate,
+    assess,
+    next_measurement_at,
+    record,
+    resolve_gate,
+)
+from sil_operator.stageconfig import AnyStageConfig, LoopRef, build_stage_config, checkpoint_uri
+from sil_stages.contract import STAGES
+
+# -- inputs ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageObservation:
+    """What a runner sees of one stage of the current iteration (a Job, or a process plus the manifest)."""
+
+    phase: StagePhase
+    attempts: int = 0
+    """Finished attempts that failed (local runs), or all attempts of a failed Job (Kubernetes)."""
+    run_name: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    stages: Mapping[str, StageObservation] = field(default_factory=dict)
+    """Stages of the current iteration (status.iteration) that exist; absent means never started."""
+    measurements: Mapping[str, Sequence[Measurement]] = field(default_factory=dict)
+    """Gate measurements taken since the last plan, by gate name (the result of MeasureGates)."""
+
+
+# -- outputs --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartStage:
+    iteration: int
+    stage: str
+    run_name: str
+    attempt: int
+    config: AnyStageConfig
+
+
+@dataclass(frozen=True)
+class MeasureGates:
+    iteration: int
+    gates: tuple[ResolvedGate, ...]
+
+
+@dataclass(frozen=True)
+class Promote:
+    """Write champion.json: the candidate of `iteration` becomes champion."""
+
+    iteration: int
+    uri: str
+    score: float | None
+
+
+Action = StartStage | MeasureGates | Promote
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: LoopStatus
+    actions: tuple[Action, ...] = ()
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+    """Seconds until the planner wants to be called again even if nothing is observed to change."""
+
+
+# -- the planner ----------------------------------------------------------------------------------------------
+
+
+def run_name(loop: str, iteration: int, stage: str) -> str:
+    """Deterministic: the same stage of the same iteration always has the same name (a Job name on Kubernetes)."""
+    return f"{loop}-{iteration}-{stage}"
+
+
+def backoff_limit(spec: LoopSpec, stage: str) -> int:
+    override = spec.runtime.stages.get(stage)  # type: ignore[call-overload]
+    if override is not None and override.backoff_limit is not None:
+        return int(override.backoff_limit)
+    return spec.runtime.backoff_limit if spec.runtime.backoff_limit is not None else DEFAULT_BACKOFF_LIMIT
+
+
+def plan(spec: LoopSpec, loop: LoopRef, status: LoopStatus, observed: Observation, now: datetime) -> Plan:
+    return _Planner(spec, loop, observed, now).run(status)
+
+
+class _Planner:
+    """Holds the inputs of one plan() call; every method returns a new status (models are frozen)."""
+
+    def __init__(self, spec: LoopSpec, loop: LoopRef, observed: Observation, now: datetime) -> None:
+        self.spec = spec
+        self.loop = loop
+        self.observed = observed
+        self.now = now
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.requeue_after: float | None = None
+
+    def done(self, status: LoopStatus) -> Plan:
+        return Plan(status, tuple(self.actions), tuple(self.events), self.requeue_after)
+
+    def event(self, reason: str, message: str, warning: bool = False) -> None:
+        self.events.append(Event("Warning" if warning else "Normal", reason, message))
+
+    # -- entry ----------------------------------------------------------------------------------------------
+    def run(self, status: LoopStatus) -> Plan:
+        status = self.observe_generation(status)
+        if status.phase in TERMINAL_PHASES:
+            if not self.reopened(status):
+                return self.done(status)
+            status = status.model_copy(update={"phase": LoopPhase.RUNNING})
+            self.event("Resumed", f"maxIterations raised to {self.spec.max_iterations}: continuing")
+        if status.iteration == 0:
+            if self.spec.suspend:
+                return self.done(self.suspended(status, "suspended before the first iteration"))
+            return self.done(self.start_iteration(status, 1))
+        return self.done(self.advance(status))
+
+    def observe_generation(self, status: LoopStatus) -> LoopStatus:
+        if status.observed_generation is not None and status.observed_generation != self.loop.generation:
+            self.event(
+                "SpecChanged",
+                f"generation {self.loop.generation} observed: stages started from now on use the new spec",
+            )
+        return status.model_copy(update={"observed_generation": self.loop.generation})
+
+    def reopened(self, status: LoopStatus) -> bool:
+        """A loop that stopped at maxIterations continues when the user raises maxIterations."""
+        complete = _condition(status, "Complete")
+        return (
+            status.phase is LoopPhase.SUCCEEDED
+            and complete is not None
+            and complete.reason == "MaxIterationsReached"
+            and self.spec.max_iterations > status.iteration
+        )
+
+    # -- iterations -----------------------------------------------------------------------------------------
+    def champion(self, status: LoopStatus) -> ChampionStatus:
+        return status.champion or ChampionStatus(iteration=0, uri=self.spec.model.uri)
+
+    def start_iteration(self, status: LoopStatus, index: int) -> LoopStatus:
+        iteration = IterationStatus(index=index, started_at=self.now)
+        history = [*status.iterations, iteration][-HISTORY_LIMIT:]
+        status = status.model_copy(
+            update={
+                "phase": LoopPhase.RUNNING,
+                "iteration": index,
+                "champion": self.champion(status),
+                "iterations": history,
+                "message": None,
+            }
+        )
+        self.event("IterationStarted", f"iteration {index} of at most {self.spec.max_iterations}")
+        status = self.set_conditions(status, progressing=("IterationStarted", f"iteration {index}"))
+        return self.advance(status)
+
+    def advance(self, status: LoopStatus) -> LoopStatus:
+        current = status.current()
+        if current is None:  # history lost (e.g. status edited by hand): restart the recorded iteration
+            return self.start_iteration(status, max(status.iteration, 1))
+        if current.decision is not None:
+            return self.after_decision(status)
+        current = self.merge_stage_observations(current)
+        status = _replace_current(status, current)
+        for stage in STAGES:
+            stage_status = current.stage(stage)
+            if stage_status is None or stage_status.phase is not StagePhase.SUCCEEDED:
+                return self.drive_stage(status, current, stage, stage_status)
+        return self.drive_gates(status, current)
+
+    def merge_stage_observations(self, current: IterationStatus) -> IterationStatus:
+        stages = {s.stage: s for s in current.stages}
+        for name, seen in self.observed.stages.items():
+            before = stages.get(name, StageStatus(stage=name))
+            after = before.model_copy(
+                update={
+                    "phase": seen.phase,
+                    "attempts": max(before.attempts, seen.attempts),
+                    "run_name": seen.run_name or before.run_name,
+                    "started_at": seen.started_at or before.started_at,
+                    "finished_at": seen.finished_at,
+                    "message": seen.message,
+                    "metrics": dict(seen.metrics) or before.metrics,
+                }
+            )
+            if after.phase is not before.phase and after.phase in (StagePhase.SUCCEEDED, StagePhase.FAILED):
+                self.stage_finished_event(current.index, after)
+            stages[name] = after
+        ordered = [stages[name] for name in STAGES if name in stages]
+        update: dict[str, object] = {"stages": ordered}
+        evaluate = stages.get("evaluate")
+        if evaluate is not None and evaluate.phase is StagePhase.SUCCEEDED:
+            update["candidate_score"] = evaluate.metrics.get("candidate_score")
+            update["champion_score"] = evaluate.metrics.get("champion_score")
+        return current.model_copy(update=update)
+
+    def stage_finished_event(self, iteration: int, stage: StageStatus) -> None:
+        if stage.phase is StagePhase.SUCCEEDED:
+            self.event("StageSucceeded", f"iteration {iteration} {stage.stage} ({stage.run_name}) succeeded")
+        else:
+            self.event(
+                "StageFailed",
+                f"iteration {iteration} {stage.stage} ({stage.run_name}) failed: {stage.message or 'no message'}",
+                warning=True,
+            )
+
+    # -- stages ---------------------------------------------------------------------------------------------
+    def drive_stage(
+        self, status: LoopStatus, current: IterationStatus, stage: str, stage_status: StageStatus | None
+    ) -> LoopStatus:
+        stage_status = stage_status or StageStatus(stage=stage)
+        name = run_name(self.loop.name, current.index, stage)
+        if stage_status.phase is StagePhase.RUNNING and stage in self.observed.stages:
+            return self.running_or_suspended(status, f"iteration {current.index}: {stage} running ({name})")
+        if stage_status.phase is StagePhase.FAILED:
+            limit = backoff_limit(self.spec, stage)
+            if stage_status.attempts > limit:
+                return self.fail(
+                    status,
+                    "StageFailed",
+                    f"stage {stage} of iteration {current.index} ({name}) failed {stage_status.attempts} "
+                    f"time(s), backoffLimit {limit}: {stage_status.message or 'see its logs'}",
+                )
+            attempt = stage_status.attempts + 1
+        else:
+            # Pending, or recorded Running but no longer observed (the runner died with it): (re)start.
+            attempt = max(stage_status.attempts + 1, 1)
+        if self.spec.suspend:
+            return self.suspended(status, f"suspended before {stage} of iteration {current.index}")
+        config = build_stage_config(self.spec, self.loop, current.index, stage, self.champion(status).uri)
+        self.actions.append(StartStage(current.index, stage, name, attempt, config))
+        self.event("StageStarted", f"iteration {current.index} {stage} started ({name}, attempt {attempt})")
+        started = stage_status.model_copy(
+            update={
+                "phase": StagePhase.RUNNING,
+                "run_name": name,
+                "started_at": self.now,
+                "finished_at": None,
+                "message": None,
+            }
+        )
+        stages = [s for s in current.stages if s.stage != stage] + [started]
+        current = current.model_copy(update={"stages": sorted(stages, key=lambda s: STAGES.index(s.stage))})
+        status = _replace_current(status, current)
+        return self.set_conditions(
+            status.model_copy(update={"phase": LoopPhase.RUNNING}),
+            progressing=("StageStarted", f"iteration {current.index}: {stage} running ({name})"),
+        )
+
+    def running_or_suspended(self, status: LoopStatus, message: str) -> LoopStatus:
+        if self.spec.suspend:
+            return self.suspended(status, f"suspended; {message} and will finish")
+        return self.set_conditions(
+            status.model_copy(update={"phase": LoopPhase.RUNNING}), progressing=("StageRunning", message)
+        )
+
+    # -- gates ----------------------------------------------------------------------------------------------
+    def drive_gates(self, status: LoopStatus, current: IterationStatus) -> LoopStatus:
+        evaluate = current.stage("evaluate")
+        ready_at = (evaluate.finished_at if evaluate else None) or self.now
+        context = QueryContext(self.loop.name, self.loop.namespace, current.index)
+        gates: list[GateStatus] = []
+        due: list[ResolvedGate] = []
+        wait: list[float] = []
+        for gate in self.spec.promotion.gates:
+            gate_status = current.gate(gate.name) or GateStatus(name=gate.name, dry_run=gate.dry_run)
+            if gate_status.phase in (GatePhase.PENDING, GatePhase.RUNNING):
+                for measurement in self.observed.measurements.get(gate.name, ()):
+                    gate_status = record(gate_status, measurement)
+                gate_status = gate_status.model_copy(update={"phase": assess(gate, gate_status)})
+                if gate_status.phase in (GatePhase.PENDING, GatePhase.RUNNING):
+                    at = next_measurement_at(gate, gate_status, ready_at)
+                    seconds = (at - self.now).total_seconds()
+                    if seconds <= 0:
+                        due.append(resolve_gate(gate, context))
+                    else:
+                        wait.append(seconds)
+            gates.append(gate_status)
+        current = current.model_copy(update={"gates": gates})
+        status = _replace_current(status, current)
+        if due:
+            self.actions.append(MeasureGates(current.index, tuple(due)))
+        if due or wait:
+            if wait:
+                self.requeue_after = min(wait)
+            return self.set_conditions(
+                status.model_copy(update={"phase": LoopPhase.RUNNING}),
+                progressing=("GatesRunning", f"iteration {current.index}: measuring promotion gates"),
+            )
+        return self.decide(status, current)
+
+    def decide(self, status: LoopStatus, current: IterationStatus) -> LoopStatus:
+        deciding = [g for g in current.gates if not g.dry_run]
+        blocking = [g for g in deciding if g.phase is not GatePhase.SUCCESSFUL]
+        champion = self.champion(status)
+        if champion.score is None and current.champion_score is not None:
+            champion = champion.model_copy(update={"score": current.champion_score})
+        scores = f"candidate {_fmt(current.candidate_score)} vs champion {_fmt(current.champion_score)}"
+        if not blocking:
+            uri = checkpoint_uri(self.spec.storage.uri, current.index)
+            self.actions.append(Promote(current.index, uri, current.candidate_score))
+            champion = ChampionStatus(iteration=current.index, uri=uri, score=current.candidate_score)
+            self.event("Promoted", f"iteration {current.index} promoted: {scores}")
+            rejections = 0
+            decision = Decision.PROMOTED
+        else:
+            reasons = ", ".join(f"{g.name} {g.phase.value}" for g in blocking)
+            self.event("Rejected", f"iteration {current.index} rejected ({reasons}): {scores}")
+            rejections = status.consecutive_rejections + 1
+            decision = Decision.REJECTED
+        current = current.model_copy(update={"decision": decision, "finished_at": self.now})
+        status = _replace_current(status, current).model_copy(
+            update={"champion": champion, "consecutive_rejections": rejections}
+        )
+        return self.after_decision(status)
+
+    # -- after an iteration ---------------------------------------------------------------------------------
+    def after_decision(self, status: LoopStatus) -> LoopStatus:
+        stopping = self.spec.stopping
+        champion = status.champion
+        if (
+            stopping.target_score is not None
+            and champion is not None
+            and champion.score is not None
+            and champion.score >= stopping.target_score
+        ):
+            return self.succeed(
+                status,
+                "TargetScoreReached",
+                f"champion (iteration {champion.iteration}) scores {_fmt(champion.score)} >= target "
+                f"{stopping.target_score}",
+            )
+        if stopping.patience is not None and status.consecutive_rejections >= stopping.patience:
+            return self.succeed(
+                status,
+                "PatienceExhausted",
+                f"{status.consecutive_rejections} consecutive iterations rejected (patience {stopping.patience})",
+            )
+        if status.iteration >= self.spec.max_iterations:
+            return self.succeed(
+                status,
+                "MaxIterationsReached",
+                f"{status.iteration} of {self.spec.max_iterations} iterations done",
+            )
+        if self.spec.suspend:
+            return self.suspended(status, f"suspended after iteration {status.iteration}")
+        return self.start_iteration(status, status.iteration + 1)
+
+    # -- phases and conditions ------------------------------------------------------------------------------
+    def suspended(self, status: LoopStatus, message: str) -> LoopStatus:
+        if status.phase is not LoopPhase.SUSPENDED:
+            self.event("Suspended", message)
+        return self.set_conditions(
+            status.model_copy(update={"phase": LoopPhase.SUSPENDED, "message": message}),
+            suspended=("Suspended", message),
+        )
+
+    def succeed(self, status: LoopStatus, reason: str, message: str) -> LoopStatus:
+        self.event("Completed", message)
+        return self.set_conditions(
+            status.model_copy(update={"phase": LoopPhase.SUCCEEDED, "message": message}),
+            complete=(reason, message),
+        )
+
+    def fail(self, status: LoopStatus, reason: str, message: str) -> LoopStatus:
+        self.event(reason, message, warning=True)
+        return self.set_conditions(
+            status.model_copy(update={"phase": LoopPhase.FAILED, "message": message}),
+            failed=(reason, message),
+        )
+
+    def set_conditions(
+        self,
+        status: LoopStatus,
+        *,
+        progressing: tuple[str, str] | None = None,
+        suspended: tuple[str, str] | None = None,
+        complete: tuple[str, str] | None = None,
+        failed: tuple[str, str] | None = None,
+    ) -> LoopStatus:
+        """Exactly one of Progressing / Suspended / Complete / Failed is True; the others are False."""
+        idle = ("Idle", "")
+        wanted = {
+            "Progressing": (progressing is not None, progressing or idle),
+            "Suspended": (suspended is not None, suspended or ("NotSuspended", "")),
+            "Complete": (complete is not None, complete or ("NotComplete", "")),
+            "Failed": (failed is not None, failed or ("NotFailed", "")),
+        }
+        conditions = []
+        for kind, (is_true, (reason, message)) in wanted.items():
+            previous = _condition(status, kind)
+            value = "True" if is_true else "False"
+            changed = previous is None or previous.status != value
+            conditions.append(
+                Condition(
+                    type=kind,
+                    status=value,
+                    reason=reason,
+                    message=message,
+                    last_transition_time=self.now if changed or previous is None else previous.last_transition_time,
+                    observed_generation=self.loop.generation,
+                )
+            )
+        return status.model_copy(update={"conditions": conditions})
+
+
+def _condition(status: LoopStatus, kind: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == kind), None)
+
+
+def _replace_current(status: LoopStatus, current: IterationStatus) -> LoopStatus:
+    return status.model_copy(
+        update={"iterations": [current if it.index == current.index else it for it in status.iterations]}
+    )
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.3f}"

@@ -1,0 +1,106 @@
+"""From the user's spec to one stage's config (the stage contract). Pure: no I/O.
+
+This is the only place that knows which spec field feeds which stage input, and the only place that wires one
+stage's outputs to the next stage's inputs through the store layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sil_operator.api.spec import LoopSpec
+from sil_stages.contract import (
+    AcquireConfig,
+    EvalDatasetConfig,
+    EvaluateConfig,
+    Hyperparameters,
+    KeepConfig,
+    OptimizeConfig,
+    RefinementConfig,
+    SamplingConfig,
+    ScorerConfig,
+    SelectConfig,
+    StorageOptions,
+    stage_uri,
+)
+from sil_stages.store import join
+
+AnyStageConfig = AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig
+
+
+@dataclass(frozen=True)
+class LoopRef:
+    """Which loop: its name, namespace and the spec generation being acted on."""
+
+    name: str
+    namespace: str = "default"
+    generation: int = 1
+
+
+def samples_uri(storage: str, iteration: int) -> str:
+    return join(stage_uri(storage, iteration, "acquire"), "samples.jsonl")
+
+
+def train_uri(storage: str, iteration: int) -> str:
+    return join(stage_uri(storage, iteration, "select"), "train.jsonl")
+
+
+def checkpoint_uri(storage: str, iteration: int) -> str:
+    return join(stage_uri(storage, iteration, "optimize"), "checkpoint")
+
+
+def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str, champion_uri: str) -> AnyStageConfig:
+    """The config of `stage` in `iteration`, when the champion at the start of the iteration is `champion_uri`."""
+    storage = spec.storage.uri
+    common = {
+        "loop": loop.name,
+        "namespace": loop.namespace,
+        "iteration": iteration,
+        "storage": StorageOptions(uri=storage, endpoint=spec.storage.endpoint, region=spec.storage.region),
+        "output_uri": stage_uri(storage, iteration, stage),
+        "seed": spec.optimize.hyperparameters.seed,
+    }
+    if stage == "acquire":
+        acquire = spec.acquire
+        return AcquireConfig(
+            **common,
+            model_uri=champion_uri,
+            prompts_uri=acquire.prompts.uri,
+            per_iteration=acquire.prompts.per_iteration,
+            samples_per_prompt=acquire.samples_per_prompt,
+            sampling=SamplingConfig(**acquire.sampling.model_dump()),
+            engine=acquire.engine,
+            batch_size=acquire.batch_size,
+        )
+    if stage == "select":
+        select = spec.select
+        return SelectConfig(
+            **common,
+            samples_uri=samples_uri(storage, iteration),
+            scorer=ScorerConfig(**select.scorer.model_dump()),
+            keep=KeepConfig(**select.keep.model_dump()),
+        )
+    if stage == "optimize":
+        optimize = spec.optimize
+        return OptimizeConfig(
+            **common,
+            train_uri=train_uri(storage, iteration),
+            init_model_uri=champion_uri if optimize.init_from == "champion" else spec.model.uri,
+            method=optimize.method,
+            hyperparameters=Hyperparameters(**optimize.hyperparameters.model_dump()),
+        )
+    if stage == "evaluate":
+        evaluate = spec.evaluate
+        return EvaluateConfig(
+            **common,
+            candidate_uri=checkpoint_uri(storage, iteration),
+            champion_uri=champion_uri,
+            datasets=tuple(EvalDatasetConfig(name=d.name, uri=d.uri) for d in evaluate.datasets),
+            refinement=RefinementConfig(**evaluate.refinement.model_dump()),
+            verifier=evaluate.verifier,
+            answer_pattern=evaluate.answer_pattern or spec.select.scorer.answer_pattern,
+            max_new_tokens=evaluate.max_new_tokens or spec.acquire.sampling.max_new_tokens,
+            batch_size=evaluate.batch_size,
+            engine=spec.acquire.engine,
+        )
+    raise ValueError(f"unknown stage {stage!r}")
