@@ -63,10 +63,18 @@ class StageObservation:
 
 @dataclass(frozen=True)
 class Observation:
+    iteration: int = 0
+    """The iteration observed: status.iteration when the runner looked."""
     stages: Mapping[str, StageObservation] = field(default_factory=dict)
-    """Stages of the current iteration (status.iteration) that exist; absent means never started."""
-    measurements: Mapping[str, Sequence[Measurement]] = field(default_factory=dict)
-    """Gate measurements taken since the last plan, by gate name (the result of MeasureGates)."""
+    """Stages of `iteration` that exist; absent means never started."""
+    measurements: Mapping[tuple[int, str], Sequence[Measurement]] = field(default_factory=dict)
+    """Gate measurements taken since the last plan, by (iteration, gate name): the results of MeasureGates."""
+
+    def stages_of(self, iteration: int) -> Mapping[str, StageObservation]:
+        return self.stages if iteration == self.iteration else {}
+
+    def measurements_of(self, iteration: int, gate: str) -> Sequence[Measurement]:
+        return self.measurements.get((iteration, gate), ())
 
 
 # -- outputs --------------------------------------------------------------------------------------------------
@@ -220,7 +228,7 @@ class _Planner:
 
     def merge_stage_observations(self, current: IterationStatus) -> IterationStatus:
         stages = {s.stage: s for s in current.stages}
-        for name, seen in self.observed.stages.items():
+        for name, seen in self.observed.stages_of(current.index).items():
             before = stages.get(name, StageStatus(stage=name))
             after = before.model_copy(
                 update={
@@ -260,7 +268,7 @@ class _Planner:
     ) -> LoopStatus:
         stage_status = stage_status or StageStatus(stage=stage)
         name = run_name(self.loop.name, current.index, stage)
-        if stage_status.phase is StagePhase.RUNNING and stage in self.observed.stages:
+        if stage_status.phase is StagePhase.RUNNING and stage in self.observed.stages_of(current.index):
             return self.running_or_suspended(status, f"iteration {current.index}: {stage} running ({name})")
         if stage_status.phase is StagePhase.FAILED:
             limit = backoff_limit(self.spec, stage)
@@ -315,7 +323,7 @@ class _Planner:
         for gate in self.spec.promotion.gates:
             gate_status = current.gate(gate.name) or GateStatus(name=gate.name, dry_run=gate.dry_run)
             if gate_status.phase in (GatePhase.PENDING, GatePhase.RUNNING):
-                for measurement in self.observed.measurements.get(gate.name, ()):
+                for measurement in self.observed.measurements_of(current.index, gate.name):
                     gate_status = record(gate_status, measurement)
                 gate_status = gate_status.model_copy(update={"phase": assess(gate, gate_status)})
                 if gate_status.phase in (GatePhase.PENDING, GatePhase.RUNNING):

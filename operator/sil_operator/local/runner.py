@@ -95,7 +95,7 @@ class LocalRunner:
     on_status: Callable[[LoopStatus], None] = lambda status: None
     clock: Callable[[], datetime] = utcnow
     provider: MetricsProvider | None = None
-    _pending: dict[str, list[Measurement]] = field(default_factory=dict)
+    _pending: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
     _manifests: dict[tuple[int, str], Manifest] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -146,13 +146,18 @@ class LocalRunner:
 
     # -- observing ------------------------------------------------------------------------------------------
     def observe(self, status: LoopStatus) -> Observation:
+        """Stages of the latest iteration that has any: the status may lag one iteration behind the store when
+        the runner died between starting an iteration and writing its status."""
+        iteration = status.iteration
+        if self.manifest(iteration + 1, STAGES[0]) is not None:
+            iteration += 1
         stages: dict[str, StageObservation] = {}
-        if status.iteration > 0:
+        if iteration > 0:
             for stage in STAGES:
-                seen = self.observe_stage(status.iteration, stage)
+                seen = self.observe_stage(iteration, stage)
                 if seen is not None:
                     stages[stage] = seen
-        return Observation(stages=stages, measurements=dict(self._pending))
+        return Observation(iteration=iteration, stages=stages, measurements=dict(self._pending))
 
     def observe_stage(self, iteration: int, stage: str) -> StageObservation | None:
         manifest = self.manifest(iteration, stage)
@@ -204,7 +209,7 @@ class LocalRunner:
             gates = {g.name: g for g in self.loop.spec.promotion.gates}
             for resolved in action.gates:
                 measurement = measure(gates[resolved.name], resolved, self._provider, self.clock())
-                self._pending.setdefault(resolved.name, []).append(measurement)
+                self._pending.setdefault((action.iteration, resolved.name), []).append(measurement)
         else:
             pointer = ChampionPointer(
                 iteration=action.iteration, uri=action.uri, score=action.score, promoted_at=self.clock()

@@ -1,0 +1,422 @@
+"""The planner decides every step of a loop from (spec, status, observation, time), with no I/O.
+
+These tests drive it through a fake world (tests/unit/operator/builders.py) that only records what the planner
+asked for, so each rule of the loop is a row in a table: stage order, gates, promotion and rejection, every
+stopping rule, failures, suspend and resume, spec changes, and restarts at every point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from sil_operator.api.status import Decision, GatePhase, LoopPhase, LoopStatus, StagePhase
+from sil_operator.planner import MeasureGates, Promote, StageObservation, StartStage
+from sil_stages.contract import STAGES, AcquireConfig, OptimizeConfig
+
+from .builders import FakeWorld, make_spec
+
+
+def started(plan_actions: tuple[object, ...]) -> list[tuple[int, str]]:
+    return [(a.iteration, a.stage) for a in plan_actions if isinstance(a, StartStage)]
+
+
+def condition(status: LoopStatus, kind: str) -> tuple[str, str]:
+    found = next(c for c in status.conditions if c.type == kind)
+    return found.status, found.reason
+
+
+# -- the order of one iteration ---------------------------------------------------------------------------
+
+
+def test_a_new_loop_starts_iteration_one_with_acquire_from_the_base_model() -> None:
+    world = FakeWorld(make_spec())
+    result = world.plan(LoopStatus())
+    assert started(result.actions) == [(1, "acquire")]
+    action = result.actions[0]
+    assert isinstance(action, StartStage)
+    assert action.run_name == "demo-1-acquire"
+    assert isinstance(action.config, AcquireConfig)
+    assert action.config.model_uri == "file:///models/base"
+    assert action.config.output_uri == "file:///runs/demo/iterations/1/acquire"
+    assert result.status.phase is LoopPhase.RUNNING
+    assert result.status.iteration == 1
+    assert condition(result.status, "Progressing") == ("True", "StageStarted")
+
+
+def test_stages_run_in_order_then_gates_are_measured() -> None:
+    world = FakeWorld(make_spec(), scores={1: (0.6, 0.4)})
+    status = LoopStatus()
+    sequence: list[object] = []
+    for _ in range(5):
+        status, result = world.step(status)
+        sequence += [a.stage if isinstance(a, StartStage) else type(a).__name__ for a in result.actions]
+    assert sequence[:5] == [*STAGES, "MeasureGates"]
+
+
+def test_a_running_stage_is_waited_for_not_started_again() -> None:
+    world = FakeWorld(make_spec())
+    result = world.plan(LoopStatus())
+    world.apply(result)
+    again = world.plan(result.status)
+    assert started(again.actions) == []
+    assert again.status.current() is not None
+    assert again.status.iteration == 1
+
+
+def test_the_same_inputs_give_the_same_plan() -> None:
+    world = FakeWorld(make_spec(), scores={1: (0.6, 0.4)})
+    status = LoopStatus()
+    for _ in range(6):
+        first, second = world.plan(status), world.plan(status)
+        assert first == second
+        status, _ = world.step(status)
+
+
+# -- gates and decisions ----------------------------------------------------------------------------------
+
+
+def test_a_better_candidate_is_promoted_and_the_next_iteration_starts_from_it() -> None:
+    world = FakeWorld(make_spec(), scores={1: (0.6, 0.4), 2: (0.7, 0.6)})
+    status = LoopStatus()
+    promote = None
+    for _ in range(6):
+        status, result = world.step(status)
+        promote = promote or next((a for a in result.actions if isinstance(a, Promote)), None)
+    assert promote == Promote(1, "file:///runs/demo/iterations/1/optimize/checkpoint", 0.6)
+    assert status.iterations[0].decision is Decision.PROMOTED
+    assert status.champion is not None and status.champion.iteration == 1 and status.champion.score == 0.6
+    assert status.iteration == 2
+    acquire_2 = world.runs[(2, "acquire")]
+    assert acquire_2.phase is StagePhase.SUCCEEDED
+    assert world.champion_writes == [1]
+
+
+def test_the_next_iterations_stages_read_the_promoted_checkpoint() -> None:
+    world = FakeWorld(make_spec(), scores={1: (0.6, 0.4)})
+    status = LoopStatus()
+    configs = []
+    for _ in range(9):
+        result = world.plan(status)
+        configs += [a.config for a in result.actions if isinstance(a, StartStage)]
+        world.apply(result)
+        world.finish_running()
+        status = result.status
+    acquire_2 = next(c for c in configs if isinstance(c, AcquireConfig) and c.iteration == 2)
+    optimize_2 = next(c for c in configs if isinstance(c, OptimizeConfig) and c.iteration == 2)
+    assert acquire_2.model_uri == "file:///runs/demo/iterations/1/optimize/checkpoint"
+    assert optimize_2.init_model_uri == "file:///runs/demo/iterations/1/optimize/checkpoint"
+
+
+def test_a_candidate_that_is_not_better_is_rejected_and_the_champion_stays() -> None:
+    world = FakeWorld(make_spec(), scores={1: (0.405, 0.4)})
+    status = LoopStatus()
+    for _ in range(6):
+        status, _ = world.step(status)
+    first = status.iterations[0]
+    assert first.decision is Decision.REJECTED
+    assert first.gates[0].phase is GatePhase.FAILED
+    assert status.champion is not None and status.champion.iteration == 0
+    assert status.champion.uri == "file:///models/base"
+    assert status.champion.score == 0.4
+    assert world.champion_writes == []
+    assert status.consecutive_rejections == 1
+
+
+@pytest.mark.parametrize(
+    ("scores", "expected"),
+    [
+        ((None, 0.4), GatePhase.INCONCLUSIVE),  # no data for the candidate: never promote
+        ((0.9, None), GatePhase.INCONCLUSIVE),  # no data for the champion either
+    ],
+)
+def test_missing_data_is_inconclusive_and_never_promotes(
+    scores: tuple[float | None, float | None], expected: GatePhase
+) -> None:
+    world = FakeWorld(make_spec(maxIterations=1), scores={1: scores})
+    status = world.run_to_end()
+    assert status.iterations[0].gates[0].phase is expected
+    assert status.iterations[0].decision is Decision.REJECTED
+    assert world.champion_writes == []
+
+
+def test_query_errors_are_retried_within_the_limit_then_the_gate_completes() -> None:
+    gate = {
+        "name": "improves",
+        "query": 'score{iteration="{{iteration}}",model="{{model}}"}',
+        "successCondition": "result > champion",
+        "consecutiveErrorLimit": 2,
+    }
+    world = FakeWorld(make_spec(maxIterations=1, promotion={"gates": [gate]}), scores={1: (0.6, 0.4)})
+    world.prometheus_down = True
+    status = LoopStatus()
+    for _ in range(5):  # four stages, then the first (errored) measurement
+        status, _ = world.step(status)
+    world.now -= timedelta(seconds=10)  # back to the moment of the measurement
+    result = world.plan(status)
+    assert not [a for a in result.actions if isinstance(a, MeasureGates)]
+    assert result.requeue_after == pytest.approx(5), "an error backs off before retrying"
+    world.prometheus_down = False
+    world.now += timedelta(seconds=30)
+    status = world.run_to_end(status)
+    gate_status = status.iterations[0].gates[0]
+    assert gate_status.error == 1
+    assert gate_status.phase is GatePhase.SUCCESSFUL
+    assert status.iterations[0].decision is Decision.PROMOTED
+
+
+def test_errors_beyond_the_limit_reject_the_candidate() -> None:
+    gate = {
+        "name": "improves",
+        "query": 'score{iteration="{{iteration}}",model="{{model}}"}',
+        "successCondition": "result > champion",
+        "consecutiveErrorLimit": 1,
+    }
+    world = FakeWorld(make_spec(maxIterations=1, promotion={"gates": [gate]}), scores={1: (0.9, 0.1)})
+    world.prometheus_down = True
+    status = world.run_to_end()
+    assert status.iterations[0].gates[0].phase is GatePhase.ERROR
+    assert status.iterations[0].gates[0].error == 2
+    assert status.iterations[0].decision is Decision.REJECTED
+    assert world.champion_writes == []
+
+
+def test_a_dry_run_gate_is_recorded_but_does_not_decide() -> None:
+    gates = [
+        {"name": "improves", "query": 's{iteration="{{iteration}}",model="{{model}}"}', "successCondition": "true"},
+        {
+            "name": "strict",
+            "query": 's{iteration="{{iteration}}",model="{{model}}"}',
+            "successCondition": "result > 0.99",
+            "dryRun": True,
+        },
+    ]
+    world = FakeWorld(make_spec(maxIterations=1, promotion={"gates": gates}), scores={1: (0.5, 0.4)})
+    status = world.run_to_end()
+    phases = {g.name: g.phase for g in status.iterations[0].gates}
+    assert phases == {"improves": GatePhase.SUCCESSFUL, "strict": GatePhase.FAILED}
+    assert status.iterations[0].decision is Decision.PROMOTED
+
+
+def test_a_gate_with_count_measures_at_its_interval() -> None:
+    gate = {
+        "name": "stable",
+        "query": 's{iteration="{{iteration}}",model="{{model}}"}',
+        "successCondition": "result > champion",
+        "count": 3,
+        "intervalSeconds": 60,
+    }
+    world = FakeWorld(make_spec(maxIterations=1, promotion={"gates": [gate]}), scores={1: (0.5, 0.4)})
+    status = LoopStatus()
+    for _ in range(5):
+        status, _ = world.step(status)
+    waiting = world.plan(status)
+    assert not [a for a in waiting.actions if isinstance(a, MeasureGates)]
+    assert waiting.requeue_after == pytest.approx(50)
+    world.now += timedelta(seconds=50)
+    assert [a for a in world.plan(status).actions if isinstance(a, MeasureGates)]
+    for _ in range(20):
+        world.now += timedelta(seconds=60)
+        status, _ = world.step(status)
+        if status.phase is LoopPhase.SUCCEEDED:
+            break
+    assert status.iterations[0].gates[0].successful == 3
+    assert status.iterations[0].decision is Decision.PROMOTED
+
+
+# -- stopping ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec_overrides", "scores", "reason", "iterations"),
+    [
+        ({"maxIterations": 2}, {1: (0.5, 0.4), 2: (0.6, 0.5)}, "MaxIterationsReached", 2),
+        (
+            {"maxIterations": 9, "stopping": {"targetScore": 0.8}},
+            {1: (0.5, 0.4), 2: (0.85, 0.5)},
+            "TargetScoreReached",
+            2,
+        ),
+        (
+            {"maxIterations": 9, "stopping": {"patience": 2}},
+            {1: (0.5, 0.4), 2: (0.5, 0.5), 3: (0.4, 0.5)},
+            "PatienceExhausted",
+            3,
+        ),
+    ],
+)
+def test_the_loop_stops_for_each_stopping_rule(
+    spec_overrides: dict[str, object], scores: dict[int, tuple[float, float]], reason: str, iterations: int
+) -> None:
+    world = FakeWorld(make_spec(**spec_overrides), scores=scores)  # type: ignore[arg-type]
+    status = world.run_to_end()
+    assert status.phase is LoopPhase.SUCCEEDED
+    assert condition(status, "Complete") == ("True", reason)
+    assert condition(status, "Progressing")[0] == "False"
+    assert status.iteration == iterations
+    assert len(status.iterations) == iterations
+
+
+def test_a_rejection_after_a_promotion_resets_nothing_but_patience_counts_consecutive_ones() -> None:
+    scores = {1: (0.3, 0.4), 2: (0.5, 0.4), 3: (0.4, 0.5), 4: (0.4, 0.5)}
+    world = FakeWorld(make_spec(maxIterations=9, stopping={"patience": 2}), scores=scores)
+    status = world.run_to_end()
+    decisions = [it.decision for it in status.iterations]
+    assert decisions == [Decision.REJECTED, Decision.PROMOTED, Decision.REJECTED, Decision.REJECTED]
+    assert status.champion is not None and status.champion.iteration == 2
+
+
+def test_a_finished_loop_does_nothing_more() -> None:
+    world = FakeWorld(make_spec(maxIterations=1), scores={1: (0.5, 0.4)})
+    status = world.run_to_end()
+    assert world.plan(status).actions == ()
+
+
+def test_raising_max_iterations_continues_a_loop_that_stopped_there() -> None:
+    world = FakeWorld(make_spec(maxIterations=1), scores={1: (0.5, 0.4), 2: (0.6, 0.5)})
+    status = world.run_to_end()
+    world.spec = make_spec(maxIterations=2)
+    world.loop = replace(world.loop, generation=2)
+    status = world.run_to_end(status)
+    assert status.iteration == 2
+    assert condition(status, "Complete") == ("True", "MaxIterationsReached")
+
+
+def test_lowering_max_iterations_mid_run_finishes_the_current_iteration_then_stops() -> None:
+    world = FakeWorld(make_spec(maxIterations=5), scores={1: (0.5, 0.4), 2: (0.6, 0.5), 3: (0.7, 0.6)})
+    status = LoopStatus()
+    while status.iteration < 2:
+        status, _ = world.step(status)
+    world.spec = make_spec(maxIterations=1)
+    world.loop = replace(world.loop, generation=2)
+    status = world.run_to_end(status)
+    assert status.iteration == 2
+    assert status.iterations[-1].decision is not None
+    assert condition(status, "Complete") == ("True", "MaxIterationsReached")
+
+
+# -- failures ---------------------------------------------------------------------------------------------
+
+
+def test_a_failed_stage_is_retried_up_to_its_backoff_limit() -> None:
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": 2}), scores={1: (0.5, 0.4)})
+    world.failing[(1, "select")] = 2
+    status = world.run_to_end()
+    assert status.phase is LoopPhase.SUCCEEDED
+    assert world.launches[(1, "select")] == 3
+    assert status.iterations[0].stage("select").attempts == 2  # type: ignore[union-attr]
+
+
+def test_a_stage_that_fails_for_good_fails_the_loop_naming_the_stage_and_run() -> None:
+    world = FakeWorld(make_spec(runtime={"backoffLimit": 1, "stages": {"optimize": {"backoffLimit": 0}}}))
+    world.failing[(1, "optimize")] = 5
+    status = world.run_to_end()
+    assert status.phase is LoopPhase.FAILED
+    assert world.launches[(1, "optimize")] == 1, "the per-stage override (0 retries) wins over the default"
+    assert condition(status, "Failed") == ("True", "StageFailed")
+    assert status.message is not None
+    assert "optimize" in status.message and "demo-1-optimize" in status.message and "boom" in status.message
+    assert world.plan(status).actions == ()
+
+
+# -- suspend and resume -----------------------------------------------------------------------------------
+
+
+def test_a_suspended_loop_starts_nothing() -> None:
+    world = FakeWorld(make_spec(suspend=True))
+    result = world.plan(LoopStatus())
+    assert result.actions == ()
+    assert result.status.phase is LoopPhase.SUSPENDED
+    assert condition(result.status, "Suspended") == ("True", "Suspended")
+
+
+def test_suspending_lets_the_running_stage_finish_and_starts_no_next_one_until_resumed() -> None:
+    world = FakeWorld(make_spec(maxIterations=1), scores={1: (0.5, 0.4)})
+    status, _ = world.step(LoopStatus())  # acquire started and finished
+    result = world.plan(status)
+    world.apply(result)  # select running
+    world.spec = make_spec(maxIterations=1, suspend=True)
+    suspended = world.plan(result.status)
+    assert suspended.actions == ()
+    assert suspended.status.phase is LoopPhase.SUSPENDED
+    world.finish_running()
+    still = world.plan(suspended.status)
+    assert still.actions == (), "select finished; optimize must wait for resume"
+    world.spec = make_spec(maxIterations=1, suspend=False)
+    resumed = world.plan(still.status)
+    assert started(resumed.actions) == [(1, "optimize")]
+    assert resumed.status.phase is LoopPhase.RUNNING
+    assert condition(resumed.status, "Suspended")[0] == "False"
+
+
+def test_a_spec_change_is_noticed_and_applies_to_stages_started_afterwards() -> None:
+    world = FakeWorld(make_spec(maxIterations=1))
+    status, _ = world.step(LoopStatus())
+    status, _ = world.step(status)  # acquire, select done
+    hyper = {"hyperparameters": {"learningRate": 0.5}}
+    world.spec = make_spec(maxIterations=1, optimize=hyper)
+    world.loop = replace(world.loop, generation=2)
+    result = world.plan(status)
+    assert any(e.reason == "SpecChanged" for e in result.events)
+    optimize = next(a for a in result.actions if isinstance(a, StartStage))
+    assert isinstance(optimize.config, OptimizeConfig)
+    assert optimize.config.hyperparameters.learning_rate == 0.5
+    assert result.status.observed_generation == 2
+
+
+# -- restarts ---------------------------------------------------------------------------------------------
+
+
+def test_a_runner_that_died_with_its_stage_restarts_that_stage_only() -> None:
+    world = FakeWorld(make_spec(maxIterations=1))
+    status, _ = world.step(LoopStatus())  # acquire done
+    result = world.plan(status)
+    world.apply(result)  # select running, then the runner and its stage die: the run disappears
+    del world.runs[(1, "select")]
+    after = world.plan(result.status)
+    assert started(after.actions) == [(1, "select")]
+    assert after.status.current().stage("acquire").phase is StagePhase.SUCCEEDED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("crash_at", range(0, 19))
+def test_a_crash_before_the_status_is_written_never_launches_anything_twice(crash_at: int) -> None:
+    """At step `crash_at` the runner acts but dies before saving the status; it restarts from the old status."""
+    scores = {1: (0.5, 0.4), 2: (0.6, 0.5), 3: (0.55, 0.6)}
+    reference = FakeWorld(make_spec(maxIterations=3), scores=scores)
+    expected = reference.run_to_end()
+
+    world = FakeWorld(make_spec(maxIterations=3), scores=scores)
+    status = LoopStatus()
+    for step in range(200):
+        result = world.plan(status)
+        world.apply(result)
+        world.finish_running()
+        world.now += timedelta(seconds=10)
+        if step != crash_at:
+            status = result.status
+        if status.phase in (LoopPhase.SUCCEEDED, LoopPhase.FAILED):
+            break
+    assert all(count == 1 for count in world.launches.values()), world.launches
+    assert sorted(world.launches) == sorted(reference.launches)
+    assert [it.decision for it in status.iterations] == [it.decision for it in expected.iterations]
+    assert status.champion == expected.champion
+    assert set(world.champion_writes) == set(reference.champion_writes)
+
+
+def test_history_is_bounded() -> None:
+    world = FakeWorld(make_spec(maxIterations=25), scores={i: (0.5, 0.5) for i in range(1, 26)})
+    status = world.run_to_end(max_steps=400)
+    assert status.iteration == 25
+    assert len(status.iterations) == 20
+    assert status.iterations[0].index == 6
+
+
+def test_observation_of_a_succeeded_stage_records_its_metrics() -> None:
+    world = FakeWorld(make_spec())
+    result = world.plan(LoopStatus())
+    world.runs[(1, "acquire")] = StageObservation(StagePhase.SUCCEEDED, metrics={"samples": 40.0})
+    after = world.plan(result.status)
+    assert after.status.current().stage("acquire").metrics == {"samples": 40.0}  # type: ignore[union-attr]
+    assert any(e.reason == "StageSucceeded" for e in after.events)
