@@ -10,7 +10,8 @@
 #
 # SIL_TESTENV_ASSETS=/some/bin uses prebuilt binaries from that folder instead (like envtest's
 # KUBEBUILDER_ASSETS): nothing is built, the folder is checked and printed.
-# SIL_TESTENV_CACHE overrides the cache root. Go builds run under `nice` so other work proceeds.
+# SIL_TESTENV_CACHE overrides the cache root; GO=/path/to/go picks the Go toolchain (default: go on
+# PATH, else /usr/local/go/bin/go). Go builds run under `nice` so other work proceeds.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,8 +57,12 @@ Build it once with 'bash hack/testenv/build.sh' (needs Go >= ${GO_MIN_VERSION}; 
 or set SIL_TESTENV_ASSETS to a folder with prebuilt binaries: ${binaries[*]}."
 fi
 
-go_bin="$(command -v go || true)"
-[[ -n "${go_bin}" || ! -x /usr/local/go/bin/go ]] || go_bin=/usr/local/go/bin/go
+if [[ -n "${GO:-}" ]]; then  # GO=/path/to/go picks the toolchain
+  go_bin="$(command -v "${GO}" || true)"
+else
+  go_bin="$(command -v go || true)"
+  [[ -n "${go_bin}" || ! -x /usr/local/go/bin/go ]] || go_bin=/usr/local/go/bin/go
+fi
 [[ -n "${go_bin}" ]] || die "Go is not installed, and it is needed to build the test control plane.
 Install Go >= ${GO_MIN_VERSION}: download it from https://go.dev/dl/ and unpack it, e.g.
   curl -fsSL https://go.dev/dl/go${GO_MIN_VERSION}.0.linux-amd64.tar.gz | sudo tar -C /usr/local -xz

@@ -18,6 +18,8 @@ if _REPO_ROOT not in sys.path:  # `pytest` (unlike `python -m pytest`) does not 
 
 from tests.integration.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
 
+_started: list[ControlPlane] = []
+
 
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
@@ -26,10 +28,20 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         plane = ControlPlane.start(tmp_path_factory.mktemp("controlplane"))
     except ControlPlaneError as exc:
         pytest.fail(str(exc), pytrace=False)
+    _started.append(plane)
     try:
         yield plane
     finally:
         plane.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how long the control plane took to start (the warm start time of hack/testenv)."""
+    for plane in _started:
+        terminalreporter.write_line(
+            f"test control plane ({plane.bin_dir}): API ready in {plane.timings['api_ready_s']:.1f} s, "
+            f"nodes and controllers ready in {plane.timings['ready_s']:.1f} s; logs in {plane.work_dir / 'logs'}"
+        )
 
 
 @pytest.fixture

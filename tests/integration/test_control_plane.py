@@ -51,6 +51,12 @@ def job_pods(plane: ControlPlane, namespace: str, job: str) -> list[dict[str, An
     return pods
 
 
+def test_control_plane_is_ready_within_30_seconds_with_cached_binaries(control_plane: ControlPlane) -> None:
+    """Every test session starts its own control plane, so the start must stay cheap."""
+    assert control_plane.timings["api_ready_s"] < 30
+    assert control_plane.timings["ready_s"] < 30
+
+
 def test_api_server_reports_the_pinned_kubernetes_version(control_plane: ControlPlane) -> None:
     """The binaries are built with version ldflags, so clients see a real version, not v0.0.0."""
     version = json.loads(control_plane.kubectl("version", "-o", "json").stdout)
