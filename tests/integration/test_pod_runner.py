@@ -22,13 +22,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
 def local_job(
-    name: str, command: list[str], *, backoff_limit: int = 0, env: list[dict[str, Any]] | None = None
+    name: str,
+    command: list[str],
+    *,
+    backoff_limit: int = 0,
+    env: list[dict[str, Any]] | None = None,
+    env_from: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """A Job whose pod runs ``command`` on the local pod runner."""
-    pod_spec = {
-        "restartPolicy": "Never",
-        "containers": [{"name": "main", "image": "selfimprove/stages:test", "command": command, "env": env or []}],
-    }
+    container: dict[str, Any] = {"name": "main", "image": "selfimprove/stages:test", "command": command}
+    container |= {"env": env or [], "envFrom": env_from or []}
+    pod_spec = {"restartPolicy": "Never", "containers": [container]}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -47,15 +51,17 @@ def job_pods(plane: ControlPlane, namespace: str, job: str) -> list[dict[str, An
 def test_job_on_the_pod_runner_runs_its_command_with_the_pods_environment(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    """The command really runs: it writes a file with values from a literal, a ConfigMap, a Secret and the
-    downward API, `python` is the project's interpreter, the Job is Complete and the log is kept."""
+    """The command really runs: it writes a file with values from a literal, a ConfigMap (one key, and all
+    keys through envFrom), a Secret and the downward API; `python` is the project's interpreter, the Job is
+    Complete and the command's output is kept in the pod's log file."""
     out = tmp_path / "out.json"
     control_plane.kubectl("create", "configmap", "settings", "-n", namespace, "--from-literal=model=tiny")
     control_plane.kubectl("create", "secret", "generic", "creds", "-n", namespace, "--from-literal=token=s3cret")
     script = (
         "import json, os, sys; "
-        "json.dump({k: os.environ.get(k) for k in ('OUT', 'MODEL', 'TOKEN', 'POD')} | {'python': sys.prefix}, "
-        "open(os.environ['OUT'], 'w')); print('wrote', os.environ['OUT'])"
+        "keys = ('OUT', 'MODEL', 'TOKEN', 'POD', 'CFG_model'); "
+        "json.dump({k: os.environ.get(k) for k in keys} | {'python': sys.prefix}, open(os.environ['OUT'], 'w')); "
+        "print('wrote', os.environ['OUT'])"
     )
     env: list[dict[str, Any]] = [
         {"name": "OUT", "value": str(out)},
@@ -63,7 +69,8 @@ def test_job_on_the_pod_runner_runs_its_command_with_the_pods_environment(
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
         {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
     ]
-    job = local_job("write", ["python", "-c", script], env=env)
+    env_from = [{"prefix": "CFG_", "configMapRef": {"name": "settings"}}]
+    job = local_job("write", ["python", "-c", script], env=env, env_from=env_from)
     control_plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(job))
     control_plane.kubectl("wait", "-n", namespace, "--for=condition=Complete", "--timeout=60s", "job/write")
 
@@ -77,6 +84,7 @@ def test_job_on_the_pod_runner_runs_its_command_with_the_pods_environment(
         "MODEL": "tiny",
         "TOKEN": "s3cret",
         "POD": pod["metadata"]["name"],
+        "CFG_model": "tiny",
         "python": sys.prefix,
     }
     log = Path(pod["metadata"]["annotations"][POD_DIR_ANNOTATION]) / "main.log"
@@ -102,6 +110,21 @@ def test_a_failing_command_fails_its_pod_with_the_exit_code_and_the_job_retries_
     assert status["failed"] == 2
     conditions = {c["type"]: c for c in status["conditions"]}
     assert conditions["Failed"]["reason"] == "BackoffLimitExceeded"
+
+
+def test_a_pod_whose_environment_cannot_be_resolved_fails_with_a_config_error(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    """A reference to a missing ConfigMap fails the pod (CreateContainerConfigError) instead of hanging."""
+    env = [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "x"}}}]
+    control_plane.kubectl(
+        "create", "-n", namespace, "-f", "-", input=json.dumps(local_job("bad-env", ["true"], env=env))
+    )
+    control_plane.kubectl("wait", "-n", namespace, "--for=condition=Failed", "--timeout=60s", "job/bad-env")
+    (pod,) = job_pods(control_plane, namespace, "bad-env")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["reason"] == "CreateContainerConfigError"
+    assert "absent" in terminated["message"]
 
 
 def test_deleting_a_running_pod_kills_its_process(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:

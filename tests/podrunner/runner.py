@@ -247,7 +247,9 @@ class PodRunner:
             if start:
                 run = self._runs[uid] = _PodRun(uid)
         if start and run is not None:
-            threading.Thread(target=self._run_pod, args=(pod, run), name=f"pod-{meta['name']}", daemon=True).start()
+            threading.Thread(
+                target=self._run_pod_safely, args=(pod, run), name=f"pod-{meta['name']}", daemon=True
+            ).start()
         elif event == "DELETED" and run is not None:
             run.deleted.set()
             self._kill(run, grace=0)
@@ -291,6 +293,14 @@ class PodRunner:
     # ---------------------------------------------------------------------------------------------
     # Running a pod
 
+    def _run_pod_safely(self, pod: Pod, run: _PodRun) -> None:
+        try:
+            self._run_pod(pod, run)
+        except Exception:  # an API error mid-run: log it, let a deletion proceed
+            log.exception("pod %s/%s", pod["metadata"]["namespace"], pod["metadata"]["name"])
+        finally:
+            run.done.set()
+
     def _run_pod(self, pod: Pod, run: _PodRun) -> None:
         meta, spec = pod["metadata"], pod["spec"]
         name, namespace = meta["name"], meta["namespace"]
@@ -309,11 +319,6 @@ class PodRunner:
             argvs = [self._argv(pod, container) for container in spec["containers"]]
         except ConfigError as exc:
             self._report_config_error(pod, str(exc))
-            run.done.set()
-            return
-        except ApiException:
-            log.exception("pod %s/%s could not be annotated", namespace, name)
-            run.done.set()
             return
 
         started = now()
