@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    console = Console(stderr=False, highlight=False)
+    # Logs and CI output are not terminals: give them room instead of rich's 80-column default.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     code: int = args.handler(args, console)
     return code
 

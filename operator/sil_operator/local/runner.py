@@ -167,7 +167,7 @@ class LocalRunner:
                 phase=StagePhase.SUCCEEDED,
                 attempts=running.action.attempt - 1 if running else 0,
                 run_name=running.action.run_name if running else None,
-                started_at=manifest.started_at,
+                started_at=running.started_at if running else manifest.started_at,
                 finished_at=manifest.finished_at,
                 metrics=manifest.metrics,
             )
