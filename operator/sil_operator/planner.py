@@ -132,10 +132,8 @@ def run_name(loop: str, iteration: int, stage: str) -> str:
 
 
 def backoff_limit(spec: LoopSpec, stage: str) -> int:
-    override = spec.runtime.stages.get(stage)  # type: ignore[call-overload]
-    if override is not None and override.backoff_limit is not None:
-        return int(override.backoff_limit)
-    return spec.runtime.backoff_limit if spec.runtime.backoff_limit is not None else DEFAULT_BACKOFF_LIMIT
+    limit = spec.runtime.for_stage(stage).backoff_limit
+    return DEFAULT_BACKOFF_LIMIT if limit is None else limit
 
 
 def plan(spec: LoopSpec, loop: LoopRef, status: LoopStatus, observed: Observation, now: datetime) -> Plan:

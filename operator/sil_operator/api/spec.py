@@ -71,9 +71,9 @@ class StageRuntime(ApiModel):
     """How a stage runs: container image and scheduling on Kubernetes, retries everywhere."""
 
     image: str | None = Field(default=None, description="Stage container image. Required on Kubernetes.")
-    resources: dict[str, dict[str, str]] | None = Field(
+    resources: dict[Literal["limits", "requests"], dict[str, int | str]] | None = Field(
         default=None,
-        description="Container resources, e.g. {limits: {nvidia.com/gpu: '1'}}. Default: none.",
+        description="Container resources, e.g. {limits: {nvidia.com/gpu: 1, memory: 64Gi}}. Default: none.",
     )
     node_selector: dict[str, str] | None = Field(default=None, description="Pod nodeSelector. Default: none.")
     tolerations: list[dict[str, Any]] | None = Field(default=None, description="Pod tolerations. Default: none.")
@@ -98,14 +98,32 @@ class StageRuntime(ApiModel):
     env: dict[str, str] | None = Field(default=None, description="Extra environment variables for the stage.")
 
 
+class StageOverrides(ApiModel):
+    """Per-stage runtime overrides; a field set for a stage replaces the default for that stage."""
+
+    acquire: StageRuntime | None = Field(default=None, description="Overrides for acquire Jobs.")
+    select: StageRuntime | None = Field(default=None, description="Overrides for select Jobs.")
+    optimize: StageRuntime | None = Field(
+        default=None, description="Overrides for optimize Jobs, e.g. {resources: {limits: {nvidia.com/gpu: 8}}}."
+    )
+    evaluate: StageRuntime | None = Field(default=None, description="Overrides for evaluate Jobs.")
+
+
 class RuntimeSpec(StageRuntime):
     """Defaults for every stage; `stages.<name>` overrides them field by field."""
 
-    stages: dict[Literal["acquire", "select", "optimize", "evaluate"], StageRuntime] = Field(
-        default_factory=dict,
-        description="Per-stage overrides of the fields above, e.g. {optimize: {resources: {limits: "
-        "{nvidia.com/gpu: '8'}}}}. A field set here replaces the default for that stage.",
+    stages: StageOverrides = Field(
+        default_factory=StageOverrides,
+        description="Per-stage overrides of the fields above. A field set for a stage replaces the default.",
     )
+
+    def for_stage(self, stage: str) -> StageRuntime:
+        """The effective runtime of one stage: the defaults, with that stage's fields laid over them."""
+        base = StageRuntime.model_validate(self.model_dump(exclude={"stages"}))
+        override: StageRuntime | None = getattr(self.stages, stage)
+        if override is None:
+            return base
+        return base.model_copy(update=override.model_dump(exclude_unset=True))
 
 
 DEFAULT_BACKOFF_LIMIT = 2

@@ -82,7 +82,7 @@ BAD_SPECS = [
     ("spec.promotion.gates.0.successCondition", "result > best", "undeclared reference to 'best'"),
     ("spec.promotion.gates.0.query", 'x{l="{{loops}}"}', "spec.promotion.gates.0.query: unknown placeholder"),
     ("spec.runtime.backoffLimit", 99, "spec.runtime.backoffLimit: Input should be less than or equal to 20"),
-    ("spec.runtime.stages", {"train": {}}, "spec.runtime.stages.train.[key]: Input should be 'acquire'"),
+    ("spec.runtime.stages", {"train": {}}, "spec.runtime.stages.train: unknown field"),
     ("spec.stopping.patience", 0, "spec.stopping.patience: Input should be greater than or equal to 1"),
     ("metadata.name", "My_Loop", "metadata.name: expected a DNS label"),
 ]
@@ -117,6 +117,27 @@ def test_all_mistakes_are_reported_at_once() -> None:
     with pytest.raises(SpecError) as raised:
         parse_loop(document)
     assert len(raised.value.problems) == 2
+
+
+def test_a_stage_override_replaces_only_the_fields_it_sets() -> None:
+    runtime = parse_loop(
+        loop_document(
+            runtime={
+                "image": "stage:1",
+                "backoffLimit": 3,
+                "resources": {"limits": {"cpu": "4"}},
+                "stages": {"optimize": {"resources": {"limits": {"nvidia.com/gpu": 8}}, "backoffLimit": 0}},
+            }
+        )
+    ).spec.runtime
+    optimize = runtime.for_stage("optimize")
+    assert (optimize.image, optimize.backoff_limit, optimize.resources) == (
+        "stage:1",
+        0,
+        {"limits": {"nvidia.com/gpu": 8}},
+    )
+    acquire = runtime.for_stage("acquire")
+    assert (acquire.image, acquire.backoff_limit, acquire.resources) == ("stage:1", 3, {"limits": {"cpu": "4"}})
 
 
 def test_relative_paths_resolve_against_the_loop_file(tmp_path: Path) -> None:
