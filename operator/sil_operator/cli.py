@@ -169,6 +169,13 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_crd(args: argparse.Namespace, console: Console) -> int:
+    from sil_operator.crd import crd_yaml
+
+    sys.stdout.write(crd_yaml())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sil", description="Self-improvement loops for language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd = commands.add_parser("explain", help="document a field, e.g. `sil explain spec.select.keep`")
     explain_cmd.add_argument("field", nargs="?")
     explain_cmd.set_defaults(handler=cmd_explain)
+    crd_cmd = commands.add_parser("crd", help="print the CustomResourceDefinition (generated from the API models)")
+    crd_cmd.set_defaults(handler=cmd_crd)
     return parser
 
 

@@ -1,0 +1,196 @@
+"""The CustomResourceDefinition, generated from the API models: one source of truth.
+
+`sil crd > crds/selfimprove.dev_selfimprovementloops.yaml` writes it; a unit test fails when the checked-in file
+is stale. The pydantic JSON schema is turned into a Kubernetes structural schema: `$ref`s inlined, optional
+fields made nullable, `Literal`s as enums, free-form maps preserved, defaults and bounds kept, field descriptions
+kept (they are the `kubectl explain` text). Cross-field rules that pydantic checks in Python are repeated as CEL
+`x-kubernetes-validations`, so the API server rejects the same mistakes as `sil validate`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from sil_operator.api.spec import API_GROUP, API_VERSION, KIND, LoopSpec
+from sil_operator.api.status import LoopStatus
+
+PLURAL = "selfimprovementloops"
+SINGULAR = "selfimprovementloop"
+SHORT_NAMES = ["sil"]
+CRD_NAME = f"{PLURAL}.{API_GROUP}"
+
+_DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_VERIFIER = r"^(exact-match|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+
+# Rules pydantic enforces in validators, for the API server: (JSON path of the object, extra schema keys).
+_EXTRA: dict[tuple[str, ...], dict[str, Any]] = {
+    (): {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!has(self.select) || !has(self.select.scorer) || !has(self.select.scorer.type) || "
+                "self.select.scorer.type != 'majority-vote' || !has(self.acquire.samplesPerPrompt) || "
+                "self.acquire.samplesPerPrompt >= 2",
+                "message": "select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2 (a vote needs voters)",
+                "fieldPath": ".acquire.samplesPerPrompt",
+            }
+        ]
+    },
+    ("select", "scorer", "verifier"): {"pattern": _VERIFIER},
+    ("evaluate", "verifier"): {"pattern": _VERIFIER},
+    ("evaluate", "datasets", "[]", "name"): {"pattern": _DNS_LABEL, "maxLength": 63},
+    ("evaluate", "datasets"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    ("promotion", "gates"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    ("promotion", "gates", "[]", "name"): {"pattern": _DNS_LABEL, "maxLength": 63},
+    ("promotion", "gates", "[]"): {
+        "x-kubernetes-validations": [
+            {
+                "rule": "has(self.successCondition) || has(self.failureCondition)",
+                "message": "a gate needs successCondition, failureCondition or both",
+            }
+        ]
+    },
+}
+
+_DROP = {"title", "additionalProperties", "propertyNames"}
+
+
+def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
+    if isinstance(schema, dict):
+        if "$ref" in schema:
+            target = definitions[schema["$ref"].split("/")[-1]]
+            merged = {**_inline(target, definitions), **{k: v for k, v in schema.items() if k != "$ref"}}
+            return _inline(merged, definitions)
+        return {key: _inline(value, definitions) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_inline(item, definitions) for item in schema]
+    return schema
+
+
+def _structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """One pydantic JSON-schema node → one structural OpenAPI v3 node."""
+    schema = dict(schema)
+    nullable = False
+    if "anyOf" in schema:
+        choices = schema.pop("anyOf")
+        options = [o for o in choices if o.get("type") != "null"]
+        nullable = len(options) < len(choices)
+        types = {o.get("type") for o in options}
+        if types == {"integer", "string"}:
+            schema.update({"x-kubernetes-int-or-string": True})
+        elif len(options) == 1:
+            schema = {**options[0], **schema}
+        else:
+            raise ValueError(f"cannot express anyOf {options} in a structural schema")
+    if "const" in schema:
+        schema["enum"] = [schema.pop("const")]
+    if "exclusiveMinimum" in schema:
+        schema["minimum"], schema["exclusiveMinimum"] = schema["exclusiveMinimum"], True
+    if "exclusiveMaximum" in schema:
+        schema["maximum"], schema["exclusiveMaximum"] = schema["exclusiveMaximum"], True
+    if schema.get("default", "absent") is None:
+        del schema["default"]
+    additional = schema.get("additionalProperties")
+    out: dict[str, Any] = {k: v for k, v in schema.items() if k not in _DROP and k not in ("properties", "items")}
+    if schema.get("type") == "object" or "properties" in schema:
+        out["type"] = "object"
+        if "properties" in schema:
+            out["properties"] = {name: _structural(node) for name, node in schema["properties"].items()}
+        elif isinstance(additional, dict):
+            out["additionalProperties"] = _structural(additional)
+        else:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    if schema.get("type") == "array":
+        out["items"] = _structural(schema.get("items", {}))
+    if nullable and "default" not in out:
+        out["nullable"] = True
+    return out
+
+
+def _apply_extras(schema: dict[str, Any], extras: dict[tuple[str, ...], dict[str, Any]]) -> dict[str, Any]:
+    for path, extra in extras.items():
+        node = schema
+        for part in path:
+            node = node["items"] if part == "[]" else node["properties"][part]
+        node.update(extra)
+    return schema
+
+
+def openapi_schema(model: type[LoopSpec] | type[LoopStatus]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    definitions = raw.pop("$defs", {})
+    return _structural(_inline(raw, definitions))
+
+
+def crd() -> dict[str, Any]:
+    spec = _apply_extras(openapi_schema(LoopSpec), _EXTRA)
+    status = openapi_schema(LoopStatus)
+    status["x-kubernetes-preserve-unknown-fields"] = True  # room for kopf and future fields; ours are typed
+    columns = [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
+        {"name": "Max", "type": "integer", "jsonPath": ".spec.maxIterations", "priority": 1},
+        {
+            "name": "Champion",
+            "type": "integer",
+            "jsonPath": ".status.champion.iteration",
+            "description": "Iteration of the champion (0: the base model)",
+        },
+        {"name": "Score", "type": "number", "jsonPath": ".status.champion.score"},
+        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": CRD_NAME},
+        "spec": {
+            "group": API_GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "categories": ["selfimprove"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": API_VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A self-improvement loop: each iteration the champion model generates "
+                            "data, the data is scored and filtered, a candidate is trained on it and evaluated, and "
+                            "promotion gates decide whether it becomes the champion.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                            "required": ["spec"],
+                            "x-kubernetes-validations": [
+                                {
+                                    "rule": "size(self.metadata.name) <= 40",
+                                    "message": "metadata.name: at most 40 characters (it prefixes Job names)",
+                                }
+                            ],
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated from operator/sil_operator/api by `sil crd`; do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(), sort_keys=False, width=120)
