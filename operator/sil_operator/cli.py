@@ -176,6 +176,24 @@ def cmd_crd(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_operator(args: argparse.Namespace, console: Console) -> int:
+    """Runs the Kubernetes operator (kopf) until interrupted."""
+    import logging
+
+    import kopf
+
+    import sil_operator.kube.handlers  # noqa: F401  (registers the handlers)
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=list(args.namespace),
+        liveness_endpoint=args.liveness or None,
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sil", description="Self-improvement loops for language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -191,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     explain_cmd = commands.add_parser("explain", help="document a field, e.g. `sil explain spec.select.keep`")
     explain_cmd.add_argument("field", nargs="?")
     explain_cmd.set_defaults(handler=cmd_explain)
+    operator = commands.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    operator.add_argument(
+        "--namespace", action="append", default=[], help="serve only this namespace (repeatable); default: all"
+    )
+    operator.add_argument(
+        "--liveness", default="", help="serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    operator.add_argument("--verbose", action="store_true")
+    operator.set_defaults(handler=cmd_operator)
     crd_cmd = commands.add_parser("crd", help="print the CustomResourceDefinition (generated from the API models)")
     crd_cmd.set_defaults(handler=cmd_crd)
     return parser

@@ -96,6 +96,10 @@ class StageRuntime(ApiModel):
         default=None, ge=1, description="A stage running longer than this fails. Default: no deadline."
     )
     env: dict[str, str] | None = Field(default=None, description="Extra environment variables for the stage.")
+    pod_labels: dict[str, str] | None = Field(default=None, description="Extra labels on the stage's pods.")
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, description="Extra annotations on the stage's pods (e.g. to opt out of sidecar injection)."
+    )
 
 
 class StageOverrides(ApiModel):

@@ -122,9 +122,12 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
         pod_spec["tolerations"] = list(runtime.tolerations)
     if runtime.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": name} for name in runtime.image_pull_secrets]
+    pod_metadata: dict[str, Any] = {"labels": {**(runtime.pod_labels or {}), **job_labels}}
+    if runtime.pod_annotations:
+        pod_metadata["annotations"] = dict(runtime.pod_annotations)
     job_spec: dict[str, Any] = {
         "backoffLimit": DEFAULT_BACKOFF_LIMIT if runtime.backoff_limit is None else runtime.backoff_limit,
-        "template": {"metadata": {"labels": job_labels}, "spec": pod_spec},
+        "template": {"metadata": pod_metadata, "spec": pod_spec},
     }
     if runtime.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = runtime.active_deadline_seconds

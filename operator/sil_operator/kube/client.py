@@ -1,0 +1,101 @@
+"""The few Kubernetes API calls the operator makes, idempotent, and never blocking the event loop.
+
+The official client is synchronous; every call runs in a worker thread (`asyncio.to_thread`), so kopf's event loop
+keeps serving watches while a request is in flight. Create treats 409 (already exists) as success and delete
+treats 404 as success: with deterministic names that is what makes a replayed action harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from sil_operator.api.spec import API_GROUP, API_VERSION
+from sil_operator.crd import PLURAL
+from sil_operator.kube.objects import LABEL_LOOP
+
+
+@dataclass
+class Created:
+    name: str
+    created: bool
+    """False when it already existed (a replayed create)."""
+
+
+class KubeApi:
+    def __init__(self, api_client: Any = None) -> None:
+        from kubernetes import client
+
+        self._client = api_client or client.ApiClient()
+        self.core = client.CoreV1Api(self._client)
+        self.batch = client.BatchV1Api(self._client)
+        self.custom = client.CustomObjectsApi(self._client)
+
+    @staticmethod
+    def from_kubeconfig(path: str | None = None) -> KubeApi:
+        from kubernetes import config
+
+        if path is None:
+            try:
+                config.load_incluster_config()
+                return KubeApi()
+            except config.ConfigException:
+                pass
+        config.load_kube_config(config_file=path)
+        return KubeApi()
+
+    async def get_loop(self, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return await asyncio.to_thread(
+                self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch_loop_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        await asyncio.to_thread(
+            self.custom.patch_namespaced_custom_object_status,
+            API_GROUP,
+            API_VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+        )
+
+    async def list_jobs(self, namespace: str, loop: str) -> list[dict[str, Any]]:
+        result = await asyncio.to_thread(
+            self.batch.list_namespaced_job, namespace, label_selector=f"{LABEL_LOOP}={loop}"
+        )
+        return [self._client.sanitize_for_serialization(job) for job in result.items]
+
+    async def create(self, manifest: dict[str, Any]) -> Created:
+        from kubernetes.client.exceptions import ApiException
+
+        namespace = manifest["metadata"]["namespace"]
+        name = manifest["metadata"]["name"]
+        create = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Job": self.batch.create_namespaced_job,
+        }[manifest["kind"]]
+        try:
+            await asyncio.to_thread(create, namespace, manifest)
+        except ApiException as error:
+            if error.status == 409:
+                return Created(name, created=False)
+            raise
+        return Created(name, created=True)
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            await asyncio.to_thread(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise

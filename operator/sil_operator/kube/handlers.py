@@ -1,0 +1,103 @@
+"""All kopf registrations, and nothing else: each handler delegates to the Controller.
+
+Event-driven: every loop has a daemon that reconciles and then sleeps until woken. A change to any Job the
+operator manages wakes its loop's daemon at once (so the next stage starts within a second of the last one
+finishing), as does a change to the loop itself; the planner's requeue (gate intervals) and a resync period
+bound the sleep otherwise.
+
+kopf keeps its own bookkeeping in annotations (`selfimprove.dev/...`), not in `status`, so the CRD's structural
+schema never prunes it and the status stays ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+
+from sil_operator.api.spec import API_GROUP, API_VERSION
+from sil_operator.crd import PLURAL
+from sil_operator.kube.client import KubeApi
+from sil_operator.kube.controller import Controller
+from sil_operator.kube.objects import LABEL_LOOP, LABEL_MANAGED_BY, MANAGED_BY
+
+RESYNC_SECONDS = float(os.environ.get("SIL_RESYNC_SECONDS", "300"))
+log = logging.getLogger("selfimprove.operator")
+
+
+class Wakeups:
+    """One asyncio.Event per loop, set by watch events, awaited by the loop's daemon."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def event(self, namespace: str, name: str) -> asyncio.Event:
+        return self._events.setdefault((namespace, name), asyncio.Event())
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.event(namespace, name).set()
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._events.pop((namespace, name), None)
+
+
+def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    # kopf builds the event's object reference from apiVersion, kind and metadata: a plain mapping has them.
+    kopf.event(cast(kopf.Body, dict(body)), type=type_, reason=reason, message=message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=API_GROUP, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    memo.wakeups = Wakeups()
+    memo.controller = Controller(
+        api=KubeApi.from_kubeconfig(os.environ.get("KUBECONFIG")),
+        emit=_post_event,
+        default_image=os.environ.get("SIL_STAGE_IMAGE"),
+    )
+
+
+@kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=2.0)
+async def run_loop(name: str, namespace: str | None, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+    if namespace is None:  # the CRD is namespaced; kopf types allow cluster-scoped resources too
+        return
+    controller: Controller = memo.controller
+    wakeups: Wakeups = memo.wakeups
+    wake = wakeups.event(namespace, name)
+    try:
+        while not stopped:
+            wake.clear()
+            try:
+                result = await controller.reconcile(namespace, name)
+                wait = RESYNC_SECONDS if result.requeue_after is None else result.requeue_after
+            except Exception:  # a transient API error: log it and retry soon, never kill the daemon
+                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                wait = 5.0
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), timeout=wait)
+    finally:
+        wakeups.forget(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+async def job_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    loop = labels.get(LABEL_LOOP)
+    if loop and namespace:
+        memo.wakeups.wake(namespace, loop)
+
+
+@kopf.on.event(API_GROUP, API_VERSION, PLURAL)
+async def loop_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if namespace:
+        memo.wakeups.wake(namespace, name)

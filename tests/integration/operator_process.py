@@ -1,0 +1,68 @@
+"""Runs `sil operator` against the test control plane as a separate process, as a deployment would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.integration.controlplane import ControlPlane
+
+
+@dataclass
+class OperatorProcess:
+    plane: ControlPlane
+    log_path: Path
+    namespace: str
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            **self.plane.env(),
+            "SIL_STAGE_IMAGE": "selfimprove/stage:test",
+            "SIL_RESYNC_SECONDS": "30",
+            "PYTHONUNBUFFERED": "1",
+        }
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sil_operator.cli", "operator", "--namespace", self.namespace],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        log.close()
+
+    def kill(self) -> None:
+        """kill -9: no cleanup, no graceful shutdown."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def running_operator(plane: ControlPlane, namespace: str, log_path: Path) -> Iterator[OperatorProcess]:
+    operator = OperatorProcess(plane, log_path, namespace)
+    operator.start()
+    try:
+        yield operator
+    finally:
+        operator.stop()
