@@ -242,6 +242,8 @@ class ControlPlane:
         pki = self.work_dir / "pki"
         pki.mkdir(exist_ok=True)
         sa_key, sa_pub = pki / "sa.key", pki / "sa.pub"
+        if shutil.which("openssl") is None:
+            raise ControlPlaneError("openssl is needed for the service-account keys: apt-get install openssl")
         subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True)
         subprocess.run(
             ["openssl", "rsa", "-in", str(sa_key), "-pubout", "-out", str(sa_pub)],
@@ -288,8 +290,6 @@ class ControlPlane:
                 "--profiling=false",
             ],
         )
-        # kube-controller-manager needs the SA key (token controller) and the CA (kube-root-ca.crt).
-        self._sa_key = sa_key
         self._write_kubeconfig()
 
     def _write_kubeconfig(self) -> None:
@@ -341,8 +341,9 @@ class ControlPlane:
                 f"--secure-port={free_port()}",
                 "--controllers=*",
                 "--use-service-account-credentials=false",
-                f"--service-account-private-key-file={self._sa_key}",
-                f"--root-ca-file={self.ca_file}",
+                # the service-account token controller signs with the API server's key
+                f"--service-account-private-key-file={self.work_dir / 'pki' / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}",  # published as ConfigMap kube-root-ca.crt
             ],
         )
         self._spawn(
