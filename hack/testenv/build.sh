@@ -42,7 +42,7 @@ fi
 
 # The cache key: the pinned versions, plus a hash of everything that goes into the build.
 key_hash="$(cat "${here}/versions.env" "${here}/go.mod" "${here}/go.sum" "${here}/hyperkube/main.go" \
-  "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)"
+  | sha256sum | cut -c1-12)"
 cache_root="${SIL_TESTENV_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/selfimprove/testenv}"
 dest="${cache_root}/k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}-${key_hash}"
 bin="${dest}/bin"
@@ -53,7 +53,7 @@ if [[ -f "${dest}/complete" && -z "$(missing_in "${bin}")" ]]; then
 fi
 if [[ "${mode}" == "--check" ]]; then
   die "the test control plane is not built (no complete ${bin}).
-Build it once with 'bash hack/testenv/build.sh' (needs Go >= ${GO_MIN_VERSION}; about 6 minutes on 2 cores),
+Build it once with 'bash hack/testenv/build.sh' (needs Go >= ${GO_MIN_VERSION}; 6-20 minutes on 2 cores),
 or set SIL_TESTENV_ASSETS to a folder with prebuilt binaries: ${binaries[*]}."
 fi
 
@@ -83,7 +83,7 @@ for pin in "k8s.io/kubernetes ${KUBERNETES_VERSION}" "go.etcd.io/etcd/server/v3 
 done
 
 log "building Kubernetes ${KUBERNETES_VERSION}, etcd ${ETCD_VERSION}, kwok ${KWOK_VERSION}, helm ${HELM_VERSION} with Go ${go_version}"
-log "into ${bin} (a cold build takes about 6 minutes on 2 cores, plus module downloads)"
+log "into ${bin} (a cold build takes 6-20 minutes on 2 cores, with the module downloads)"
 start=${SECONDS}
 staging="${dest}.tmp.$$"
 rm -rf "${staging}"
