@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 loop_started = time.monotonic()
                 plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(document))
                 wait_until(
-                    lambda name=name: loop_phase(plane, namespace, name) in ("Succeeded", "Failed"),
+                    lambda: loop_phase(plane, namespace, name) in ("Succeeded", "Failed"),  # noqa: B023 (waits here)
                     60 + 30 * args.iterations,
                     f"loop {name} to finish; operator log:\n{operator.log()[-4000:]}",
                     interval=0.5,

@@ -295,7 +295,7 @@ def test_backoff_limit_defaults_to_two_and_a_stage_override_wins(
 
 def test_a_stage_override_replaces_only_the_fields_it_sets() -> None:
     """`runtime.stages.optimize` asks for 8 GPUs; image, nodeSelector and backoffLimit stay the loop's."""
-    runtime = {
+    runtime: dict[str, Any] = {
         "image": "registry.example/stage:v2",
         "backoffLimit": 1,
         "nodeSelector": {"pool": "gpu"},
@@ -325,7 +325,7 @@ def test_a_queue_name_labels_the_job_for_kueue_and_creates_it_suspended() -> Non
 
 
 def test_a_queue_name_for_one_stage_suspends_only_that_stages_job() -> None:
-    runtime = {"stages": {"optimize": {"queueName": "big-gpus"}}}
+    runtime: dict[str, Any] = {"stages": {"optimize": {"queueName": "big-gpus"}}}
     assert job_for("optimize", **runtime)["spec"]["suspend"] is True
     assert job_for("optimize", **runtime)["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "big-gpus"
     assert "suspend" not in job_for("acquire", **runtime)["spec"]
