@@ -97,6 +97,13 @@ def _structural(schema: dict[str, Any]) -> dict[str, Any]:
         out["type"] = "object"
         if "properties" in schema:
             out["properties"] = {name: _structural(node) for name, node in schema["properties"].items()}
+            required = set(schema.get("required", []))
+            for name, node in out["properties"].items():
+                # An optional object whose fields are all optional defaults to {}, so the API server fills in
+                # its fields' defaults even when the user leaves the whole object out (what `kubectl get` shows
+                # is then what runs).
+                if name not in required and _all_optional_object(node) and "default" not in node:
+                    node["default"] = {}
         elif isinstance(additional, dict):
             out["additionalProperties"] = _structural(additional)
         else:
@@ -106,6 +113,12 @@ def _structural(schema: dict[str, Any]) -> dict[str, Any]:
     if nullable and "default" not in out:
         out["nullable"] = True
     return out
+
+
+def _all_optional_object(node: dict[str, Any]) -> bool:
+    return (
+        node.get("type") == "object" and "properties" in node and not node.get("required") and not node.get("nullable")
+    )
 
 
 def _apply_extras(schema: dict[str, Any], extras: dict[tuple[str, ...], dict[str, Any]]) -> dict[str, Any]:

@@ -190,6 +190,22 @@ def test_a_valid_loop_is_stored_with_the_schema_defaults_filled_in(control_plane
     assert spec["runtime"]["resources"] == {"limits": {"nvidia.com/gpu": 1}}, "given values are kept as written"
 
 
+def test_objects_left_out_entirely_are_stored_with_their_defaults(control_plane: ControlPlane, namespace: str) -> None:
+    """An omitted optional object (select, optimize, sampling, ...) defaults to {} and then to its fields' defaults."""
+    document = valid_loop(namespace, "bare")
+    document["spec"].pop("select", None)
+    document["spec"].pop("optimize", None)
+    code, answer = apply(control_plane, document)
+    assert code == 0, answer
+    spec = control_plane.get_json("sil", "bare", "-n", namespace)["spec"]
+    assert spec["select"]["scorer"] == {"type": "verifier", "verifier": "exact-match"}
+    assert spec["optimize"]["method"] == "sft"
+    assert spec["optimize"]["initFrom"] == "champion"
+    assert spec["optimize"]["hyperparameters"]["learningRate"] == pytest.approx(1e-4)
+    assert spec["acquire"]["sampling"]["temperature"] == 1
+    assert spec["evaluate"]["refinement"] == {"method": "self-consistency", "samples": 8, "temperature": 0.7}
+
+
 def test_a_loop_at_the_limits_is_accepted(control_plane: ControlPlane, namespace: str) -> None:
     """The bounds are inclusive: a 40-character name, topP 1, one iteration, majority-vote with two samples."""
     document = valid_loop(namespace, "x" * 40)
