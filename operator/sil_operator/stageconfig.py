@@ -102,5 +102,6 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             max_new_tokens=evaluate.max_new_tokens or spec.acquire.sampling.max_new_tokens,
             batch_size=evaluate.batch_size,
             engine=spec.acquire.engine,
+            pushgateway=evaluate.pushgateway.address if evaluate.pushgateway else None,
         )
     raise ValueError(f"unknown stage {stage!r}")

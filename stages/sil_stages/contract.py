@@ -159,11 +159,11 @@ class EvaluateConfig(_StageConfigBase):
     max_new_tokens: int = 32
     batch_size: int = 64
     engine: Literal["transformers", "vllm"] = "transformers"
+    pushgateway: str | None = None
+    """Pushgateway URL to push the evaluation series to (grouped by namespace, loop, iteration); None: don't."""
 
 
-StageConfig = Annotated[
-    AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig, Field(discriminator="stage")
-]
+StageConfig = Annotated[AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig, Field(discriminator="stage")]
 
 
 class StageConfigEnvelope(BaseModel):

@@ -287,6 +287,11 @@ class EvaluateSpec(ApiModel):
         default=None, ge=1, description="Tokens generated per answer. Default: acquire.sampling.maxNewTokens."
     )
     batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
+    pushgateway: PushgatewaySpec | None = Field(
+        default=None,
+        description="Push the evaluation metrics to this Pushgateway (for Prometheus gates and dashboards). "
+        "Default: none (metrics stay in the evaluate manifest).",
+    )
 
     @field_validator("datasets")
     @classmethod
@@ -297,8 +302,35 @@ class EvaluateSpec(ApiModel):
         return value
 
 
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1, description="Secret name, in the loop's namespace.")
+    key: str = Field(min_length=1, description="Key in the Secret's data.")
+
+
 class PrometheusSpec(ApiModel):
-    address: str = Field(description="Prometheus base URL, e.g. http://prometheus:9090.")
+    address: str = Field(
+        min_length=1, description="Prometheus base URL, e.g. http://prometheus-operated.monitoring:9090."
+    )
+    bearer_token_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret key holding a bearer token sent with every query (e.g. for a Prometheus behind an "
+        "auth proxy). Default: no token.",
+    )
+    ca_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a PEM CA bundle to verify the server's TLS certificate."
+    )
+    insecure_skip_verify: bool = Field(
+        default=False, description="Skip TLS certificate verification (testing only). Default: false."
+    )
+    timeout_seconds: int = Field(default=10, ge=1, le=300, description="Query timeout. Default: 10.")
+
+
+class PushgatewaySpec(ApiModel):
+    address: str = Field(
+        min_length=1,
+        description="Pushgateway base URL the evaluate stage pushes selfimprove_eval_* gauges to, grouped by "
+        "namespace, loop and iteration, e.g. http://pushgateway.monitoring:9091.",
+    )
 
 
 class GateSpec(ApiModel):
