@@ -7,6 +7,7 @@ controller's Complete and Failed conditions, and garbage collection of a deleted
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +157,16 @@ def test_kwok_fails_a_pod_annotated_with_an_exit_code(control_plane: ControlPlan
         c["type"]: c for c in control_plane.get_json("job", "doomed", "-n", namespace)["status"]["conditions"]
     }
     assert conditions["Failed"]["reason"] == "BackoffLimitExceeded"
+
+
+def test_kwok_runs_a_pod_for_the_milliseconds_its_annotation_asks(control_plane: ControlPlane, namespace: str) -> None:
+    """kwok.selfimprove.dev/run-ms sets how long a fake pod runs before it completes (tests and benchmarks
+    use it to give stages a duration); kwok wants a Go duration, so the stage appends the unit."""
+    job = gpu_job("slow", annotations={"kwok.selfimprove.dev/run-ms": "3000"})
+    control_plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(job))
+    control_plane.kubectl("wait", "-n", namespace, "--for=condition=Complete", "--timeout=60s", "job/slow")
+
+    (pod,) = job_pods(control_plane, namespace, "slow")
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    ran = datetime.fromisoformat(terminated["finishedAt"]) - datetime.fromisoformat(terminated["startedAt"])
+    assert ran.total_seconds() >= 2  # the timestamps have whole seconds
