@@ -160,9 +160,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     outputs = StageOutputs(store, config.output_uri)
     datasets = load_datasets(store, config.datasets)
     pattern = compile_pattern(config.answer_pattern, field="answer_pattern")
-    verifier = make_verifier(
-        config.verifier, config.answer_pattern, field="verifier", pattern_field="answer_pattern"
-    )
+    verifier = make_verifier(config.verifier, config.answer_pattern, field="verifier", pattern_field="answer_pattern")
     uris = {"candidate": config.candidate_uri, "champion": config.champion_uri}
     models = ["candidate"] if config.candidate_uri == config.champion_uri else list(MODELS)
 

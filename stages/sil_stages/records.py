@@ -40,9 +40,7 @@ def require_field(records: Iterable[Record], name: str, *, uri: str, field: str)
     """Fails with one line naming the record field that is missing, the file and the config field."""
     for number, record in enumerate(records, start=1):
         if name not in record:
-            raise StageInputError(
-                f"{field}: record {number} of {uri} has no `{name}` field; every record needs one"
-            )
+            raise StageInputError(f"{field}: record {number} of {uri} has no `{name}` field; every record needs one")
 
 
 def to_jsonl(records: Iterable[Record]) -> str:

@@ -1,0 +1,90 @@
+"""Fixtures for the stage tests: a tiny causal LM built from a config, and stage configs in a temp store.
+
+No hub download: the tokenizer is a character-level WordLevel model trained on the fly with `tokenizers`, the
+model a 2-layer Llama with hidden size 32. Random weights are enough to test what the stages write; the
+optimize test checks that training moves them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ALPHABET = "0123456789+= abcdefghijklmnopqrstuvwxyz.\n"
+
+
+def build_tiny_model(directory: Path) -> Path:
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+
+    set_seed(0)
+    raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    raw.decoder = decoders.Fuse()
+    raw.train_from_iterator([ALPHABET], trainer=trainers.WordLevelTrainer(special_tokens=["<pad>", "<eos>", "<unk>"]))
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved tiny model directory, shared by the session (read-only: tests never write into it)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+StageConfig = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture
+def stage_config(tmp_path: Path) -> StageConfig:
+    """`stage_config("acquire", model_uri=...)`: a config dict for one stage of iteration 1 in a temp store."""
+    storage = (tmp_path / "store").as_uri()
+
+    def make(stage: str, *, iteration: int = 1, **fields: Any) -> dict[str, Any]:
+        return {
+            "stage": stage,
+            "loop": "test-loop",
+            "namespace": "test-ns",
+            "iteration": iteration,
+            "storage": {"uri": storage},
+            "output_uri": f"{storage}/iterations/{iteration}/{stage}",
+            "seed": 0,
+            **fields,
+        }
+
+    return make
+
+
+def output_dir(config: dict[str, Any]) -> Path:
+    return Path(str(config["output_uri"]).removeprefix("file://"))
