@@ -12,8 +12,8 @@ Both models see the same sampling seed, so their difference is the weights, not 
 champion are the same URI (iteration 1 before any training, or a no-op), the model is evaluated once.
 
 Writes `results.json` and a manifest whose `series` are the labelled `selfimprove_eval_*` samples (what the
-operator pushes to Prometheus and what local gates read) and whose `metrics` are flat scalars, including
-`candidate_score` and `champion_score` (first dataset, greedy) for tables.
+stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
+flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy) for tables.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from sil_stages.errors import StageInputError
 from sil_stages.generation import GenerationEngine, SamplingRequest, make_engine
 from sil_stages.manifest import StageOutputs
 from sil_stages.models import resolve_model
+from sil_stages.pushgateway import push
 from sil_stages.records import Record, read_jsonl, require_field
 from sil_stages.scoring import (
     CORRECT,
@@ -185,10 +186,16 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
         "datasets": {name: {m: asdict(s) for m, s in by_model.items()} for name, by_model in results.items()},
     }
     outputs.write_text(RESULTS_FILE, json.dumps(document, indent=2) + "\n")
+    series = series_for(config, results)
+    if config.pushgateway:
+        # Before the manifest: a failed push fails the stage (exit 1), and the retried Job pushes again.
+        grouping = {"namespace": config.namespace, "loop": config.loop, "iteration": str(config.iteration)}
+        push(config.pushgateway, series, grouping)
+        log.info("pushed %d series to %s", len(series), config.pushgateway)
     return outputs.seal(
         stage="evaluate",
         loop=config.loop,
         iteration=config.iteration,
         metrics=flat_metrics(results),
-        series=series_for(config, results),
+        series=series,
     )

@@ -183,3 +183,21 @@ def test_vllm_engine_generates_n_completions_per_prompt(tiny_model: Path) -> Non
     engine = VllmEngine(str(tiny_model))
     outputs = engine.generate(["1+2=", "3+4="], SamplingRequest(n=3, max_new_tokens=4))
     assert [len(completions) for completions in outputs] == [3, 3]
+
+
+def test_evaluate_with_an_unreachable_pushgateway_fails_without_a_manifest(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    """Gates read the pushed series: a lost push must fail the stage (exit 1, retried), not finish silently."""
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", PROMPTS).as_uri()
+    config = stage_config(
+        "evaluate",
+        candidate_uri=tiny_model.as_uri(),
+        champion_uri=tiny_model.as_uri(),
+        datasets=[{"name": "heldout", "uri": heldout}],
+        refinement={"method": "none"},
+        max_new_tokens=2,
+        pushgateway="http://127.0.0.1:9",
+    )
+    assert _run("evaluate", config) == 1
+    assert not (output_dir(config) / "_manifest.json").exists()

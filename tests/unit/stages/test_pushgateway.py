@@ -1,0 +1,68 @@
+"""Evaluate's push to the Pushgateway: the format Prometheus parses and the group a retry replaces."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from sil_stages.contract import MetricSample
+from sil_stages.pushgateway import exposition, group_url, push
+
+SAMPLE = MetricSample(
+    name="selfimprove_eval_score",
+    labels={"loop": "arith", "model": "candidate", "dataset": 'held"out'},
+    value=0.5,
+)
+
+
+def test_exposition_is_prometheus_text_with_one_type_line_per_metric() -> None:
+    other = SAMPLE.model_copy(update={"labels": {**SAMPLE.labels, "model": "champion"}, "value": 0.25})
+    assert exposition([SAMPLE, other]) == (
+        "# TYPE selfimprove_eval_score gauge\n"
+        'selfimprove_eval_score{dataset="held\\"out",loop="arith",model="candidate"} 0.5\n'
+        'selfimprove_eval_score{dataset="held\\"out",loop="arith",model="champion"} 0.25\n'
+    )
+
+
+def test_group_url_groups_by_namespace_loop_and_iteration() -> None:
+    """One group per iteration: a retried evaluate replaces its own numbers and nobody else's."""
+    url = group_url("http://pg:9091/", {"namespace": "ml", "loop": "arith", "iteration": "3"})
+    assert url == "http://pg:9091/metrics/job/selfimprove_eval/namespace/ml/loop/arith/iteration/3"
+
+
+@pytest.fixture
+def pushgateway() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
+    received: list[tuple[str, str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append((self.command, self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", received
+    server.shutdown()
+    server.server_close()
+
+
+def test_push_puts_the_series_to_the_group(pushgateway: tuple[str, list[tuple[str, str, str]]]) -> None:
+    address, received = pushgateway
+    push(address, [SAMPLE], {"namespace": "ml", "loop": "arith", "iteration": "1"})
+    assert received == [
+        ("PUT", "/metrics/job/selfimprove_eval/namespace/ml/loop/arith/iteration/1", exposition([SAMPLE]))
+    ]
+
+
+def test_unreachable_pushgateway_is_a_connection_error_naming_the_url() -> None:
+    with pytest.raises(ConnectionError, match=r"cannot push to http://127\.0\.0\.1:9/metrics"):
+        push("http://127.0.0.1:9", [SAMPLE], {"loop": "arith"}, timeout=2)
