@@ -67,13 +67,16 @@ fi
 Install Go >= ${GO_MIN_VERSION}: download it from https://go.dev/dl/ and unpack it, e.g.
   curl -fsSL https://go.dev/dl/go${GO_MIN_VERSION}.0.linux-amd64.tar.gz | sudo tar -C /usr/local -xz
   export PATH=/usr/local/go/bin:\$PATH
-(or: apt-get install golang-go, if your distribution ships Go >= ${GO_MIN_VERSION});
+(or: apt-get install golang-go, and if that Go is older, let it fetch Go ${GO_MIN_VERSION} from the
+module proxy with GOTOOLCHAIN=auto bash hack/testenv/build.sh);
 or set SIL_TESTENV_ASSETS to a folder with prebuilt binaries: ${binaries[*]}."
-go_version="$("${go_bin}" env GOVERSION)"
+# Asked inside the module, so that GOTOOLCHAIN=auto may switch to the Go that go.mod names.
+go_version="$(cd "${here}" && "${go_bin}" env GOVERSION)"
 go_version="${go_version#go}"
 if [[ "$(printf '%s\n%s\n' "${GO_MIN_VERSION}" "${go_version}" | sort -V | head -1)" != "${GO_MIN_VERSION}" ]]; then
   die "Go ${go_version} (${go_bin}) is too old: the test control plane needs Go >= ${GO_MIN_VERSION}.
-Install a newer Go from https://go.dev/dl/ and put it first on PATH."
+Install a newer Go from https://go.dev/dl/ and put it first on PATH, or let this one fetch it
+from the module proxy: GOTOOLCHAIN=auto bash hack/testenv/build.sh"
 fi
 
 # go.mod must build exactly the versions versions.env names.
