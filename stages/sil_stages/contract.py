@@ -67,6 +67,9 @@ class ScorerConfig(_Frozen):
     """`exact-match` (normalized answer equals the record's `answer`) or a user function `module:function`."""
     answer_pattern: str | None = None
     """A regex whose first group (or whole match) extracts the answer from a completion."""
+    min_vote_share: float = 0.0
+    """majority-vote only: a prompt whose majority answer has a smaller share of the samples gets no
+    pseudo-label (every completion scores 0.0), since weak majorities are often wrong."""
 
 
 class KeepConfig(_Frozen):

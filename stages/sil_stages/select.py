@@ -19,7 +19,7 @@ from sil_stages.contract import Manifest, SelectConfig
 from sil_stages.errors import StageInputError
 from sil_stages.manifest import StageOutputs
 from sil_stages.records import Record, read_jsonl, require_field, to_jsonl
-from sil_stages.scoring import compile_pattern, extract_answer, majority_vote, make_verifier
+from sil_stages.scoring import Vote, compile_pattern, extract_answer, majority_vote, make_verifier
 from sil_stages.selection import Scored, keep
 from sil_stages.store import Store
 
@@ -44,6 +44,8 @@ def score_record(record: Record, number: int, config: SelectConfig, scorer: Any)
     answers = [extract_answer(completion, pattern) for completion in completions]
     if config.scorer.type == "majority-vote":
         vote = majority_vote(answers)
+        if vote.share < config.scorer.min_vote_share:
+            vote = Vote(answer=None, share=vote.share, distinct=vote.distinct)
         return [
             {
                 "prompt": prompt,

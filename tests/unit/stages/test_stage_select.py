@@ -93,3 +93,15 @@ def test_nothing_kept_still_finishes_with_an_empty_dataset(tmp_path: Path, stage
     config = stage_config("select", samples_uri=samples)
     assert _run(config) == 0
     assert (output_dir(config) / "train.jsonl").read_text() == ""
+
+
+def test_majority_vote_below_min_vote_share_gives_no_pseudo_label(tmp_path: Path, stage_config: StageConfig) -> None:
+    """A 2-of-4 majority is too weak to train on when min_vote_share asks for more than half."""
+    samples = _samples(
+        tmp_path,
+        [{"prompt": "weak", "completions": ["a", "b", "a", "c"]}, {"prompt": "strong", "completions": ["x"] * 3}],
+    )
+    scorer = {"type": "majority-vote", "min_vote_share": 0.6}
+    config = stage_config("select", samples_uri=samples, scorer=scorer)
+    assert _run(config) == 0
+    assert read_jsonl(output_dir(config) / "train.jsonl") == [{"prompt": "strong", "completion": "x"}]
