@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import textwrap
@@ -303,3 +304,32 @@ def test_without_the_weed_binary_the_fixture_says_what_to_install(
         running_seaweedfs(tmp_path),
     ):
         pass
+
+
+def test_an_endpoint_that_never_answers_is_retried_then_named(
+    s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sil_stages.store as store_module
+
+    monkeypatch.setattr(store_module, "RETRY_ATTEMPTS", 2)
+    monkeypatch.setattr(store_module, "TRANSFER_BACKOFF_SECONDS", 0.01)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    store = Store()
+    calls: list[str] = []
+    real_client = store._client
+
+    def counting_client() -> object:
+        calls.append("transfer attempt")
+        return real_client()
+
+    monkeypatch.setattr(store, "_client", counting_client)
+    try:
+        with pytest.raises(
+            StoreError, match=r"s3://b/x: the S3 server did not answer .* check spec\.storage\.endpoint"
+        ):
+            store.read_text("s3://b/x")
+    finally:
+        closed.close()
+    assert len(calls) == store_module.TRANSFER_ATTEMPTS, "each whole-object attempt ran, after botocore's own retries"
