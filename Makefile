@@ -7,7 +7,11 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.9.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit lint typecheck testenv clean-demo
+.PHONY: install demo test unit lint typecheck testenv servers clean-demo
+
+# Debian packages the tests start as processes (never as services): Prometheus, its Pushgateway (and promtool),
+# openssl for the control plane's keys. Installed only when missing.
+APT_PACKAGES := prometheus prometheus-pushgateway openssl
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,10 +32,20 @@ clean-demo:
 testenv:
 	bash hack/testenv/build.sh
 
-test: install testenv lint typecheck
+servers:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends -o Dpkg::Options::=--force-confold $$missing; \
+	  for svc in prometheus prometheus-pushgateway; do $$SUDO service $$svc stop >/dev/null 2>&1 || true; done; \
+	fi
+
+test: install testenv servers lint typecheck
 	$(PY) -m pytest
 
-unit: install
+unit: install servers
 	$(PY) -m pytest tests/unit
 
 lint: install
@@ -40,3 +54,4 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers

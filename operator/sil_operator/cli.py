@@ -7,6 +7,7 @@ Exit codes: 0 done (or suspended), 1 the loop failed, 2 the loop file is invalid
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -185,6 +186,9 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     import sil_operator.kube.handlers  # noqa: F401  (registers the handlers)
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    if args.metrics_port:
+        os.environ["SIL_METRICS_PORT"] = str(args.metrics_port)
+        os.environ["SIL_METRICS_ADDRESS"] = args.metrics_address
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
@@ -215,6 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     operator.add_argument(
         "--liveness", default="", help="serve kopf's health endpoint, e.g. http://0.0.0.0:8080/healthz"
+    )
+    operator.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
+    operator.add_argument(
+        "--metrics-address", default="127.0.0.1", help="address for the metrics port (0.0.0.0 in a pod)"
     )
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(handler=cmd_operator)

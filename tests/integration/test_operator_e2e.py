@@ -50,23 +50,32 @@ def pod_runner_loop(namespace: str, name: str, storage: Path, base_model: Path) 
                     {"key": RUNNER_LABEL, "operator": "Equal", "value": RUNNER_LABEL_VALUE, "effect": "NoSchedule"}
                 ],
                 # The verifier module `arithmetic` ships with the example; a stage image would carry it.
-                "env": {"PYTHONPATH": str(EXAMPLE)},
+                "env": {"PYTHONPATH": str(EXAMPLE), "OMP_NUM_THREADS": "1"},
             },
             "acquire": {
-                "prompts": {"uri": (data / "train_prompts.jsonl").as_uri(), "perIteration": 256},
+                # The demo's calibrated settings (examples/arithmetic/loop.yaml), two iterations.
+                "prompts": {"uri": (data / "train_prompts.jsonl").as_uri(), "perIteration": 4000},
                 "samplesPerPrompt": 4,
-                "sampling": {"temperature": 1.0, "maxNewTokens": 5},
+                "sampling": {"temperature": 1.0, "maxNewTokens": 8},
                 "batchSize": 256,
             },
             "select": {
                 "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
                 "keep": {"minScore": 1.0, "maxPerPrompt": 2},
             },
-            "optimize": {"hyperparameters": {"learningRate": 1.0e-3, "epochs": 2, "batchSize": 32, "maxLength": 16}},
+            "optimize": {
+                "hyperparameters": {
+                    "learningRate": 1.0e-3,
+                    "warmupRatio": 0.1,
+                    "epochs": 3,
+                    "batchSize": 32,
+                    "maxLength": 32,
+                }
+            },
             "evaluate": {
                 "datasets": [{"name": "heldout", "uri": (data / "heldout.jsonl").as_uri()}],
-                "refinement": {"method": "self-consistency", "samples": 4},
-                "maxNewTokens": 5,
+                "refinement": {"method": "self-consistency", "samples": 8},
+                "maxNewTokens": 8,
             },
             "promotion": {
                 "gates": [{"name": "heldout-improves", "query": HELDOUT_SCORE, "successCondition": "result > champion"}]

@@ -68,6 +68,21 @@ class KubeApi:
             {"status": status},
         )
 
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret, decoded. Raises KeyError naming the Secret and key when it is not there."""
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            raise KeyError(f"Secret {namespace}/{name}: {error.reason} ({error.status})") from error
+        data = secret.data or {}
+        if key not in data:
+            raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+        return base64.b64decode(data[key]).decode("utf-8")
+
     async def list_jobs(self, namespace: str, loop: str) -> list[dict[str, Any]]:
         result = await asyncio.to_thread(
             self.batch.list_namespaced_job, namespace, label_selector=f"{LABEL_LOOP}={loop}"

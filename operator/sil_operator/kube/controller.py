@@ -13,22 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sil_operator.api.loader import SpecError, parse_loop
 from sil_operator.api.spec import SelfImprovementLoop
 from sil_operator.api.status import Condition, LoopPhase, LoopStatus, Measurement
 from sil_operator.gates.measure import measure
-from sil_operator.gates.providers import ManifestProvider, MetricsProvider
+from sil_operator.gates.providers import ManifestProvider, MetricsProvider, QueryError, Sample
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
 from sil_operator.kube.observe import observe_jobs
+from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
+from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
-from sil_stages.contract import Manifest, StorageOptions, champion_uri, manifest_uri, stage_uri, utcnow
+from sil_stages.contract import Manifest, StorageOptions, manifest_uri, stage_uri, utcnow
 from sil_stages.store import Store, StoreError
 
 log = logging.getLogger("selfimprove.operator")
@@ -69,14 +74,17 @@ class Controller:
     emit: EmitEvent
     default_image: str | None = None
     clock: Callable[[], datetime] = utcnow
-    provider_for: Callable[[SelfImprovementLoop, Store], MetricsProvider] | None = None
+    metrics: OperatorMetrics | None = None
     memory: dict[tuple[str, str], LoopMemory] = field(default_factory=dict)
-    jobs_created: int = 0
+    phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    ca_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sil-operator-ca-")))
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
         body = await self.api.get_loop(namespace, name)
         if body is None:
             self.memory.pop((namespace, name), None)
+            self.phases.pop((namespace, name), None)
+            self._count_phases()
             return ReconcileResult(None)
         try:
             loop = parse_loop({k: v for k, v in body.items() if k != "status"}, f"{namespace}/{name}")
@@ -99,6 +107,8 @@ class Controller:
         for action in result.actions:
             await self._execute(action, loop, identity, store, memory)
         await self._save(body, status, result)
+        self.phases[(namespace, name)] = result.status.phase.value
+        self._count_phases()
         requeue = result.requeue_after
         if memory.measurements:
             requeue = 0.0  # fold the new measurements in right away
@@ -139,23 +149,58 @@ class Controller:
             await self.api.create(stage_configmap(identity, action))
             created = await self.api.create(stage_job(identity, loop.spec, action, self.default_image))
             if created.created:
-                self.jobs_created += 1
                 log.info("created Job %s/%s", identity.namespace, action.run_name)
+                if self.metrics:
+                    self.metrics.job_created(action.stage)
+                    if action.stage == "acquire" and action.attempt == 1:
+                        self.metrics.iteration_started()
         elif isinstance(action, MeasureGates):
-            provider = (self.provider_for or _manifest_provider)(loop, store)
+            provider = await self._provider(loop, identity, store)
             gates = {g.name: g for g in loop.spec.promotion.gates}
             for resolved in action.gates:
                 taken = await asyncio.to_thread(measure, gates[resolved.name], resolved, provider, self.clock())
                 memory.measurements.setdefault((action.iteration, resolved.name), []).append(taken)
+                if self.metrics:
+                    self.metrics.gate_measured(taken.phase.value)
         else:
-            from sil_stages.contract import ChampionPointer
+            await asyncio.to_thread(promote, store, loop.spec.storage.uri, action, self.clock())
 
-            pointer = ChampionPointer(
-                iteration=action.iteration, uri=action.uri, score=action.score, promoted_at=self.clock()
-            )
-            await asyncio.to_thread(
-                store.write_text, champion_uri(loop.spec.storage.uri), pointer.model_dump_json(indent=2)
-            )
+    async def _provider(self, loop: SelfImprovementLoop, identity: LoopIdentity, store: Store) -> MetricsProvider:
+        """Prometheus (token and CA read from the loop's Secrets) when the spec names it, else the manifests.
+
+        A Secret that cannot be read does not crash the reconcile: every query then fails, so the gate records
+        Error measurements whose message names the Secret.
+        """
+        prometheus = loop.spec.promotion.prometheus
+        if prometheus is None:
+            return ManifestProvider(store, loop.spec.storage.uri)
+        from sil_operator.gates.prometheus import PrometheusProvider
+
+        try:
+            token = None
+            if prometheus.bearer_token_secret is not None:
+                ref = prometheus.bearer_token_secret
+                token = (await self.api.read_secret_key(identity.namespace, ref.name, ref.key)).strip()
+            ca_file = None
+            if prometheus.ca_secret is not None:
+                ref = prometheus.ca_secret
+                pem = await self.api.read_secret_key(identity.namespace, ref.name, ref.key)
+                path = self.ca_dir / f"{identity.uid}.pem"
+                path.write_text(pem, encoding="utf-8")
+                ca_file = str(path)
+        except KeyError as error:
+            return _Unanswerable(f"promotion.prometheus: {error.args[0]}")
+        return PrometheusProvider(
+            prometheus.address,
+            bearer_token=token,
+            ca_file=ca_file,
+            insecure_skip_verify=prometheus.insecure_skip_verify,
+            timeout=float(prometheus.timeout_seconds),
+        )
+
+    def _count_phases(self) -> None:
+        if self.metrics:
+            self.metrics.set_loop_phases(Counter(self.phases.values()))
 
     async def _save(self, body: Mapping[str, Any], before: LoopStatus, result: Plan) -> None:
         meta = body["metadata"]
@@ -163,6 +208,8 @@ class Controller:
             await self.api.patch_loop_status(meta["namespace"], meta["name"], status_to_patch(result.status))
         for event in result.events:
             self._emit(body, event)
+        if self.metrics:
+            _record_metrics(self.metrics, before, result)
 
     def _emit(self, body: Mapping[str, Any], event: Event) -> None:
         try:
@@ -193,5 +240,27 @@ class Controller:
         return ReconcileResult(None, failed)
 
 
-def _manifest_provider(loop: SelfImprovementLoop, store: Store) -> MetricsProvider:
-    return ManifestProvider(store, loop.spec.storage.uri)
+class _Unanswerable:
+    """A provider for a Prometheus that cannot be queried at all (its Secret is missing): every query errors."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def query(self, promql: str) -> list[Sample]:
+        raise QueryError(self.reason)
+
+
+def _record_metrics(metrics: OperatorMetrics, before: LoopStatus, result: Plan) -> None:
+    """Decisions and finished stages of this reconcile (each counted once: only transitions are recorded)."""
+    for event in result.events:
+        if event.reason in ("Promoted", "Rejected"):
+            metrics.decided(event.reason)
+    was = before.current()
+    now = result.status.current()
+    if now is None:
+        return
+    for stage in now.stages:
+        old = was.stage(stage.stage) if was is not None and was.index == now.index else None
+        finished = stage.phase.value in ("Succeeded", "Failed")
+        if finished and (old is None or old.phase is not stage.phase) and stage.started_at and stage.finished_at:
+            metrics.stage_finished(stage.stage, (stage.finished_at - stage.started_at).total_seconds())

@@ -25,6 +25,7 @@ from sil_operator.crd import PLURAL
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.controller import Controller
 from sil_operator.kube.objects import LABEL_LOOP, LABEL_MANAGED_BY, MANAGED_BY
+from sil_operator.metrics import OperatorMetrics
 
 RESYNC_SECONDS = float(os.environ.get("SIL_RESYNC_SECONDS", "300"))
 log = logging.getLogger("selfimprove.operator")
@@ -60,10 +61,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     memo.wakeups = Wakeups()
+    metrics = OperatorMetrics()
+    port = os.environ.get("SIL_METRICS_PORT")
+    if port:
+        metrics.serve(int(port), os.environ.get("SIL_METRICS_ADDRESS", "127.0.0.1"))
+    memo.metrics = metrics
     memo.controller = Controller(
         api=KubeApi.from_kubeconfig(os.environ.get("KUBECONFIG")),
         emit=_post_event,
         default_image=os.environ.get("SIL_STAGE_IMAGE"),
+        metrics=metrics,
     )
 
 
@@ -82,6 +89,7 @@ async def run_loop(name: str, namespace: str | None, stopped: kopf.DaemonStopped
                 wait = RESYNC_SECONDS if result.requeue_after is None else result.requeue_after
             except Exception:  # a transient API error: log it and retry soon, never kill the daemon
                 log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+                memo.metrics.reconcile_failed()
                 wait = 5.0
             if wait > 0:
                 with contextlib.suppress(TimeoutError):

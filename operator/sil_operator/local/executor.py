@@ -67,6 +67,9 @@ class LocalExecutor:
         config_path.write_text(action.config.model_dump_json(indent=2), encoding="utf-8")
         log_path = logs / f"{action.run_name}.log"
         env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1"}
+        # Torch's CPU kernels oversubscribe a small machine shared with the runner (measured: 30x slower training
+        # on 2 busy cores). Half the cores is a safe default; the environment or spec.runtime.env wins.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
         env["PYTHONPATH"] = os.pathsep.join(
             [str(p) for p in self._python_path] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )

@@ -31,12 +31,11 @@ from sil_operator.planner import (
     StartStage,
     plan,
 )
+from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
 from sil_stages.contract import (
     STAGES,
-    ChampionPointer,
     Manifest,
-    champion_uri,
     manifest_uri,
     stage_uri,
     utcnow,
@@ -104,7 +103,7 @@ class LocalRunner:
         self.run_dir = run_dir_for(self.storage)
         env = dict(spec.runtime.env or {})
         self.executor = LocalExecutor(self.run_dir, env, [self.loop_dir])
-        self._provider: MetricsProvider = self.provider or ManifestProvider(self.store, self.storage)
+        self._provider: MetricsProvider = self.provider or local_provider(self.loop, self.store)
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self) -> LoopStatus:
@@ -211,10 +210,21 @@ class LocalRunner:
                 measurement = measure(gates[resolved.name], resolved, self._provider, self.clock())
                 self._pending.setdefault((action.iteration, resolved.name), []).append(measurement)
         else:
-            pointer = ChampionPointer(
-                iteration=action.iteration, uri=action.uri, score=action.score, promoted_at=self.clock()
-            )
-            self.store.write_text(champion_uri(self.storage), pointer.model_dump_json(indent=2))
+            promote(self.store, self.storage, action, self.clock())
+
+
+def local_provider(loop: SelfImprovementLoop, store: Store) -> MetricsProvider:
+    """Prometheus when the spec names one (no Secrets locally: no token), else the evaluate manifests."""
+    prometheus = loop.spec.promotion.prometheus
+    if prometheus is None:
+        return ManifestProvider(store, loop.spec.storage.uri)
+    from sil_operator.gates.prometheus import PrometheusProvider
+
+    return PrometheusProvider(
+        prometheus.address,
+        insecure_skip_verify=prometheus.insecure_skip_verify,
+        timeout=float(prometheus.timeout_seconds),
+    )
 
 
 def read_launches(storage_uri: str) -> list[dict[str, object]]:
