@@ -16,6 +16,12 @@ from sil_stages.contract import MetricSample
 
 JOB = "selfimprove_eval"
 
+HELP = {
+    "selfimprove_eval_score": "Held-out accuracy with greedy decoding, by dataset and model (candidate|champion).",
+    "selfimprove_eval_self_consistency_score": "Held-out accuracy of the majority answer of k samples.",
+    "selfimprove_eval_distinct_answers": "Mean number of distinct answers among the k samples of a prompt.",
+}
+
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -28,6 +34,7 @@ def exposition(series: Iterable[MetricSample]) -> str:
         by_name.setdefault(sample.name, []).append(sample)
     lines: list[str] = []
     for name, samples in by_name.items():
+        lines.append(f"# HELP {name} {HELP.get(name, 'Evaluation metric of a self-improvement loop.')}")
         lines.append(f"# TYPE {name} gauge")
         for sample in samples:
             labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(sample.labels.items()))

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.controlplane import ControlPlane
@@ -19,6 +19,7 @@ class OperatorProcess:
     plane: ControlPlane
     log_path: Path
     namespace: str
+    extra_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -28,6 +29,7 @@ class OperatorProcess:
             "SIL_STAGE_IMAGE": "selfimprove/stage:test",
             "SIL_RESYNC_SECONDS": "30",
             "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
@@ -59,8 +61,10 @@ class OperatorProcess:
 
 
 @contextlib.contextmanager
-def running_operator(plane: ControlPlane, namespace: str, log_path: Path) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(plane, log_path, namespace)
+def running_operator(
+    plane: ControlPlane, namespace: str, log_path: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[OperatorProcess]:
+    operator = OperatorProcess(plane, log_path, namespace, dict(extra_env or {}))
     operator.start()
     try:
         yield operator

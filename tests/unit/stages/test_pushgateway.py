@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from sil_stages.contract import MetricSample
-from sil_stages.pushgateway import exposition, group_url, push
+from sil_stages.pushgateway import HELP, exposition, group_url, push
 
 SAMPLE = MetricSample(
     name="selfimprove_eval_score",
@@ -18,9 +18,11 @@ SAMPLE = MetricSample(
 )
 
 
-def test_exposition_is_prometheus_text_with_one_type_line_per_metric() -> None:
+def test_exposition_is_prometheus_text_with_help_and_one_type_line_per_metric() -> None:
     other = SAMPLE.model_copy(update={"labels": {**SAMPLE.labels, "model": "champion"}, "value": 0.25})
     assert exposition([SAMPLE, other]) == (
+        "# HELP selfimprove_eval_score Held-out accuracy with greedy decoding, by dataset and model "
+        "(candidate|champion).\n"
         "# TYPE selfimprove_eval_score gauge\n"
         'selfimprove_eval_score{dataset="held\\"out",loop="arith",model="candidate"} 0.5\n'
         'selfimprove_eval_score{dataset="held\\"out",loop="arith",model="champion"} 0.25\n'
@@ -66,3 +68,16 @@ def test_push_puts_the_series_to_the_group(pushgateway: tuple[str, list[tuple[st
 def test_unreachable_pushgateway_is_a_connection_error_naming_the_url() -> None:
     with pytest.raises(ConnectionError, match=r"cannot push to http://127\.0\.0\.1:9/metrics"):
         push("http://127.0.0.1:9", [SAMPLE], {"loop": "arith"}, timeout=2)
+
+
+def test_exposition_passes_promtool() -> None:
+    """`promtool check metrics` has nothing to say about what evaluate pushes (names, HELP, TYPE)."""
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: apt-get install prometheus (make test does)"
+    series = [SAMPLE.model_copy(update={"name": name}) for name in sorted(HELP)]
+    checked = subprocess.run([promtool, "check", "metrics"], input=exposition(series), capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == "" and checked.stderr.strip() == ""

@@ -1,0 +1,194 @@
+"""The arithmetic loop on the control plane with data and checkpoints in S3 and promotion gates on Prometheus.
+
+Everything is real: SeaweedFS as the S3 server, the stage programs on the local pod runner reading credentials
+from a Secret, evaluate pushing to a Pushgateway that Prometheus scrapes, the operator querying Prometheus.
+A loop that can improve is promoted; the same loop with learning rate 0 cannot improve and is rejected, and its
+`champion.json` is never written.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sil_stages.contract import StorageOptions
+from sil_stages.store import Store
+from tests.integration.controlplane import ControlPlane, wait_until
+from tests.integration.operator_process import running_operator
+from tests.podrunner import RUNNER_LABEL, RUNNER_LABEL_VALUE
+from tests.servers.prometheus import PrometheusServer, running_prometheus
+from tests.servers.seaweedfs import S3Server, running_seaweedfs
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "arithmetic"
+QUERY = (
+    'selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
+    'dataset="heldout",model="{{model}}"}'
+)
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    with running_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def base_model_uri(s3: S3Server) -> str:
+    """The demo's base model, uploaded to S3: the loop reads its model from the store like everything else."""
+    subprocess.run([sys.executable, str(EXAMPLE / "make_base_model.py")], check=True, cwd=REPO)
+    s3.create_bucket("models")
+    uri = "s3://models/arithmetic-base"
+    store = Store(StorageOptions(uri=uri, endpoint=s3.endpoint, region=s3.region))
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in s3.env().items():
+            env.setenv(key, value)
+        store.upload_dir(EXAMPLE / ".base-model", uri)
+    return uri
+
+
+def loop(
+    namespace: str, name: str, s3: S3Server, prometheus: PrometheusServer, model: str, lr: float
+) -> dict[str, Any]:
+    data = EXAMPLE / "data"
+    return {
+        "apiVersion": "selfimprove.dev/v1alpha1",
+        "kind": "SelfImprovementLoop",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"uri": model},
+            "storage": {"uri": f"s3://loops/{name}", "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
+            "maxIterations": 1,
+            "runtime": {
+                "backoffLimit": 0,
+                "nodeSelector": {RUNNER_LABEL: RUNNER_LABEL_VALUE},
+                "tolerations": [
+                    {"key": RUNNER_LABEL, "operator": "Equal", "value": RUNNER_LABEL_VALUE, "effect": "NoSchedule"}
+                ],
+                "env": {"PYTHONPATH": str(EXAMPLE), "OMP_NUM_THREADS": "1"},
+            },
+            "acquire": {
+                "prompts": {"uri": (data / "train_prompts.jsonl").as_uri(), "perIteration": 4000},
+                "samplesPerPrompt": 4,
+                "sampling": {"temperature": 1.0, "maxNewTokens": 8},
+                "batchSize": 256,
+            },
+            "select": {
+                "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
+                "keep": {"minScore": 1.0, "maxPerPrompt": 2},
+            },
+            "optimize": {
+                "hyperparameters": {
+                    "learningRate": lr,
+                    "warmupRatio": 0.1,
+                    "epochs": 3,
+                    "batchSize": 32,
+                    "maxLength": 32,
+                }
+            },
+            "evaluate": {
+                "datasets": [{"name": "heldout", "uri": (data / "heldout.jsonl").as_uri()}],
+                "refinement": {"method": "self-consistency", "samples": 4},
+                "maxNewTokens": 8,
+                "pushgateway": {"address": prometheus.pushgateway_url},
+            },
+            "promotion": {
+                "prometheus": {"address": prometheus.url},
+                "gates": [
+                    {
+                        "name": "heldout-improves",
+                        "query": QUERY,
+                        "successCondition": "result >= champion + 0.01",
+                        # Prometheus scrapes the Pushgateway every second: give it a few before the first look.
+                        "initialDelaySeconds": 3,
+                        "inconclusiveLimit": 2,
+                        "count": 1,
+                        "intervalSeconds": 2,
+                    }
+                ],
+            },
+        },
+    }
+
+
+def run_loop(plane: ControlPlane, namespace: str, document: dict[str, Any], s3: S3Server, log: Path) -> dict[str, Any]:
+    name = document["metadata"]["name"]
+    with running_operator(plane, namespace, log, extra_env=s3.env()) as operator:
+        plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(document))
+
+        def done() -> bool:
+            status = plane.get_json("sil", name, "-n", namespace).get("status") or {}
+            assert status.get("phase") != "Failed", json.dumps(status, indent=1) + operator.log()[-3000:]
+            return status.get("phase") == "Succeeded"
+
+        wait_until(done, 600, f"{name} to finish", interval=2)
+    status: dict[str, Any] = plane.get_json("sil", name, "-n", namespace)["status"]
+    return status
+
+
+def test_a_loop_on_s3_with_prometheus_gates_promotes_and_a_loop_that_cannot_improve_is_rejected(
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    s3: S3Server,
+    prometheus: PrometheusServer,
+    base_model_uri: str,
+) -> None:
+    s3.create_bucket("loops")
+    control_plane.kubectl(
+        "create", "secret", "generic", "s3-credentials", "-n", namespace,
+        f"--from-literal=AWS_ACCESS_KEY_ID={s3.access_key}",
+        f"--from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key}",
+        f"--from-literal=AWS_DEFAULT_REGION={s3.region}",
+    )  # fmt: skip
+    bucket = s3.client()
+
+    improves = run_loop(
+        control_plane,
+        namespace,
+        loop(namespace, "improves", s3, prometheus, base_model_uri, 1.0e-3),
+        s3,
+        tmp_path / "operator-improves.log",
+    )
+    iteration = improves["iterations"][0]
+    measurement = iteration["gates"][0]["measurements"][-1]
+    assert iteration["decision"] == "Promoted", json.dumps(iteration, indent=1)
+    assert measurement["phase"] == "Successful"
+    assert measurement["value"] == pytest.approx(iteration["candidateScore"]), "the gate read what evaluate pushed"
+    assert measurement["champion"] == pytest.approx(iteration["championScore"])
+    champion = json.loads(bucket.get_object(Bucket="loops", Key="improves/champion.json")["Body"].read())
+    assert champion["iteration"] == 1
+    assert champion["uri"] == "s3://loops/improves/iterations/1/optimize/checkpoint"
+    keys = {o["Key"] for o in bucket.list_objects_v2(Bucket="loops", Prefix="improves/")["Contents"]}
+    assert "improves/iterations/1/optimize/checkpoint/model.safetensors" in keys
+    assert {f"improves/iterations/1/{s}/_manifest.json" for s in ("acquire", "select", "optimize", "evaluate")} <= keys
+
+    frozen = run_loop(
+        control_plane,
+        namespace,
+        loop(namespace, "frozen", s3, prometheus, base_model_uri, 0.0),
+        s3,
+        tmp_path / "operator-frozen.log",
+    )
+    iteration = frozen["iterations"][0]
+    assert iteration["decision"] == "Rejected", json.dumps(iteration, indent=1)
+    assert iteration["gates"][0]["phase"] == "Failed"
+    assert iteration["candidateScore"] == pytest.approx(iteration["championScore"]), "lr 0 leaves the model as it was"
+    assert frozen["champion"]["iteration"] == 0
+    listed = bucket.list_objects_v2(Bucket="loops", Prefix="frozen/champion.json")
+    assert listed.get("KeyCount", 0) == 0, "champion.json is written only by a promotion"
