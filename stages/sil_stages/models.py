@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from sil_stages.contract import MANIFEST_NAME, Manifest
 from sil_stages.errors import StageInputError
 from sil_stages.store import Store, StoreError, is_remote, local_path
+from sil_stages.verify import download_verified, entries_under
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,7 +44,7 @@ def resolve_model(store: Store, uri: str, *, field: str) -> str:
         marker = target / ".complete"
         if not marker.exists():
             try:
-                store.download_dir(uri, target)
+                _download(store, uri, target)
             except StoreError as error:
                 raise StageInputError(f"{field}: cannot download {uri} ({error})") from error
             marker.write_text(uri + "\n")
@@ -54,6 +56,20 @@ def resolve_model(store: Store, uri: str, *, field: str) -> str:
     if not (path / "config.json").is_file():
         raise StageInputError(f"{field}: {uri} holds no config.json; point it at a save_pretrained directory")
     return str(path)
+
+
+def _download(store: Store, uri: str, target: Path) -> None:
+    """A checkpoint written by the optimize stage is checked file by file against its manifest (sha256), so a
+    corrupted object is never cached; any other model directory (a base model uploaded by hand) is copied as is."""
+    parent, _, folder = uri.rstrip("/").rpartition("/")
+    manifest_uri = f"{parent}/{MANIFEST_NAME}"
+    if folder and store.exists(manifest_uri):
+        manifest = Manifest.model_validate_json(store.read_bytes(manifest_uri))
+        entries = entries_under(manifest, folder)
+        if entries:
+            download_verified(store, uri, entries, target)
+            return
+    store.download_dir(uri, target)
 
 
 def load_tokenizer(name_or_path: str, *, padding_side: str = "left") -> PreTrainedTokenizerBase:
