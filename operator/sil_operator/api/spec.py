@@ -179,6 +179,14 @@ class ScorerSpec(ApiModel):
         "match). Default: the first line of the completion.",
     )
 
+    min_vote_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="For type majority-vote: a prompt whose majority answer has a smaller share of its samples "
+        "gets no pseudo-label (weak majorities are often wrong). Default: 0 (always vote).",
+    )
+
     @field_validator("verifier")
     @classmethod
     def _known_verifier(cls, value: str) -> str:
