@@ -15,14 +15,12 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
-from tests.podrunner import RUNNER_LABEL, RUNNER_LABEL_VALUE
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "arithmetic"
 STAGES = ["acquire", "select", "optimize", "evaluate"]
 HELDOUT_SCORE = 'selfimprove_eval_score{loop="{{loop}}",iteration="{{iteration}}",dataset="heldout",model="{{model}}"}'
 
@@ -34,54 +32,11 @@ def base_model() -> Path:
 
 
 def pod_runner_loop(namespace: str, name: str, storage: Path, base_model: Path) -> dict[str, Any]:
-    data = EXAMPLE / "data"
-    return {
-        "apiVersion": "selfimprove.dev/v1alpha1",
-        "kind": "SelfImprovementLoop",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"uri": base_model.as_uri()},
-            "storage": {"uri": storage.as_uri()},
-            "maxIterations": 2,
-            "runtime": {
-                "backoffLimit": 0,
-                "nodeSelector": {RUNNER_LABEL: RUNNER_LABEL_VALUE},
-                "tolerations": [
-                    {"key": RUNNER_LABEL, "operator": "Equal", "value": RUNNER_LABEL_VALUE, "effect": "NoSchedule"}
-                ],
-                # The verifier module `arithmetic` ships with the example; a stage image would carry it.
-                "env": {"PYTHONPATH": str(EXAMPLE), "OMP_NUM_THREADS": "1"},
-            },
-            "acquire": {
-                # The demo's calibrated settings (examples/arithmetic/loop.yaml), two iterations.
-                "prompts": {"uri": (data / "train_prompts.jsonl").as_uri(), "perIteration": 4000},
-                "samplesPerPrompt": 4,
-                "sampling": {"temperature": 1.0, "maxNewTokens": 8},
-                "batchSize": 256,
-            },
-            "select": {
-                "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
-                "keep": {"minScore": 1.0, "maxPerPrompt": 2},
-            },
-            "optimize": {
-                "hyperparameters": {
-                    "learningRate": 1.0e-3,
-                    "warmupRatio": 0.1,
-                    "epochs": 3,
-                    "batchSize": 32,
-                    "maxLength": 32,
-                }
-            },
-            "evaluate": {
-                "datasets": [{"name": "heldout", "uri": (data / "heldout.jsonl").as_uri()}],
-                "refinement": {"method": "self-consistency", "samples": 8},
-                "maxNewTokens": 8,
-            },
-            "promotion": {
-                "gates": [{"name": "heldout-improves", "query": HELDOUT_SCORE, "successCondition": "result > champion"}]
-            },
-        },
+    document = arithmetic_loop(namespace, name, base_model.as_uri(), {"uri": storage.as_uri()})
+    document["spec"]["promotion"] = {
+        "gates": [{"name": "heldout-improves", "query": HELDOUT_SCORE, "successCondition": "result > champion"}]
     }
+    return document
 
 
 def test_a_two_iteration_loop_trains_on_the_pod_runner_and_promotes(

@@ -20,16 +20,14 @@ import yaml
 
 from sil_stages.contract import StorageOptions
 from sil_stages.store import Store
+from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
-from tests.podrunner import RUNNER_LABEL, RUNNER_LABEL_VALUE
 from tests.servers.prometheus import PrometheusServer, running_prometheus
 from tests.servers.seaweedfs import S3Server, running_seaweedfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "arithmetic"
 QUERY = (
     'selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
     'dataset="heldout",model="{{model}}"}'
@@ -65,65 +63,28 @@ def base_model_uri(s3: S3Server) -> str:
 def loop(
     namespace: str, name: str, s3: S3Server, prometheus: PrometheusServer, model: str, lr: float
 ) -> dict[str, Any]:
-    data = EXAMPLE / "data"
-    return {
-        "apiVersion": "selfimprove.dev/v1alpha1",
-        "kind": "SelfImprovementLoop",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"uri": model},
-            "storage": {"uri": f"s3://loops/{name}", "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
-            "maxIterations": 1,
-            "runtime": {
-                "backoffLimit": 0,
-                "nodeSelector": {RUNNER_LABEL: RUNNER_LABEL_VALUE},
-                "tolerations": [
-                    {"key": RUNNER_LABEL, "operator": "Equal", "value": RUNNER_LABEL_VALUE, "effect": "NoSchedule"}
-                ],
-                "env": {"PYTHONPATH": str(EXAMPLE), "OMP_NUM_THREADS": "1"},
-            },
-            "acquire": {
-                "prompts": {"uri": (data / "train_prompts.jsonl").as_uri(), "perIteration": 4000},
-                "samplesPerPrompt": 4,
-                "sampling": {"temperature": 1.0, "maxNewTokens": 8},
-                "batchSize": 256,
-            },
-            "select": {
-                "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
-                "keep": {"minScore": 1.0, "maxPerPrompt": 2},
-            },
-            "optimize": {
-                "hyperparameters": {
-                    "learningRate": lr,
-                    "warmupRatio": 0.1,
-                    "epochs": 3,
-                    "batchSize": 32,
-                    "maxLength": 32,
-                }
-            },
-            "evaluate": {
-                "datasets": [{"name": "heldout", "uri": (data / "heldout.jsonl").as_uri()}],
-                "refinement": {"method": "self-consistency", "samples": 4},
-                "maxNewTokens": 8,
-                "pushgateway": {"address": prometheus.pushgateway_url},
-            },
-            "promotion": {
-                "prometheus": {"address": prometheus.url},
-                "gates": [
-                    {
-                        "name": "heldout-improves",
-                        "query": QUERY,
-                        "successCondition": "result >= champion + 0.01",
-                        # Prometheus scrapes the Pushgateway every second: give it a few before the first look.
-                        "initialDelaySeconds": 3,
-                        "inconclusiveLimit": 2,
-                        "count": 1,
-                        "intervalSeconds": 2,
-                    }
-                ],
-            },
-        },
+    storage = {"uri": f"s3://loops/{name}", "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"}
+    document = arithmetic_loop(namespace, name, model, storage)
+    spec = document["spec"]
+    spec["maxIterations"] = 1
+    spec["optimize"]["hyperparameters"]["learningRate"] = lr
+    spec["evaluate"]["pushgateway"] = {"address": prometheus.pushgateway_url}
+    spec["promotion"] = {
+        "prometheus": {"address": prometheus.url},
+        "gates": [
+            {
+                "name": "heldout-improves",
+                "query": QUERY,
+                "successCondition": "result >= champion + 0.01",
+                # Prometheus scrapes the Pushgateway every second: give it a few before the first look.
+                "initialDelaySeconds": 3,
+                "inconclusiveLimit": 2,
+                "count": 1,
+                "intervalSeconds": 2,
+            }
+        ],
     }
+    return document
 
 
 def run_loop(plane: ControlPlane, namespace: str, document: dict[str, Any], s3: S3Server, log: Path) -> dict[str, Any]:

@@ -26,6 +26,21 @@ BUILTIN_VERIFIERS = ("exact-match",)
 QUERY_PLACEHOLDERS = ("loop", "namespace", "iteration", "model")
 
 
+def dns_label(value: str, max_length: int = 63, why: str = "") -> str:
+    """Names that become Kubernetes names or label values: lowercase letters, digits and '-'."""
+    if not _DNS_LABEL.match(value) or len(value) > max_length:
+        raise ValueError(
+            f"expected a DNS label{why}: lowercase letters, digits and '-', at most {max_length} characters"
+        )
+    return value
+
+
+def unique_names(items: list[Any], what: str) -> None:
+    names = [item.name for item in items]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} names must be unique")
+
+
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are errors."""
 
@@ -261,9 +276,7 @@ class EvalDatasetSpec(ApiModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value) or len(value) > 63:
-            raise ValueError("expected a DNS label: lowercase letters, digits and '-', at most 63 characters")
-        return value
+        return dns_label(value)
 
 
 class RefinementSpec(ApiModel):
@@ -304,9 +317,7 @@ class EvaluateSpec(ApiModel):
     @field_validator("datasets")
     @classmethod
     def _unique_names(cls, value: list[EvalDatasetSpec]) -> list[EvalDatasetSpec]:
-        names = [d.name for d in value]
-        if len(set(names)) != len(names):
-            raise ValueError("dataset names must be unique")
+        unique_names(value, "dataset")
         return value
 
 
@@ -377,9 +388,7 @@ class GateSpec(ApiModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value) or len(value) > 63:
-            raise ValueError("expected a DNS label: lowercase letters, digits and '-', at most 63 characters")
-        return value
+        return dns_label(value)
 
     @field_validator("success_condition", "failure_condition")
     @classmethod
@@ -421,9 +430,7 @@ class PromotionSpec(ApiModel):
     @field_validator("gates")
     @classmethod
     def _unique_names(cls, value: list[GateSpec]) -> list[GateSpec]:
-        names = [g.name for g in value]
-        if len(set(names)) != len(names):
-            raise ValueError("gate names must be unique")
+        unique_names(value, "gate")
         return value
 
 
@@ -490,12 +497,7 @@ class ObjectMeta(BaseModel):
     @field_validator("name")
     @classmethod
     def _dns_label(cls, value: str) -> str:
-        if not _DNS_LABEL.match(value) or len(value) > 40:
-            raise ValueError(
-                "expected a DNS label of at most 40 characters (it prefixes Job names): lowercase letters, "
-                "digits and '-'"
-            )
-        return value
+        return dns_label(value, 40, " (it prefixes Job names)")
 
 
 class SelfImprovementLoop(BaseModel):
