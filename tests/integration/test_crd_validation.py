@@ -174,7 +174,7 @@ def test_a_valid_loop_is_stored_with_the_schema_defaults_filled_in(control_plane
     assert spec["acquire"]["engine"] == "transformers"
     assert spec["acquire"]["batchSize"] == 64
     assert spec["select"] == {
-        "scorer": {"type": "verifier", "verifier": "exact-match"},
+        "scorer": {"type": "verifier", "verifier": "exact-match", "minVoteShare": 0},
         "keep": {"minScore": 1, "dedupe": True},
     }
     assert spec["evaluate"]["verifier"] == "exact-match"
@@ -198,7 +198,7 @@ def test_objects_left_out_entirely_are_stored_with_their_defaults(control_plane:
     code, answer = apply(control_plane, document)
     assert code == 0, answer
     spec = control_plane.get_json("sil", "bare", "-n", namespace)["spec"]
-    assert spec["select"]["scorer"] == {"type": "verifier", "verifier": "exact-match"}
+    assert spec["select"]["scorer"] == {"type": "verifier", "verifier": "exact-match", "minVoteShare": 0}
     assert spec["optimize"]["method"] == "sft"
     assert spec["optimize"]["initFrom"] == "champion"
     assert spec["optimize"]["hyperparameters"]["learningRate"] == pytest.approx(1e-4)
