@@ -105,3 +105,20 @@ See the chart README ("RBAC") for why each one is there.
   verbs: ["get"]
 {{- end }}
 {{- end }}
+
+{{/*
+Read-only, cluster-wide rules for kopf's own scanning (settings.scanning): it watches CRDs to notice the CRD being
+installed or changed, and, when serving a fixed list of namespaces, lists and watches namespaces. Without them
+kopf retries each 403 with backoff (about a minute, logged as errors) and then falls back: the namespaces are taken
+as given and the CRD must exist when the operator starts.
+*/}}
+{{- define "selfimprove.scanningRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if eq .Values.rbac.scope "namespaced" }}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+{{- end }}
