@@ -1,13 +1,13 @@
 # syntax=docker/dockerfile:1
-# The GPU stage image: `python -m sil_stages <stage> --config ...` on CUDA, with torch 2.9.1 (PyPI's Linux wheel,
-# built for CUDA 12.8), the `stages` extra and the `gpu` extra (vLLM for generation, DeepSpeed for multi-GPU training).
+# The GPU stage image: `python -m sil_stages <stage> --config ...` on CUDA, with torch 2.11.0 (PyPI's Linux wheel,
+# built for CUDA 13.0; its CUDA libraries come as wheels, the host needs an NVIDIA driver >= 580), the `stages` extra and the `gpu` extra (vLLM for generation, DeepSpeed for multi-GPU training).
 # FlashAttention is optional (FLASH_ATTN_WHEEL, off by default). Built for linux/amd64.
 #
 #   docker build -f images/stage-gpu.Dockerfile -t selfimprove/stage-gpu:dev .
 #   docker build -f images/stage-gpu.Dockerfile --build-arg FLASH_ATTN_WHEEL=https://... -t selfimprove/stage-gpu:fa .
 #
-# Base: nvidia/cuda:12.8.1-runtime-ubuntu24.04 (CUDA 12.8, the version torch 2.9.1's default wheel is built for),
-# pinned by tag and digest; the CUDA libraries torch loads come with its wheels, the image gives the CUDA runtime
+# Base: nvidia/cuda:12.8.1-runtime-ubuntu24.04, pinned by tag and digest; the CUDA libraries torch loads come with
+# its wheels (CUDA 13.0 for torch 2.11.0, measured working on an H100 with driver 580), the image gives the CUDA runtime
 # layout and the driver hooks of the NVIDIA container toolkit. Ubuntu 24.04 ships Python 3.12, so Python 3.11 comes
 # from uv (a python-build-standalone CPython, pinned below), the same in the build and the final stage.
 
@@ -16,8 +16,9 @@ FROM ghcr.io/astral-sh/uv:0.9.18@sha256:5713fa8217f92b80223bc83aac7db36ec80a8443
 FROM nvidia/cuda:12.8.1-runtime-ubuntu24.04@sha256:ebef3c171eeef0298e4eb2e4be843105edf3b8b0ac45e0b43acee358e8046867 AS build
 
 ARG PYTHON_VERSION=3.11.14
-# The version the stage programs and the tests are measured with (pyproject.toml pins torch==2.9.1 in `stages`).
-ARG TORCH_VERSION=2.9.1
+# vLLM 0.20+ (the `gpu` extra) needs torch 2.11; the stage programs ran on torch 2.11.0+cu130 on an H100
+# (bench/RESULTS.md). CPU installs and the tests use 2.9.1; pyproject.toml allows >=2.9.1,<2.12.
+ARG TORCH_VERSION=2.11.0
 # A FlashAttention 2 wheel built for this torch, CUDA 12 and cp311 (a release asset of Dao-AILab/flash-attention,
 # `...+cu12torch2.9cxx11abiTRUE-cp311-cp311-linux_x86_64.whl`); empty: not installed.
 ARG FLASH_ATTN_WHEEL=""
@@ -44,9 +45,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY stages ./stages
-# NOTE: with the pins in pyproject.toml as they are, this resolve fails: the vLLM releases built against
-# torch 2.9.1 (0.14.0 to 0.16.0) require transformers<5, and the `stages` extra requires transformers>=5.
-# See images/README.md.
 RUN uv pip install "./[stages,gpu]" "torch==${TORCH_VERSION}" \
     && if [ -n "${FLASH_ATTN_WHEEL}" ]; then uv pip install "${FLASH_ATTN_WHEEL}"; fi \
     && python -c "import torch; assert torch.version.cuda, torch.__version__" \
