@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -38,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+
+from tests.servers.processes import die_with_parent, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTDATA = Path(__file__).resolve().parent / "testdata"
@@ -87,23 +87,6 @@ def find_bin_dir() -> Path:
             + "\nThen rerun the tests; see hack/testenv/README.md."
         )
     return Path(result.stdout.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the process that started it dies (no orphans)."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -223,7 +206,7 @@ class ControlPlane:
             stderr=subprocess.STDOUT,
             cwd=self.work_dir,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         proc = _Process(name, popen, log_path, log_file)
         self._processes.append(proc)

@@ -31,7 +31,8 @@ from sil_stages.pushgateway import push
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import apply, kwok_loop, phase
-from tests.servers.prometheus import PrometheusServer, PrometheusServerError, free_port, running_prometheus
+from tests.servers.processes import free_port
+from tests.servers.prometheus import PrometheusServer, PrometheusServerError, running_prometheus
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

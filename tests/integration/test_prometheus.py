@@ -29,11 +29,11 @@ from sil_operator.gates.providers import QueryError, Sample
 from sil_operator.metrics import OperatorMetrics
 from sil_stages.contract import MetricSample
 from sil_stages.pushgateway import push
+from tests.servers.processes import free_port
 from tests.servers.prometheus import (
     PrometheusServer,
     PrometheusServerError,
     canned_query_api,
-    free_port,
     running_prometheus,
     self_signed_certificate,
 )

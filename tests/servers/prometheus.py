@@ -14,11 +14,8 @@ bearer token, for what Prometheus 2.42 itself cannot do (auth, TLS, slow answers
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import threading
@@ -30,6 +27,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
+
+from tests.servers.processes import die_with_parent, free_port
 
 SCRAPE_INTERVAL_SECONDS = 1
 START_TIMEOUT_SECONDS = 60.0
@@ -58,23 +57,6 @@ def binary(name: str) -> str:
     return found
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the test process dies (no orphaned servers)."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 @dataclass
 class _Server:
     """One server process: how to start it, where it logs, how to tell it is ready."""
@@ -95,7 +77,7 @@ class _Server:
             stdin=subprocess.DEVNULL,
             stdout=self.log_file,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:

