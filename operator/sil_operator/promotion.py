@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sil_operator.manifests import read_manifest
 from sil_operator.planner import Promote
-from sil_stages.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
+from sil_stages.contract import ChampionPointer, champion_uri, manifest_uri, stage_uri
 from sil_stages.store import Store, StoreError
 from sil_stages.verify import verify_tree
 
@@ -18,9 +19,9 @@ from sil_stages.verify import verify_tree
 def promote(store: Store, storage_uri: str, action: Promote, now: datetime) -> ChampionPointer:
     optimize_dir = stage_uri(storage_uri, action.iteration, "optimize")
     uri = manifest_uri(optimize_dir)
-    if not store.exists(uri):
+    manifest = read_manifest(store, storage_uri, action.iteration, "optimize")
+    if manifest is None:
         raise StoreError(f"{uri}: missing; the candidate of iteration {action.iteration} cannot be promoted")
-    manifest = Manifest.model_validate_json(store.read_bytes(uri))
     checkpoint = [entry for entry in manifest.files if entry.path.startswith("checkpoint/")]
     if not checkpoint:
         raise StoreError(f"{uri}: lists no checkpoint files; the candidate cannot be promoted")

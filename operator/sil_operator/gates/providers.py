@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from sil_stages.contract import Manifest, manifest_uri, stage_uri
+from sil_operator.manifests import read_manifest
 from sil_stages.store import Store, StoreError
 
 
@@ -99,13 +99,12 @@ class ManifestProvider:
             raise QueryError(
                 f'{promql!r}: a local gate query must select one iteration, e.g. iteration="{{{{iteration}}}}"'
             )
-        uri = manifest_uri(stage_uri(self._storage_uri, int(iteration), "evaluate"))
         try:
-            if not self._store.exists(uri):
-                return []
-            manifest = Manifest.model_validate_json(self._store.read_bytes(uri))
+            manifest = read_manifest(self._store, self._storage_uri, int(iteration), "evaluate")
         except StoreError as error:
             raise QueryError(str(error)) from error
+        if manifest is None:
+            return []
         return [
             Sample(dict(series.labels), series.value)
             for series in manifest.series

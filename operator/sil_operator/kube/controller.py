@@ -29,11 +29,12 @@ from sil_operator.gates.providers import ManifestProvider, MetricsProvider, Quer
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
 from sil_operator.kube.observe import observe_jobs
+from sil_operator.manifests import ManifestCache
 from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
 from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
-from sil_stages.contract import Manifest, StorageOptions, manifest_uri, stage_uri, utcnow
+from sil_stages.contract import StorageOptions, utcnow
 from sil_stages.store import Store, StoreError
 
 log = logging.getLogger("selfimprove.operator")
@@ -64,8 +65,10 @@ class ReconcileResult:
 class LoopMemory:
     """What the operator keeps between reconciles of one loop; losing it (a restart) is harmless."""
 
+    options: StorageOptions
+    manifests: ManifestCache
+    """Also holds the loop's Store (one S3 client per loop, not per reconcile)."""
     measurements: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
-    manifests: dict[tuple[int, str], Manifest] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,14 +93,14 @@ class Controller:
             loop = parse_loop({k: v for k, v in body.items() if k != "status"}, f"{namespace}/{name}")
         except SpecError as error:
             return await self._invalid(body, error)
-        memory = self.memory.setdefault((namespace, name), LoopMemory())
-        store = Store(StorageOptions(uri=loop.spec.storage.uri, endpoint=loop.spec.storage.endpoint))
+        memory = self._memory(namespace, name, loop)
+        store = memory.manifests.store
         status = status_from_body(body)
         jobs = await self.api.list_jobs(namespace, name)
         observation = observe_jobs(
             jobs,
             status.iteration,
-            lambda iteration, stage: self._metrics(store, loop, memory, iteration, stage),
+            lambda iteration, stage: self._metrics(memory, iteration, stage),
             memory.measurements,
         )
         ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
@@ -115,26 +118,23 @@ class Controller:
         return ReconcileResult(requeue, result.status)
 
     # -- observing ------------------------------------------------------------------------------------------
-    def _metrics(
-        self, store: Store, loop: SelfImprovementLoop, memory: LoopMemory, iteration: int, stage: str
-    ) -> Mapping[str, float] | None:
-        manifest = self._manifest(store, loop, memory, iteration, stage)
-        return manifest.metrics if manifest else None
+    def _memory(self, namespace: str, name: str, loop: SelfImprovementLoop) -> LoopMemory:
+        """The loop's memory; started afresh when its storage settings changed."""
+        storage = loop.spec.storage
+        options = StorageOptions(uri=storage.uri, endpoint=storage.endpoint, region=storage.region)
+        memory = self.memory.get((namespace, name))
+        if memory is None or memory.options != options:
+            memory = LoopMemory(options, ManifestCache(Store(options), storage.uri))
+            self.memory[(namespace, name)] = memory
+        return memory
 
-    def _manifest(
-        self, store: Store, loop: SelfImprovementLoop, memory: LoopMemory, iteration: int, stage: str
-    ) -> Manifest | None:
-        key = (iteration, stage)
-        if key not in memory.manifests:
-            uri = manifest_uri(stage_uri(loop.spec.storage.uri, iteration, stage))
-            try:
-                if not store.exists(uri):
-                    return None
-                memory.manifests[key] = Manifest.model_validate_json(store.read_bytes(uri))
-            except StoreError as error:
-                log.warning("cannot read %s: %s", uri, error)
-                return None
-        return memory.manifests[key]
+    def _metrics(self, memory: LoopMemory, iteration: int, stage: str) -> Mapping[str, float] | None:
+        try:
+            manifest = memory.manifests.get(iteration, stage)
+        except StoreError as error:
+            log.warning("cannot read the %s manifest of iteration %d: %s", stage, iteration, error)
+            return None
+        return manifest.metrics if manifest else None
 
     # -- acting ---------------------------------------------------------------------------------------------
     async def _execute(

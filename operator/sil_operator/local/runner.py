@@ -21,6 +21,7 @@ from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus, Meas
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.local.executor import LocalExecutor
+from sil_operator.manifests import ManifestCache
 from sil_operator.planner import (
     Event,
     MeasureGates,
@@ -36,8 +37,6 @@ from sil_operator.stageconfig import LoopRef
 from sil_stages.contract import (
     STAGES,
     Manifest,
-    manifest_uri,
-    stage_uri,
     utcnow,
 )
 from sil_stages.store import Store, is_remote, local_path
@@ -95,12 +94,12 @@ class LocalRunner:
     clock: Callable[[], datetime] = utcnow
     provider: MetricsProvider | None = None
     _pending: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
-    _manifests: dict[tuple[int, str], Manifest] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         spec = self.loop.spec
         self.storage = spec.storage.uri
         self.run_dir = run_dir_for(self.storage)
+        self._manifests = ManifestCache(self.store, self.storage)
         env = dict(spec.runtime.env or {})
         self.executor = LocalExecutor(self.run_dir, env, [self.loop_dir])
         self._provider: MetricsProvider = self.provider or local_provider(self.loop, self.store)
@@ -191,13 +190,7 @@ class LocalRunner:
         )
 
     def manifest(self, iteration: int, stage: str) -> Manifest | None:
-        key = (iteration, stage)
-        if key not in self._manifests:
-            uri = manifest_uri(stage_uri(self.storage, iteration, stage))
-            if not self.store.exists(uri):
-                return None
-            self._manifests[key] = Manifest.model_validate_json(self.store.read_bytes(uri))
-        return self._manifests[key]
+        return self._manifests.get(iteration, stage)
 
     # -- acting ---------------------------------------------------------------------------------------------
     def execute(self, action: StartStage | MeasureGates | Promote) -> None:

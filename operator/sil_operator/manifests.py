@@ -1,0 +1,36 @@
+"""Reading stage manifests from the store: the one place that knows where a stage's manifest is.
+
+A manifest is written once, last, and never changes, so a reader may keep every manifest it found; a missing one
+is looked up again next time (the stage may finish in between).
+"""
+
+from __future__ import annotations
+
+from sil_stages.contract import Manifest, manifest_uri, stage_uri
+from sil_stages.store import Store
+
+
+def read_manifest(store: Store, storage_uri: str, iteration: int, stage: str) -> Manifest | None:
+    """The stage's manifest, or None when the stage has not finished."""
+    uri = manifest_uri(stage_uri(storage_uri, iteration, stage))
+    if not store.exists(uri):
+        return None
+    return Manifest.model_validate_json(store.read_bytes(uri))
+
+
+class ManifestCache:
+    """Manifests of one loop's store, each read at most once."""
+
+    def __init__(self, store: Store, storage_uri: str) -> None:
+        self.store = store
+        self.storage_uri = storage_uri
+        self._found: dict[tuple[int, str], Manifest] = {}
+
+    def get(self, iteration: int, stage: str) -> Manifest | None:
+        key = (iteration, stage)
+        if key not in self._found:
+            manifest = read_manifest(self.store, self.storage_uri, iteration, stage)
+            if manifest is None:
+                return None
+            self._found[key] = manifest
+        return self._found[key]
