@@ -19,8 +19,8 @@ ARG PYTHON_VERSION=3.11.14
 # vLLM 0.20+ (the `gpu` extra) needs torch 2.11; the stage programs ran on torch 2.11.0+cu130 on an H100
 # (bench/RESULTS.md). CPU installs and the tests use 2.9.1; pyproject.toml allows >=2.9.1,<2.12.
 ARG TORCH_VERSION=2.11.0
-# A FlashAttention 2 wheel built for this torch, CUDA 12 and cp311 (a release asset of Dao-AILab/flash-attention,
-# `...+cu12torch2.9cxx11abiTRUE-cp311-cp311-linux_x86_64.whl`); empty: not installed.
+# A FlashAttention 2 wheel built for this torch, CUDA 13 and cp311 (a release asset of Dao-AILab/flash-attention,
+# `...+cu13torch2.11cxx11abiTRUE-cp311-cp311-linux_x86_64.whl`); empty: not installed.
 ARG FLASH_ATTN_WHEEL=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
