@@ -4,8 +4,9 @@ Semantics follow Argo Rollouts analysis, which our users already know:
 - a measurement is Successful / Failed by its conditions; an empty result is Inconclusive; a query that could not
   run (Prometheus unreachable, bad query, condition error) is Error;
 - a gate is Failed once failures exceed `failureLimit`, Inconclusive once inconclusive results exceed
-  `inconclusiveLimit`, Error once consecutive errors exceed `consecutiveErrorLimit`, and Successful when `count`
-  measurements were taken within those limits. Only Successful ever promotes.
+  `inconclusiveLimit`, Error once consecutive errors exceed `consecutiveErrorLimit` (Error over Inconclusive over
+  Failed when several are exceeded at once, see `assess`), and Successful when `count` measurements were taken
+  within those limits. Only Successful ever promotes.
 """
 
 from __future__ import annotations
@@ -97,13 +98,20 @@ def record(status: GateStatus, measurement: Measurement) -> GateStatus:
 
 
 def assess(gate: GateSpec, status: GateStatus) -> GatePhase:
-    """The gate's phase from its counters."""
-    if status.failed > gate.failure_limit:
-        return GatePhase.FAILED
-    if status.inconclusive > gate.inconclusive_limit:
-        return GatePhase.INCONCLUSIVE
+    """The gate's phase from its counters.
+
+    When several limits are exceeded at once, Error wins over Inconclusive, which wins over Failed: Argo Rollouts'
+    `assessMetricFailureInconclusiveOrError` (analysis/analysis.go, since v0.8.0) checks failureLimit, then
+    inconclusiveLimit, then consecutiveErrorLimit, each later check overwriting the phase of an earlier one.
+    (Argo's `IsWorse` order, where Failed is the worst, ranks whole metrics against each other; here every
+    non-Successful gate already blocks the promotion on its own.)
+    """
     if status.consecutive_error > gate.consecutive_error_limit:
         return GatePhase.ERROR
+    if status.inconclusive > gate.inconclusive_limit:
+        return GatePhase.INCONCLUSIVE
+    if status.failed > gate.failure_limit:
+        return GatePhase.FAILED
     if status.successful + status.failed + status.inconclusive >= gate.count:
         return GatePhase.SUCCESSFUL
     return GatePhase.RUNNING if status.measurements else GatePhase.PENDING

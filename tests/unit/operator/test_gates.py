@@ -108,6 +108,28 @@ def test_gate_phase_from_its_measurements(limits: dict[str, int], phases: list[G
     assert assess(gate(successCondition="true", **limits), gate_status(*phases)) is expected
 
 
+@pytest.mark.parametrize(
+    ("failed_over", "inconclusive_over", "errors_over", "expected"),
+    [
+        (False, False, False, GatePhase.RUNNING),
+        (True, False, False, GatePhase.FAILED),
+        (False, True, False, GatePhase.INCONCLUSIVE),
+        (False, False, True, GatePhase.ERROR),
+        (True, True, False, GatePhase.INCONCLUSIVE),
+        (True, False, True, GatePhase.ERROR),
+        (False, True, True, GatePhase.ERROR),
+        (True, True, True, GatePhase.ERROR),
+    ],
+)
+def test_when_several_limits_are_exceeded_error_wins_over_inconclusive_which_wins_over_failed(
+    failed_over: bool, inconclusive_over: bool, errors_over: bool, expected: GatePhase
+) -> None:
+    """Argo Rollouts' assessMetricFailureInconclusiveOrError: each later check overwrites the phase."""
+    phases = [S] + [F] * failed_over + [N] * inconclusive_over + [E] * errors_over
+    limits = {"count": 10, "failureLimit": 0, "inconclusiveLimit": 0, "consecutiveErrorLimit": 0}
+    assert assess(gate(successCondition="true", **limits), gate_status(*phases)) is expected
+
+
 def test_history_is_bounded_but_counts_are_kept() -> None:
     status = gate_status(*([E, S] * 20))
     assert len(status.measurements) == 10
