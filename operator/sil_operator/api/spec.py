@@ -23,7 +23,7 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _USER_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 BUILTIN_VERIFIERS = ("exact-match",)
-QUERY_PLACEHOLDERS = ("loop", "namespace", "iteration", "model")
+QUERY_PLACEHOLDERS = ("loop", "namespace", "iteration", "dataset", "model")
 
 
 def dns_label(value: str, max_length: int = 63, why: str = "") -> str:
@@ -358,7 +358,8 @@ class GateSpec(ApiModel):
     name: str = Field(description="Gate name, a DNS label.")
     query: str = Field(
         min_length=1,
-        description="PromQL. Placeholders: {{loop}}, {{namespace}}, {{iteration}}, {{model}}. The query runs "
+        description="PromQL. Placeholders: {{loop}}, {{namespace}}, {{iteration}}, {{dataset}} (the primary, "
+        "i.e. first, evaluate.datasets name), {{model}}. The query runs "
         "with {{model}}=candidate and its value is `result`; if it has {{model}}, it also runs with "
         "{{model}}=champion and that value is `champion`. Without promotion.prometheus, the query must be an "
         "instant-vector selector, read from the evaluate stage's metrics.",
@@ -453,7 +454,8 @@ def default_promotion() -> PromotionSpec:
         gates=[
             GateSpec(
                 name="primary-score-improves",
-                query='selfimprove_eval_score{loop="{{loop}}",iteration="{{iteration}}",model="{{model}}"}',
+                query='selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
+                'dataset="{{dataset}}",model="{{model}}"}',
                 success_condition="result > champion",
             )
         ]

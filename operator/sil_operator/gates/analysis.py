@@ -27,9 +27,13 @@ _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 @dataclass(frozen=True)
 class QueryContext:
+    """The values of a gate query's placeholders (spec.QUERY_PLACEHOLDERS), but {{model}}, which is per query."""
+
     loop: str
     namespace: str
     iteration: int
+    dataset: str | None = None
+    """The primary (first) evaluation dataset's name; a query with {{dataset}} needs it."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +52,15 @@ def render_query(template: str, context: QueryContext, model: str) -> str:
         "iteration": str(context.iteration),
         "model": model,
     }
+    if context.dataset is not None:
+        values["dataset"] = context.dataset
 
     def substitute(match: re.Match[str]) -> str:
         key = match.group(1)
         if key not in values:
-            raise ConditionError(f"unknown placeholder {{{{{key}}}}}: expected loop, namespace, iteration or model")
+            raise ConditionError(
+                f"placeholder {{{{{key}}}}} has no value here: expected one of " + ", ".join(sorted(values))
+            )
         return values[key]
 
     return _PLACEHOLDER.sub(substitute, template)

@@ -151,6 +151,24 @@ def test_placeholders_render_for_candidate_and_champion() -> None:
     assert plain.champion is None
 
 
+@pytest.mark.parametrize(
+    ("query", "context", "candidate"),
+    [
+        ('s{loop="{{loop}}",namespace="{{namespace}}"}', QueryContext("a", "ml", 1), 's{loop="a",namespace="ml"}'),
+        ('s{iteration="{{ iteration }}"}', QueryContext("a", "ml", 7), 's{iteration="7"}'),
+        ('s{dataset="{{dataset}}"}', QueryContext("a", "ml", 1, "heldout"), 's{dataset="heldout"}'),
+        ('s{model="{{model}}"}', QueryContext("a", "ml", 1), 's{model="candidate"}'),
+    ],
+)
+def test_every_placeholder_renders(query: str, context: QueryContext, candidate: str) -> None:
+    assert resolve_gate(gate(query=query, successCondition="true"), context).candidate == candidate
+
+
+def test_a_dataset_placeholder_without_a_dataset_is_an_error_naming_the_known_ones() -> None:
+    with pytest.raises(ConditionError, match=r"\{\{dataset\}\} has no value here: expected one of iteration"):
+        resolve_gate(gate(query='s{dataset="{{dataset}}"}', successCondition="true"), QueryContext("a", "ml", 1))
+
+
 class Fixed:
     def __init__(self, answers: dict[str, list[Sample]] | Exception) -> None:
         self.answers = answers

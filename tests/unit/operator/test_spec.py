@@ -61,6 +61,7 @@ def test_without_gates_the_default_gate_requires_the_primary_score_to_improve() 
     gate = parse_loop(document).spec.promotion.gates[0]
     assert gate.success_condition == "result > champion"
     assert "{{model}}" in gate.query
+    assert 'dataset="{{dataset}}"' in gate.query, "with two datasets an unpinned query matches two series"
 
 
 BAD_SPECS = [
