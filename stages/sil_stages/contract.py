@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sil_stages import settings
-from sil_stages.settings import AnswerPattern, Verifier
 
 STAGES: tuple[str, ...] = ("acquire", "select", "optimize", "evaluate")
 """The stage order of one iteration."""
@@ -79,16 +78,17 @@ class _StageConfigBase(_Frozen):
     seed: int = 0
 
 
-class AcquireConfig(_StageConfigBase):
+_OWN_NAMES = ConfigDict(alias_generator=None)
+"""A config's own fields are snake_case only (errors name them as written); the shared settings keep their aliases."""
+
+
+class AcquireConfig(_StageConfigBase, settings.Generation):
+    model_config = _OWN_NAMES
     stage: Literal["acquire"] = "acquire"
     model_uri: str
     prompts_uri: str
     per_iteration: int | None = None
     """How many prompts to draw this iteration (a deterministic draw seeded by the iteration); None: all."""
-    samples_per_prompt: int = 4
-    sampling: SamplingConfig = SamplingConfig()
-    engine: Literal["transformers", "vllm"] = "transformers"
-    batch_size: int = 64
 
 
 class SelectConfig(_StageConfigBase):
@@ -106,16 +106,13 @@ class OptimizeConfig(_StageConfigBase):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
-class EvaluateConfig(_StageConfigBase):
+class EvaluateConfig(_StageConfigBase, settings.Judging):
+    model_config = _OWN_NAMES
     stage: Literal["evaluate"] = "evaluate"
     candidate_uri: str
     champion_uri: str
     datasets: tuple[EvalDatasetConfig, ...]
-    refinement: RefinementConfig = RefinementConfig()
-    verifier: Verifier = "exact-match"
-    answer_pattern: AnswerPattern = None
     max_new_tokens: int = 32
-    batch_size: int = 64
     engine: Literal["transformers", "vllm"] = "transformers"
     pushgateway: str | None = None
     """Pushgateway URL to push the evaluation series to (grouped by namespace, loop, iteration); None: don't."""

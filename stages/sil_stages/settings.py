@@ -190,6 +190,34 @@ class Refinement(Settings):
     temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Sampling temperature. Default: 0.7.")
 
 
+class Generation(Settings):
+    """How the champion samples completions: spec.acquire's settings, given to the acquire stage as they are."""
+
+    samples_per_prompt: int = Field(default=4, ge=1, le=256, description="Completions per prompt. Default: 4.")
+    sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="Generation engine: transformers (CPU or GPU) or vllm (GPU, needs the [gpu] extra). "
+        "Default: transformers.",
+    )
+    batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
+
+
+class Judging(Settings):
+    """How answers are judged at evaluation: spec.evaluate's settings, given to the evaluate stage as they are."""
+
+    refinement: Refinement = Field(default_factory=Refinement, description="Inference refinement.")
+    verifier: Verifier = Field(
+        default="exact-match",
+        description="How an answer is judged correct: exact-match against the dataset's `answer`, or a "
+        "function module:function. Default: exact-match.",
+    )
+    answer_pattern: AnswerPattern = Field(
+        default=None, description="Regex extracting the answer; default: select.scorer.answerPattern."
+    )
+    batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
+
+
 class StorageOptions(Settings):
     """How to reach the store. Credentials never appear here: they come from the environment."""
 

@@ -21,19 +21,17 @@ from pydantic.alias_generators import to_camel
 from sil_operator.api.rules import CelRule, CelValidated, add_rules_to_schema
 from sil_operator.gates.cel import check_condition
 from sil_stages.settings import (
-    AnswerPattern,
     DataUri,
     DnsLabel,
     EvalDataset,
+    Generation,
     Hyperparameters,
+    Judging,
     Keep,
     Matching,
     ModelUri,
-    Refinement,
-    Sampling,
     Scorer,
     StorageOptions,
-    Verifier,
 )
 
 API_GROUP = "selfimprove.dev"
@@ -189,16 +187,10 @@ class PromptSource(ApiModel):
     )
 
 
-class AcquireSpec(ApiModel):
+class AcquireSpec(Generation):
+    """The prompts, and the generation settings the acquire stage is given as they are (sil_stages.settings)."""
+
     prompts: PromptSource = Field(description="The prompts the champion answers. Required.")
-    samples_per_prompt: int = Field(default=4, ge=1, le=256, description="Completions per prompt. Default: 4.")
-    sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
-    engine: Literal["transformers", "vllm"] = Field(
-        default="transformers",
-        description="Generation engine: transformers (CPU or GPU) or vllm (GPU, needs the [gpu] extra). "
-        "Default: transformers.",
-    )
-    batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
 
 
 class SelectSpec(ApiModel):
@@ -220,7 +212,9 @@ class OptimizeSpec(ApiModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="TRL settings.")
 
 
-class EvaluateSpec(ApiModel):
+class EvaluateSpec(ApiModel, Judging):
+    """The datasets, and the judging settings the evaluate stage is given as they are (sil_stages.settings)."""
+
     cel_rules: ClassVar[tuple[CelRule, ...]] = (unique_names_rule("datasets", "dataset"),)
 
     datasets: list[EvalDataset] = Field(
@@ -230,19 +224,9 @@ class EvaluateSpec(ApiModel):
         description="Held-out datasets. The first is the primary one: its greedy accuracy is the score shown as "
         "the champion's score and compared with stopping.targetScore.",
     )
-    refinement: Refinement = Field(default_factory=Refinement, description="Inference refinement.")
-    verifier: Verifier = Field(
-        default="exact-match",
-        description="How an answer is judged correct: exact-match against the dataset's `answer`, or a "
-        "function module:function. Default: exact-match.",
-    )
-    answer_pattern: AnswerPattern = Field(
-        default=None, description="Regex extracting the answer; default: select.scorer.answerPattern."
-    )
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Tokens generated per answer. Default: acquire.sampling.maxNewTokens."
     )
-    batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
     pushgateway: PushgatewaySpec | None = Field(
         default=None,
         description="Push the evaluation metrics to this Pushgateway (for Prometheus gates and dashboards). "
