@@ -74,7 +74,7 @@ DnsLabel = Annotated[
 """A name that becomes a Kubernetes name or label value."""
 
 BUILTIN_VERIFIERS = ("exact-match",)
-VERIFIER_PATTERN = r"^(exact-match|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+VERIFIER_PATTERN = "^(" + "|".join(BUILTIN_VERIFIERS) + r"|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
 Verifier = Annotated[
     str, Matching(VERIFIER_PATTERN, "exact-match, or a Python function as module:function (e.g. arithmetic:verify)")
 ]
