@@ -133,6 +133,11 @@ INVALID: list[Invalid] = [
         "spec.evaluate.datasets.0.name",
     ),
     Invalid(
+        "a gate name with a trailing newline",
+        {"spec.promotion.gates.0.name": "improves\n"},
+        "spec.promotion.gates.0.name",
+    ),
+    Invalid(
         "a gate name that is not a DNS label",
         {"spec.promotion.gates.0.name": "Improves!"},
         "spec.promotion.gates.0.name",

@@ -42,12 +42,17 @@ class Matching:
     pattern: str
     expected: str
 
+    def __post_init__(self) -> None:
+        # Anchored, and matched whole in Python: Python's `$` also matches before a final newline, RE2's does not.
+        if not (self.pattern.startswith("^") and self.pattern.endswith("$")):
+            raise ValueError(f"{self.pattern!r}: a Matching pattern must be anchored with ^ and $")
+
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         compiled = re.compile(self.pattern)
         expected = self.expected
 
         def check(value: str) -> str:
-            if compiled.search(value) is None:
+            if compiled.fullmatch(value) is None:
                 raise PydanticCustomError("pattern_mismatch", "expected {expected}", {"expected": expected})
             return value
 
