@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.controlplane import ControlPlane
+from tests.integration.controlplane import ControlPlane, wait_until
+from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import kwok_loop
 from tests.invalid_specs import GATE, INVALID, Invalid, patched
 from tests.invalid_specs import valid_loop as shared_valid_loop
@@ -74,6 +75,30 @@ def test_rows_marked_sil_validate_only_are_indeed_accepted_by_the_api_server(
     document = patched(shared_valid_loop("accepted", loops_namespace), row.changes)
     code, answer = apply(control_plane, document, "--dry-run=server")
     assert code == 0 and "created (server dry run)" in answer, answer
+
+
+def test_the_operator_marks_a_loop_past_the_crd_failed_invalid_spec_naming_the_field(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """What the API server cannot check (the sil-validate-only rows), the operator's parse_loop still catches: the
+    loop is Failed with reason InvalidSpec, the message names the field, and no Job is created."""
+    loops = {f"past-crd-{index}": row for index, row in enumerate(SIL_ONLY)}
+    for name, row in loops.items():
+        code, answer = apply(control_plane, patched(shared_valid_loop(name, namespace), row.changes))
+        assert code == 0, answer
+
+    def status(name: str) -> dict[str, Any]:
+        return control_plane.get_json("sil", name, "-n", namespace).get("status") or {}
+
+    with running_operator(control_plane, namespace, tmp_path / "operator.log") as process:
+        wait_until(
+            lambda: all(status(name).get("phase") == "Failed" for name in loops), 60, "InvalidSpec\n" + process.log()
+        )
+    for name, row in loops.items():
+        failed = next(c for c in status(name)["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "InvalidSpec"
+        assert f"{row.field}:" in failed["message"], failed["message"]
+    assert control_plane.get_json("jobs", "-n", namespace)["items"] == []
 
 
 def test_the_base_documents_of_the_table_are_themselves_valid(
