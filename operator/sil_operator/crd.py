@@ -2,9 +2,10 @@
 
 `sil crd > crds/selfimprove.dev_selfimprovementloops.yaml` writes it; a unit test fails when the checked-in file
 is stale. The pydantic JSON schema is turned into a Kubernetes structural schema: `$ref`s inlined, optional
-fields made nullable, `Literal`s as enums, free-form maps preserved, defaults and bounds kept, field descriptions
-kept (they are the `kubectl explain` text). Cross-field rules that pydantic checks in Python are repeated as CEL
-`x-kubernetes-validations`, so the API server rejects the same mistakes as `sil validate`.
+fields made nullable, `Literal`s as enums, free-form maps preserved, defaults, bounds and patterns kept, field
+descriptions kept (they are the `kubectl explain` text). Every rule comes from the models: field-level ones through
+pydantic's schema, cross-field ones as the models' CEL `cel_rules` (x-kubernetes-validations), which `sil validate`
+evaluates too; nothing is written here by hand, so the API server rejects the same mistakes as `sil validate`.
 """
 
 from __future__ import annotations
@@ -13,45 +14,13 @@ from typing import Any
 
 import yaml
 
-from sil_operator.api.spec import API_GROUP, API_VERSION, KIND, LoopSpec
+from sil_operator.api.spec import API_GROUP, API_VERSION, KIND, LoopSpec, SelfImprovementLoop
 from sil_operator.api.status import LoopStatus
 
 PLURAL = "selfimprovementloops"
 SINGULAR = "selfimprovementloop"
 SHORT_NAMES = ["sil"]
 CRD_NAME = f"{PLURAL}.{API_GROUP}"
-
-_DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_VERIFIER = r"^(exact-match|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
-
-# Rules pydantic enforces in validators, for the API server: (JSON path of the object, extra schema keys).
-_EXTRA: dict[tuple[str, ...], dict[str, Any]] = {
-    (): {
-        "x-kubernetes-validations": [
-            {
-                "rule": "!has(self.select) || !has(self.select.scorer) || !has(self.select.scorer.type) || "
-                "self.select.scorer.type != 'majority-vote' || !has(self.acquire.samplesPerPrompt) || "
-                "self.acquire.samplesPerPrompt >= 2",
-                "message": "select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2 (a vote needs voters)",
-                "fieldPath": ".acquire.samplesPerPrompt",
-            }
-        ]
-    },
-    ("select", "scorer", "verifier"): {"pattern": _VERIFIER},
-    ("evaluate", "verifier"): {"pattern": _VERIFIER},
-    ("evaluate", "datasets", "[]", "name"): {"pattern": _DNS_LABEL, "maxLength": 63},
-    ("evaluate", "datasets"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-    ("promotion", "gates"): {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-    ("promotion", "gates", "[]", "name"): {"pattern": _DNS_LABEL, "maxLength": 63},
-    ("promotion", "gates", "[]"): {
-        "x-kubernetes-validations": [
-            {
-                "rule": "has(self.successCondition) || has(self.failureCondition)",
-                "message": "a gate needs successCondition, failureCondition or both",
-            }
-        ]
-    },
-}
 
 _DROP = {"title", "additionalProperties", "propertyNames"}
 
@@ -121,15 +90,6 @@ def _all_optional_object(node: dict[str, Any]) -> bool:
     )
 
 
-def _apply_extras(schema: dict[str, Any], extras: dict[tuple[str, ...], dict[str, Any]]) -> dict[str, Any]:
-    for path, extra in extras.items():
-        node = schema
-        for part in path:
-            node = node["items"] if part == "[]" else node["properties"][part]
-        node.update(extra)
-    return schema
-
-
 def openapi_schema(model: type[LoopSpec] | type[LoopStatus]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     definitions = raw.pop("$defs", {})
@@ -137,7 +97,7 @@ def openapi_schema(model: type[LoopSpec] | type[LoopStatus]) -> dict[str, Any]:
 
 
 def crd() -> dict[str, Any]:
-    spec = _apply_extras(openapi_schema(LoopSpec), _EXTRA)
+    spec = openapi_schema(LoopSpec)
     status = openapi_schema(LoopStatus)
     status["x-kubernetes-preserve-unknown-fields"] = True  # room for kopf and future fields; ours are typed
     columns = [
@@ -190,12 +150,7 @@ def crd() -> dict[str, Any]:
                                 "status": status,
                             },
                             "required": ["spec"],
-                            "x-kubernetes-validations": [
-                                {
-                                    "rule": "size(self.metadata.name) <= 40",
-                                    "message": "metadata.name: at most 40 characters (it prefixes Job names)",
-                                }
-                            ],
+                            "x-kubernetes-validations": [rule.to_schema() for rule in SelfImprovementLoop.cel_rules],
                         }
                     },
                 }

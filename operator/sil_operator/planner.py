@@ -314,7 +314,7 @@ class _Planner:
     def drive_gates(self, status: LoopStatus, current: IterationStatus) -> LoopStatus:
         evaluate = current.stage("evaluate")
         ready_at = (evaluate.finished_at if evaluate else None) or self.now
-        context = QueryContext(self.loop.name, self.loop.namespace, current.index)
+        context = QueryContext(self.loop.name, self.loop.namespace, current.index, self.spec.evaluate.datasets[0].name)
         gates: list[GateStatus] = []
         due: list[ResolvedGate] = []
         wait: list[float] = []

@@ -1,5 +1,8 @@
 """From the user's spec to one stage's config (the stage contract). Pure: no I/O.
 
+The settings a stage shares with the spec (sampling, scorer, keep, hyperparameters, refinement, datasets) are the
+same models on both sides (sil_stages.settings), so they are handed over as they are.
+
 This is the only place that knows which spec field feeds which stage input, and the only place that wires one
 stage's outputs to the next stage's inputs through the store layout.
 """
@@ -11,14 +14,8 @@ from dataclasses import dataclass
 from sil_operator.api.spec import LoopSpec
 from sil_stages.contract import (
     AcquireConfig,
-    EvalDatasetConfig,
     EvaluateConfig,
-    Hyperparameters,
-    KeepConfig,
     OptimizeConfig,
-    RefinementConfig,
-    SamplingConfig,
-    ScorerConfig,
     SelectConfig,
     StorageOptions,
     stage_uri,
@@ -68,7 +65,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             prompts_uri=acquire.prompts.uri,
             per_iteration=acquire.prompts.per_iteration,
             samples_per_prompt=acquire.samples_per_prompt,
-            sampling=SamplingConfig(**acquire.sampling.model_dump()),
+            sampling=acquire.sampling,
             engine=acquire.engine,
             batch_size=acquire.batch_size,
         )
@@ -77,8 +74,8 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
         return SelectConfig(
             **common,
             samples_uri=samples_uri(storage, iteration),
-            scorer=ScorerConfig(**select.scorer.model_dump()),
-            keep=KeepConfig(**select.keep.model_dump()),
+            scorer=select.scorer,
+            keep=select.keep,
         )
     if stage == "optimize":
         optimize = spec.optimize
@@ -87,7 +84,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             train_uri=train_uri(storage, iteration),
             init_model_uri=champion_uri if optimize.init_from == "champion" else spec.model.uri,
             method=optimize.method,
-            hyperparameters=Hyperparameters(**optimize.hyperparameters.model_dump()),
+            hyperparameters=optimize.hyperparameters,
         )
     if stage == "evaluate":
         evaluate = spec.evaluate
@@ -95,8 +92,8 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             **common,
             candidate_uri=checkpoint_uri(storage, iteration),
             champion_uri=champion_uri,
-            datasets=tuple(EvalDatasetConfig(name=d.name, uri=d.uri) for d in evaluate.datasets),
-            refinement=RefinementConfig(**evaluate.refinement.model_dump()),
+            datasets=tuple(evaluate.datasets),
+            refinement=evaluate.refinement,
             verifier=evaluate.verifier,
             answer_pattern=evaluate.answer_pattern or spec.select.scorer.answer_pattern,
             max_new_tokens=evaluate.max_new_tokens or spec.acquire.sampling.max_new_tokens,

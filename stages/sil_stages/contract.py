@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sil_stages import settings
+
 STAGES: tuple[str, ...] = ("acquire", "select", "optimize", "evaluate")
 """The stage order of one iteration."""
 
@@ -47,63 +49,15 @@ def champion_uri(storage_uri: str) -> str:
     return f"{storage_uri.rstrip('/')}/{CHAMPION_NAME}"
 
 
-class StorageOptions(_Frozen):
-    """How to reach the store. Credentials never appear here: they come from the environment."""
-
-    uri: str
-    endpoint: str | None = None
-    region: str | None = None
-
-
-class SamplingConfig(_Frozen):
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 32
-
-
-class ScorerConfig(_Frozen):
-    type: Literal["verifier", "majority-vote"] = "verifier"
-    verifier: str = "exact-match"
-    """`exact-match` (normalized answer equals the record's `answer`) or a user function `module:function`."""
-    answer_pattern: str | None = None
-    """A regex whose first group (or whole match) extracts the answer from a completion."""
-    min_vote_share: float = 0.0
-    """majority-vote only: a prompt whose majority answer has a smaller share of the samples gets no
-    pseudo-label (every completion scores 0.0), since weak majorities are often wrong."""
-
-
-class KeepConfig(_Frozen):
-    min_score: float = 1.0
-    max_per_prompt: int | None = None
-    dedupe: bool = True
-
-
-class Hyperparameters(_Frozen):
-    learning_rate: float = 1e-4
-    epochs: float = 1.0
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_steps: int | None = None
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    max_length: int = 256
-    seed: int = 0
-    bf16: bool | None = None
-    """None: bf16 when a CUDA device supports it, fp32 otherwise."""
-    deepspeed: str | None = None
-    """Path or JSON of a DeepSpeed config (GPU only)."""
-
-
-class EvalDatasetConfig(_Frozen):
-    name: str
-    uri: str
-
-
-class RefinementConfig(_Frozen):
-    method: Literal["none", "self-consistency"] = "self-consistency"
-    samples: int = 8
-    temperature: float = 0.7
+# The settings a user writes in the spec and a stage is given are one set of models (sil_stages.settings): the same
+# defaults, bounds and rules on both sides. The names below are the contract's.
+StorageOptions = settings.StorageOptions
+SamplingConfig = settings.Sampling
+ScorerConfig = settings.Scorer
+KeepConfig = settings.Keep
+Hyperparameters = settings.Hyperparameters
+EvalDatasetConfig = settings.EvalDataset
+RefinementConfig = settings.Refinement
 
 
 class MetricLabels(_Frozen):
@@ -124,16 +78,17 @@ class _StageConfigBase(_Frozen):
     seed: int = 0
 
 
-class AcquireConfig(_StageConfigBase):
+_OWN_NAMES = ConfigDict(alias_generator=None)
+"""A config's own fields are snake_case only (errors name them as written); the shared settings keep their aliases."""
+
+
+class AcquireConfig(_StageConfigBase, settings.Generation):
+    model_config = _OWN_NAMES
     stage: Literal["acquire"] = "acquire"
     model_uri: str
     prompts_uri: str
     per_iteration: int | None = None
     """How many prompts to draw this iteration (a deterministic draw seeded by the iteration); None: all."""
-    samples_per_prompt: int = 4
-    sampling: SamplingConfig = SamplingConfig()
-    engine: Literal["transformers", "vllm"] = "transformers"
-    batch_size: int = 64
 
 
 class SelectConfig(_StageConfigBase):
@@ -151,16 +106,13 @@ class OptimizeConfig(_StageConfigBase):
     hyperparameters: Hyperparameters = Hyperparameters()
 
 
-class EvaluateConfig(_StageConfigBase):
+class EvaluateConfig(_StageConfigBase, settings.Judging):
+    model_config = _OWN_NAMES
     stage: Literal["evaluate"] = "evaluate"
     candidate_uri: str
     champion_uri: str
     datasets: tuple[EvalDatasetConfig, ...]
-    refinement: RefinementConfig = RefinementConfig()
-    verifier: str = "exact-match"
-    answer_pattern: str | None = None
     max_new_tokens: int = 32
-    batch_size: int = 64
     engine: Literal["transformers", "vllm"] = "transformers"
     pushgateway: str | None = None
     """Pushgateway URL to push the evaluation series to (grouped by namespace, loop, iteration); None: don't."""

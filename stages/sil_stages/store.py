@@ -87,11 +87,23 @@ def is_remote(uri: str) -> bool:
     return urlparse(uri).scheme == "s3"
 
 
+_ACCEPTED = "the store reads s3://bucket/key, file:///path or a path"
+
+
+def _unknown_scheme(uri: str, scheme: str) -> StoreError:
+    return StoreError(f"{uri}: unknown scheme '{scheme}://': {_ACCEPTED} (and models also hf://org/name)")
+
+
 def to_uri(path_or_uri: str, base: Path | None = None) -> str:
-    """A plain path (absolute, or relative to `base`) becomes a `file://` URI; URIs pass through."""
+    """A plain path (absolute, or relative to `base`) becomes a `file://` URI; s3://, file:// and hf:// pass through.
+
+    Any other scheme is refused: taken for a relative path, `ftp://host/x` would become a local folder.
+    """
     parsed = urlparse(path_or_uri)
     if parsed.scheme in ("s3", "hf", "file"):
         return path_or_uri
+    if parsed.scheme:
+        raise _unknown_scheme(path_or_uri, parsed.scheme)
     path = Path(path_or_uri)
     if not path.is_absolute():
         path = (base or Path.cwd()) / path
@@ -100,6 +112,8 @@ def to_uri(path_or_uri: str, base: Path | None = None) -> str:
 
 def local_path(uri: str) -> Path:
     parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file", "s3", "hf"):
+        raise _unknown_scheme(uri, parsed.scheme)
     if parsed.scheme not in ("", "file"):
         raise StoreError(f"{uri}: not a local path")
     return Path(unquote(parsed.path))

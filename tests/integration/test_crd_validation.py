@@ -2,13 +2,14 @@
 
 The CRD (crds/selfimprove.dev_selfimprovementloops.yaml, generated from the API models) carries a structural schema
 with bounds, enums, patterns, list-map keys and CEL rules. A user who applies a bad loop must be told by the API
-server, naming the field, before any operator sees it; a good loop is stored with the schema's defaults, listed with
+server, naming the field, before any operator sees it (every row of the shared table tests/invalid_specs.py, which
+`sil validate` rejects too); a good loop is stored with the schema's defaults, listed with
 the printer columns and explained by `kubectl explain`. No operator runs in these tests.
 """
 
 from __future__ import annotations
 
-import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.controlplane import ControlPlane
+from tests.integration.controlplane import ControlPlane, wait_until
+from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import kwok_loop
+from tests.invalid_specs import GATE, INVALID, Invalid, patched
+from tests.invalid_specs import valid_loop as shared_valid_loop
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-DELETE = object()
-"""A value that removes the field instead of setting it."""
-
-GATE = {"name": "improves", "query": "selfimprove_eval_score", "successCondition": "result > champion"}
 
 
 @pytest.fixture(scope="module")
@@ -40,121 +39,75 @@ def valid_loop(namespace: str, name: str) -> dict[str, Any]:
     return kwok_loop(namespace, name, Path("/var/lib/selfimprove/runs") / name)
 
 
-def changed(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `document` with each dotted path of `changes` set to its value (or removed, for DELETE)."""
-    result = copy.deepcopy(document)
-    for path, value in changes.items():
-        *parents, last = path.split(".")
-        node = result
-        for part in parents:
-            node = node.setdefault(part, {})
-        if value is DELETE:
-            del node[last]
-        else:
-            node[last] = value
-    return result
-
-
-def apply(plane: ControlPlane, document: dict[str, Any]) -> tuple[int, str]:
-    result = plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(document), check=False)
+def apply(plane: ControlPlane, document: dict[str, Any], *flags: str) -> tuple[int, str]:
+    result = plane.kubectl("apply", *flags, "-f", "-", input=yaml.safe_dump(document), check=False)
     return result.returncode, result.stdout + result.stderr
 
 
-INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
-    # (row id, {dotted field: new value}, fragments the API server's answer must contain)
-    ("maxIterations 0", {"spec.maxIterations": 0}, ["spec.maxIterations", "greater than or equal to 1"]),
-    ("maxIterations above 1000", {"spec.maxIterations": 1001}, ["spec.maxIterations", "less than or equal to 1000"]),
-    ("a string for an integer", {"spec.maxIterations": "three"}, ["spec.maxIterations", "must be of type integer"]),
-    (
-        "an unknown field (strict decoding)",
-        {"spec.maxIteration": 3},
-        ["strict decoding", 'unknown field "spec.maxIteration"'],
-    ),
-    (
-        "an unknown nested field (strict decoding)",
-        {"spec.runtime.backoffLimits": 1},
-        ["strict decoding", 'unknown field "spec.runtime.backoffLimits"'],
-    ),
-    (
-        "negative samplesPerPrompt",
-        {"spec.acquire.samplesPerPrompt": -1},
-        ["spec.acquire.samplesPerPrompt", "greater than or equal to 1"],
-    ),
-    (
-        "topP above 1",
-        {"spec.acquire.sampling": {"topP": 1.5}},
-        ["spec.acquire.sampling.topP", "less than or equal to 1"],
-    ),
-    ("unknown engine", {"spec.acquire.engine": "llama.cpp"}, ["spec.acquire.engine", "Unsupported value", "vllm"]),
-    (
-        "unknown scorer type",
-        {"spec.select": {"scorer": {"type": "reward-model"}}},
-        ["spec.select.scorer.type", "Unsupported value", "majority-vote"],
-    ),
-    (
-        "a verifier that is neither built in nor module:function (pattern)",
-        {"spec.select": {"scorer": {"verifier": "verify.py"}}},
-        ["spec.select.scorer.verifier", "should match"],
-    ),
-    (
-        "majority-vote with one sample per prompt (CEL rule)",
-        {"spec.acquire.samplesPerPrompt": 1, "spec.select": {"scorer": {"type": "majority-vote"}}},
-        ["spec.acquire.samplesPerPrompt", "majority-vote needs acquire.samplesPerPrompt >= 2"],
-    ),
-    (
-        "a gate without any condition (CEL rule)",
-        {"spec.promotion": {"gates": [{"name": "improves", "query": "selfimprove_eval_score"}]}},
-        ["spec.promotion.gates[0]", "a gate needs successCondition, failureCondition or both"],
-    ),
-    (
-        "two gates with the same name (list-map key)",
-        {"spec.promotion": {"gates": [GATE, {**GATE, "successCondition": "result > 0.5"}]}},
-        ["spec.promotion.gates[1]", "Duplicate value", '"name":"improves"'],
-    ),
-    ("no gates at all", {"spec.promotion": {"gates": []}}, ["spec.promotion.gates", "at least 1 items"]),
-    (
-        "a dataset name that is not a DNS label (pattern)",
-        {"spec.evaluate.datasets": [{"name": "Held_Out", "uri": "file:///data/heldout.jsonl"}]},
-        ["spec.evaluate.datasets[0].name", "should match"],
-    ),
-    (
-        "two datasets with the same name (list-map key)",
-        {"spec.evaluate.datasets": [{"name": "heldout", "uri": "file:///a.jsonl"}, {"name": "heldout", "uri": "b"}]},
-        ["spec.evaluate.datasets[1]", "Duplicate value"],
-    ),
-    (
-        "backoffLimit above 20",
-        {"spec.runtime.backoffLimit": 21},
-        ["spec.runtime.backoffLimit", "less than or equal to 20"],
-    ),
-    ("missing acquire (required)", {"spec.acquire": DELETE}, ["spec.acquire", "Required value"]),
-    ("missing model uri (required)", {"spec.model": {}}, ["spec.model.uri", "Required value"]),
-    ("a name longer than 40 (CEL rule)", {"metadata.name": "x" * 41}, ["metadata.name: at most 40 characters"]),
-]
+def names(answer: str, field: str) -> bool:
+    """The API server names a field as `spec.x.y: ...` (or `unknown field "spec.x.y"` when decoding strictly)."""
+    return re.search(re.escape(field) + r'[:"]', answer) is not None
 
 
-@pytest.mark.parametrize(
-    ("changes", "expected"), [pytest.param(changes, expected, id=row) for row, changes, expected in INVALID]
-)
-def test_the_api_server_rejects_an_invalid_loop_naming_the_field(
-    control_plane: ControlPlane, loops_namespace: str, changes: dict[str, Any], expected: list[str]
+BOTH = [row for row in INVALID if not row.sil_validate_only]
+SIL_ONLY = [row for row in INVALID if row.sil_validate_only]
+
+
+@pytest.mark.parametrize("row", BOTH, ids=[row.id for row in BOTH])
+def test_the_api_server_rejects_every_invalid_loop_of_the_shared_table_naming_the_field(
+    control_plane: ControlPlane, loops_namespace: str, row: Invalid
 ) -> None:
-    """Every row breaks one rule of a valid loop; `kubectl apply` fails, says why, and nothing is stored."""
-    document = changed(valid_loop(loops_namespace, "rejected"), changes)
-    code, answer = apply(control_plane, document)
+    """The rows of tests/invalid_specs.py, which `sil validate` rejects too: `kubectl apply` fails, names the field
+    (and says the same words for a CEL rule), and nothing is stored."""
+    code, answer = apply(control_plane, patched(shared_valid_loop("rejected", loops_namespace), row.changes))
     assert code != 0, f"accepted:\n{answer}"
-    for fragment in expected:
-        assert fragment in answer, f"{fragment!r} not in the API server's answer:\n{answer}"
+    assert names(answer, row.api_server_field()), f"{row.api_server_field()} not named in:\n{answer}"
+    assert row.says in answer, f"{row.says!r} not in the API server's answer:\n{answer}"
     stored = control_plane.kubectl("get", "sil", "-n", loops_namespace, "-o", "name", check=False)
     assert stored.stdout.strip() == "", "a rejected loop must not be stored"
 
 
-def test_the_base_document_of_the_table_is_itself_valid(control_plane: ControlPlane, loops_namespace: str) -> None:
+@pytest.mark.parametrize("row", SIL_ONLY, ids=[row.id for row in SIL_ONLY])
+def test_rows_marked_sil_validate_only_are_indeed_accepted_by_the_api_server(
+    control_plane: ControlPlane, loops_namespace: str, row: Invalid
+) -> None:
+    """Keeps the marking honest: if the API server learns to reject one of these, the row must lose its mark."""
+    document = patched(shared_valid_loop("accepted", loops_namespace), row.changes)
+    code, answer = apply(control_plane, document, "--dry-run=server")
+    assert code == 0 and "created (server dry run)" in answer, answer
+
+
+def test_the_operator_marks_a_loop_past_the_crd_failed_invalid_spec_naming_the_field(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """What the API server cannot check (the sil-validate-only rows), the operator's parse_loop still catches: the
+    loop is Failed with reason InvalidSpec, the message names the field, and no Job is created."""
+    loops = {f"past-crd-{index}": row for index, row in enumerate(SIL_ONLY)}
+    for name, row in loops.items():
+        code, answer = apply(control_plane, patched(shared_valid_loop(name, namespace), row.changes))
+        assert code == 0, answer
+
+    def status(name: str) -> dict[str, Any]:
+        return control_plane.get_json("sil", name, "-n", namespace).get("status") or {}
+
+    with running_operator(control_plane, namespace, tmp_path / "operator.log") as process:
+        wait_until(
+            lambda: all(status(name).get("phase") == "Failed" for name in loops), 60, "InvalidSpec\n" + process.log()
+        )
+    for name, row in loops.items():
+        failed = next(c for c in status(name)["conditions"] if c["type"] == "Failed")
+        assert failed["reason"] == "InvalidSpec"
+        assert f"{row.field}:" in failed["message"], failed["message"]
+    assert control_plane.get_json("jobs", "-n", namespace)["items"] == []
+
+
+def test_the_base_documents_of_the_table_are_themselves_valid(
+    control_plane: ControlPlane, loops_namespace: str
+) -> None:
     """Otherwise the rows above would prove nothing: each must be rejected for its own change alone."""
-    result = control_plane.kubectl(
-        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(valid_loop(loops_namespace, "rejected"))
-    )
-    assert "created (server dry run)" in result.stdout
+    for document in (shared_valid_loop("rejected", loops_namespace), valid_loop(loops_namespace, "rejected")):
+        code, answer = apply(control_plane, document, "--dry-run=server")
+        assert code == 0 and "created (server dry run)" in answer, answer
 
 
 def test_a_valid_loop_is_stored_with_the_schema_defaults_filled_in(control_plane: ControlPlane, namespace: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from sil_operator.api.rules import CEL_RULE_ERROR
 from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
 from sil_stages.store import to_uri
 
@@ -26,11 +27,17 @@ class SpecError(ValueError):
 
 
 def _describe(error: dict[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"]) or "(document)"
+    kind = error.get("type", "")
+    loc = [str(part) for part in error["loc"]]
     message = str(error["msg"])
+    if kind == CEL_RULE_ERROR:
+        # A CEL rule is reported where its fieldPath points, as the API server does; without one, at its object
+        # (the root rules' messages name their field themselves).
+        loc += [part for part in str(error.get("ctx", {}).get("field_path", "")).split(".") if part]
+        return f"{'.'.join(loc)}: {message}" if loc else message
+    path = ".".join(loc) or "(document)"
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    kind = error.get("type", "")
     if kind == "extra_forbidden":
         return f"{path}: unknown field (check its spelling; `sil explain` lists the fields)"
     if kind == "missing":

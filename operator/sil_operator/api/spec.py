@@ -3,46 +3,83 @@
 Every field carries its type, default and interactions in its description: the same text becomes the CRD's
 `kubectl explain` output and the error messages of `sil validate`. Unknown fields are rejected (a typo must not
 silently fall back to a default).
+
+Each rule is written once: settings that a stage is also given (sampling, scorer, keep, hyperparameters,
+refinement, datasets, storage) are the stage contract's own models (`sil_stages.settings`); field-level rules are
+pydantic constraints and patterns, which the CRD's schema carries; cross-field rules are CEL (`cel_rules`), which
+the CRD carries as x-kubernetes-validations and `sil validate` evaluates too (api/rules.py). The few rules the API
+server cannot check (a regex or a CEL condition given as a value must compile) are Python-only and say so.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
 from pydantic.alias_generators import to_camel
 
+from sil_operator.api.rules import CelRule, CelValidated, add_rules_to_schema
 from sil_operator.gates.cel import check_condition
+from sil_stages.settings import (
+    DataUri,
+    DnsLabel,
+    EvalDataset,
+    Generation,
+    Hyperparameters,
+    Judging,
+    Keep,
+    Matching,
+    ModelUri,
+    Scorer,
+    StorageOptions,
+)
 
 API_GROUP = "selfimprove.dev"
 API_VERSION = "v1alpha1"
 KIND = "SelfImprovementLoop"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_USER_FUNCTION = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
-BUILTIN_VERIFIERS = ("exact-match",)
-QUERY_PLACEHOLDERS = ("loop", "namespace", "iteration", "model")
+QUERY_PLACEHOLDERS = ("loop", "namespace", "iteration", "dataset", "model")
+_PLACEHOLDER = r"\{\{\s*(" + "|".join(QUERY_PLACEHOLDERS) + r")\s*\}\}"
+QUERY_PATTERN = r"^([^{]|\{[^{]|\{$|" + _PLACEHOLDER + r")*$"
+"""A query whose every `{{...}}` is a known placeholder (`{` alone, as in label matchers, is fine)."""
+Query = Annotated[
+    str,
+    Field(min_length=1),
+    Matching(
+        QUERY_PATTERN, "PromQL whose placeholders are among " + ", ".join("{{" + p + "}}" for p in QUERY_PLACEHOLDERS)
+    ),
+]
+
+MAX_DATASETS = 16
+MAX_GATES = 16
+"""List bounds: they keep the API server's cost estimate of the uniqueness rules below its budget."""
 
 
-def dns_label(value: str, max_length: int = 63, why: str = "") -> str:
-    """Names that become Kubernetes names or label values: lowercase letters, digits and '-'."""
-    if not _DNS_LABEL.match(value) or len(value) > max_length:
-        raise ValueError(
-            f"expected a DNS label{why}: lowercase letters, digits and '-', at most {max_length} characters"
-        )
+def _valid_condition(value: str | None) -> str | None:
+    # Python only: the API server cannot compile CEL given as a value. parse_loop (and so the operator, which marks
+    # such a loop Failed with reason InvalidSpec) still rejects it.
+    if value is not None:
+        check_condition(value)
     return value
 
 
-def unique_names(items: list[Any], what: str) -> None:
-    names = [item.name for item in items]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{what} names must be unique")
+Condition = Annotated[str | None, AfterValidator(_valid_condition)]
 
 
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors."""
+def unique_names_rule(field: str, what: str) -> CelRule:
+    """The items of list `field` have distinct `name`s (also a list-map key, for server-side apply merges)."""
+    return CelRule(
+        rule=f"self.{field}.all(x, self.{field}.exists_one(y, y.name == x.name))",
+        message=f"{what} names must be unique",
+        field_path=f".{field}",
+    )
+
+
+LIST_MAP_BY_NAME: dict[str, JsonValue] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
+
+class ApiModel(CelValidated):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors; `cel_rules` reach the CRD."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -50,31 +87,21 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         frozen=True,
         use_attribute_docstrings=False,
+        json_schema_extra=add_rules_to_schema,
     )
 
 
 class ModelSpec(ApiModel):
-    uri: str = Field(
-        min_length=1,
+    uri: ModelUri = Field(
         description="The base model: a transformers checkpoint directory. s3://bucket/prefix, file:///path "
         "(or a path relative to the loop file for `sil run`), or hf://org/name on clusters with hub access. "
         "Iteration 1 samples from it; it stays the champion until a candidate is promoted.",
     )
 
 
-class StorageSpec(ApiModel):
-    uri: str = Field(
-        min_length=1,
-        description="Where the loop keeps its data and checkpoints: s3://bucket/prefix, or file:///path (or a "
-        "relative path for `sil run`). Layout: iterations/<k>/<stage>/ and champion.json. Deleting the loop "
-        "keeps these artifacts.",
-    )
-    endpoint: str | None = Field(
-        default=None,
-        description="S3 endpoint URL for S3-compatible stores (SeaweedFS, MinIO). Default: AWS, or the "
-        "AWS_ENDPOINT_URL environment variable.",
-    )
-    region: str | None = Field(default=None, description="S3 region. Default: us-east-1 or AWS_DEFAULT_REGION.")
+class StorageSpec(StorageOptions):
+    """The contract's storage options, plus the Secret the operator hands to stage Jobs."""
+
     credentials_secret: str | None = Field(
         default=None,
         description="Name of a Secret in the loop's namespace with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -149,7 +176,10 @@ DEFAULT_BACKOFF_LIMIT = 2
 
 
 class PromptSource(ApiModel):
-    uri: str = Field(min_length=1, description="JSONL file of prompts: one object per line with a `prompt` field.")
+    uri: DataUri = Field(
+        description="JSONL file of prompts, one object per line with a `prompt` field: s3://bucket/key, "
+        "file:///path, or a path relative to the loop file for `sil run`."
+    )
     per_iteration: int | None = Field(
         default=None,
         ge=1,
@@ -157,102 +187,15 @@ class PromptSource(ApiModel):
     )
 
 
-class SamplingSpec(ApiModel):
-    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature. Default: 1.0.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass. Default: 1.0.")
-    max_new_tokens: int = Field(default=32, ge=1, le=32768, description="Tokens generated per sample. Default: 32.")
+class AcquireSpec(Generation):
+    """The prompts, and the generation settings the acquire stage is given as they are (sil_stages.settings)."""
 
-
-class AcquireSpec(ApiModel):
     prompts: PromptSource = Field(description="The prompts the champion answers. Required.")
-    samples_per_prompt: int = Field(default=4, ge=1, le=256, description="Completions per prompt. Default: 4.")
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="Sampling parameters.")
-    engine: Literal["transformers", "vllm"] = Field(
-        default="transformers",
-        description="Generation engine: transformers (CPU or GPU) or vllm (GPU, needs the [gpu] extra). "
-        "Default: transformers.",
-    )
-    batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
-
-
-class ScorerSpec(ApiModel):
-    type: Literal["verifier", "majority-vote"] = Field(
-        default="verifier",
-        description="verifier: a program checks each completion. majority-vote: label-free, the most common "
-        "answer among a prompt's samples is taken as correct (self-consistency); needs samplesPerPrompt >= 2. "
-        "Default: verifier.",
-    )
-    verifier: str = Field(
-        default="exact-match",
-        description="For type verifier: exact-match (the extracted answer equals the prompt record's `answer` "
-        "after normalization) or a Python function `module:function(prompt, completion, record) -> float` "
-        "importable by the stage. Default: exact-match.",
-    )
-    answer_pattern: str | None = Field(
-        default=None,
-        description="Regular expression extracting the answer from a completion (first group, else the whole "
-        "match). Default: the first line of the completion.",
-    )
-
-    min_vote_share: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=1.0,
-        description="For type majority-vote: a prompt whose majority answer has a smaller share of its samples "
-        "gets no pseudo-label (weak majorities are often wrong). Default: 0 (always vote).",
-    )
-
-    @field_validator("verifier")
-    @classmethod
-    def _known_verifier(cls, value: str) -> str:
-        if value not in BUILTIN_VERIFIERS and not _USER_FUNCTION.match(value):
-            raise ValueError(
-                f"unknown verifier {value!r}: expected one of {', '.join(BUILTIN_VERIFIERS)} "
-                "or a Python function as module:function"
-            )
-        return value
-
-    @field_validator("answer_pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as error:
-                raise ValueError(f"not a valid regular expression: {error}") from error
-        return value
-
-
-class KeepSpec(ApiModel):
-    min_score: float = Field(default=1.0, description="Keep completions scoring at least this. Default: 1.0.")
-    max_per_prompt: int | None = Field(
-        default=None, ge=1, description="Keep at most this many completions per prompt. Default: no limit."
-    )
-    dedupe: bool = Field(default=True, description="Drop identical completions of the same prompt. Default: true.")
 
 
 class SelectSpec(ApiModel):
-    scorer: ScorerSpec = Field(default_factory=ScorerSpec, description="How completions are scored.")
-    keep: KeepSpec = Field(default_factory=KeepSpec, description="Which scored completions become training data.")
-
-
-class HyperparametersSpec(ApiModel):
-    learning_rate: float = Field(default=1e-4, ge=0.0, le=1.0, description="Peak learning rate. Default: 1e-4.")
-    epochs: float = Field(default=1.0, gt=0.0, le=100.0, description="Passes over the selected data. Default: 1.")
-    batch_size: int = Field(default=16, ge=1, description="Per-device batch size. Default: 16.")
-    gradient_accumulation_steps: int = Field(default=1, ge=1, description="Default: 1.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps. Default: no limit.")
-    warmup_ratio: float = Field(default=0.0, ge=0.0, lt=1.0, description="Default: 0.")
-    weight_decay: float = Field(default=0.0, ge=0.0, description="Default: 0.")
-    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
-        default="linear", description="Learning-rate schedule. Default: linear."
-    )
-    max_length: int = Field(default=256, ge=8, description="Truncate examples to this many tokens. Default: 256.")
-    seed: int = Field(default=0, ge=0, description="Training seed. Default: 0.")
-    bf16: bool | None = Field(
-        default=None, description="bf16 training. Default: on when the GPU supports it, off on CPU."
-    )
-    deepspeed: str | None = Field(default=None, description="DeepSpeed config (path in the image, or JSON).")
+    scorer: Scorer = Field(default_factory=Scorer, description="How completions are scored.")
+    keep: Keep = Field(default_factory=Keep, description="Which scored completions become training data.")
 
 
 class OptimizeSpec(ApiModel):
@@ -266,59 +209,29 @@ class OptimizeSpec(ApiModel):
         description="champion: continue from the current champion. base: train the base model on this "
         "iteration's data (ReST-EM style). Default: champion.",
     )
-    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec, description="TRL settings.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="TRL settings.")
 
 
-class EvalDatasetSpec(ApiModel):
-    name: str = Field(description="Dataset name, a DNS label; it becomes the `dataset` metric label.")
-    uri: str = Field(min_length=1, description="JSONL with `prompt` and `answer` fields.")
+class EvaluateSpec(ApiModel, Judging):
+    """The datasets, and the judging settings the evaluate stage is given as they are (sil_stages.settings)."""
 
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, value: str) -> str:
-        return dns_label(value)
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (unique_names_rule("datasets", "dataset"),)
 
-
-class RefinementSpec(ApiModel):
-    method: Literal["none", "self-consistency"] = Field(
-        default="self-consistency",
-        description="Inference refinement measured at evaluation: self-consistency@k (majority answer of "
-        "`samples` samples). Default: self-consistency.",
-    )
-    samples: int = Field(default=8, ge=1, le=256, description="k for self-consistency@k. Default: 8.")
-    temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Sampling temperature. Default: 0.7.")
-
-
-class EvaluateSpec(ApiModel):
-    datasets: list[EvalDatasetSpec] = Field(
+    datasets: list[EvalDataset] = Field(
         min_length=1,
+        max_length=MAX_DATASETS,
+        json_schema_extra=LIST_MAP_BY_NAME,
         description="Held-out datasets. The first is the primary one: its greedy accuracy is the score shown as "
         "the champion's score and compared with stopping.targetScore.",
-    )
-    refinement: RefinementSpec = Field(default_factory=RefinementSpec, description="Inference refinement.")
-    verifier: str = Field(
-        default="exact-match",
-        description="How an answer is judged correct: exact-match against the dataset's `answer`, or a "
-        "function module:function. Default: exact-match.",
-    )
-    answer_pattern: str | None = Field(
-        default=None, description="Regex extracting the answer; default: select.scorer.answerPattern."
     )
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Tokens generated per answer. Default: acquire.sampling.maxNewTokens."
     )
-    batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
     pushgateway: PushgatewaySpec | None = Field(
         default=None,
         description="Push the evaluation metrics to this Pushgateway (for Prometheus gates and dashboards). "
         "Default: none (metrics stay in the evaluate manifest).",
     )
-
-    @field_validator("datasets")
-    @classmethod
-    def _unique_names(cls, value: list[EvalDatasetSpec]) -> list[EvalDatasetSpec]:
-        unique_names(value, "dataset")
-        return value
 
 
 class SecretKeyRef(ApiModel):
@@ -355,20 +268,27 @@ class PushgatewaySpec(ApiModel):
 class GateSpec(ApiModel):
     """A promotion gate, modeled on Argo Rollouts analysis metrics."""
 
-    name: str = Field(description="Gate name, a DNS label.")
-    query: str = Field(
-        min_length=1,
-        description="PromQL. Placeholders: {{loop}}, {{namespace}}, {{iteration}}, {{model}}. The query runs "
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="has(self.successCondition) || has(self.failureCondition)",
+            message="a gate needs successCondition, failureCondition or both",
+        ),
+    )
+
+    name: DnsLabel = Field(description="Gate name, a DNS label.")
+    query: Query = Field(
+        description="PromQL. Placeholders: {{loop}}, {{namespace}}, {{iteration}}, {{dataset}} (the primary, "
+        "i.e. first, evaluate.datasets name), {{model}}. The query runs "
         "with {{model}}=candidate and its value is `result`; if it has {{model}}, it also runs with "
         "{{model}}=champion and that value is `champion`. Without promotion.prometheus, the query must be an "
         "instant-vector selector, read from the evaluate stage's metrics.",
     )
-    success_condition: str | None = Field(
+    success_condition: Condition = Field(
         default=None,
         description="CEL expression over `result` and `champion`; true means the measurement succeeded, e.g. "
         "result >= champion + 0.01.",
     )
-    failure_condition: str | None = Field(
+    failure_condition: Condition = Field(
         default=None, description="CEL expression; true means the measurement failed, e.g. result < 0.5."
     )
     count: int = Field(default=1, ge=1, le=100, description="Measurements to take. Default: 1.")
@@ -385,37 +305,10 @@ class GateSpec(ApiModel):
         default=False, description="Measure and record, but do not let this gate decide. Default: false."
     )
 
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, value: str) -> str:
-        return dns_label(value)
-
-    @field_validator("success_condition", "failure_condition")
-    @classmethod
-    def _valid_cel(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_condition(value)
-        return value
-
-    @field_validator("query")
-    @classmethod
-    def _known_placeholders(cls, value: str) -> str:
-        for match in _PLACEHOLDER.finditer(value):
-            if match.group(1) not in QUERY_PLACEHOLDERS:
-                raise ValueError(
-                    f"unknown placeholder {match.group(0)}: expected one of "
-                    + ", ".join("{{" + p + "}}" for p in QUERY_PLACEHOLDERS)
-                )
-        return value
-
-    @model_validator(mode="after")
-    def _has_condition(self) -> GateSpec:
-        if self.success_condition is None and self.failure_condition is None:
-            raise ValueError("a gate needs successCondition, failureCondition or both")
-        return self
-
 
 class PromotionSpec(ApiModel):
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (unique_names_rule("gates", "gate"),)
+
     prometheus: PrometheusSpec | None = Field(
         default=None,
         description="Where gates query. Default: none; gates then read the evaluate stage's metrics from its "
@@ -423,15 +316,11 @@ class PromotionSpec(ApiModel):
     )
     gates: list[GateSpec] = Field(
         min_length=1,
+        max_length=MAX_GATES,
+        json_schema_extra=LIST_MAP_BY_NAME,
         description="All non-dry-run gates must succeed for the candidate to be promoted. A failed, "
         "inconclusive or errored gate rejects it; the champion is unchanged.",
     )
-
-    @field_validator("gates")
-    @classmethod
-    def _unique_names(cls, value: list[GateSpec]) -> list[GateSpec]:
-        unique_names(value, "gate")
-        return value
 
 
 class StoppingSpec(ApiModel):
@@ -453,7 +342,8 @@ def default_promotion() -> PromotionSpec:
         gates=[
             GateSpec(
                 name="primary-score-improves",
-                query='selfimprove_eval_score{loop="{{loop}}",iteration="{{iteration}}",model="{{model}}"}',
+                query='selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
+                'dataset="{{dataset}}",model="{{model}}"}',
                 success_condition="result > champion",
             )
         ]
@@ -461,6 +351,14 @@ def default_promotion() -> PromotionSpec:
 
 
 class LoopSpec(ApiModel):
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule="self.select.scorer.type != 'majority-vote' || self.acquire.samplesPerPrompt >= 2",
+            message="select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2 (a vote needs voters)",
+            field_path=".acquire.samplesPerPrompt",
+        ),
+    )
+
     model: ModelSpec = Field(description="The base model. Required.")
     storage: StorageSpec = Field(description="Where data and checkpoints live. Required.")
     max_iterations: int = Field(ge=1, le=1000, description="Iterations to run at most. Required.")
@@ -479,13 +377,9 @@ class LoopSpec(ApiModel):
     )
     stopping: StoppingSpec = Field(default_factory=StoppingSpec, description="Early stopping.")
 
-    @model_validator(mode="after")
-    def _majority_vote_needs_samples(self) -> LoopSpec:
-        if self.select.scorer.type == "majority-vote" and self.acquire.samples_per_prompt < 2:
-            raise ValueError(
-                "select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2 (a vote needs voters)"
-            )
-        return self
+
+MAX_NAME_LENGTH = 40
+"""A loop's name prefixes its Job names (`<loop>-<iteration>-<stage>`), which must stay DNS labels."""
 
 
 class ObjectMeta(BaseModel):
@@ -494,13 +388,19 @@ class ObjectMeta(BaseModel):
     namespace: str = "default"
     generation: int = 1
 
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, value: str) -> str:
-        return dns_label(value, 40, " (it prefixes Job names)")
 
+class SelfImprovementLoop(CelValidated):
+    """The whole object. Its rules are the CRD's root x-kubernetes-validations (metadata has no schema of ours)."""
 
-class SelfImprovementLoop(BaseModel):
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(
+            rule=f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && "
+            "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            # No fieldPath: the CRD gives metadata no schema of its own to point into; the message names the field.
+            message=f"metadata.name: expected a DNS label of at most {MAX_NAME_LENGTH} characters (it prefixes Job "
+            "names): lowercase letters, digits and '-'",
+        ),
+    )
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
     api_version: Literal["selfimprove.dev/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["SelfImprovementLoop"]

@@ -4,8 +4,9 @@ Semantics follow Argo Rollouts analysis, which our users already know:
 - a measurement is Successful / Failed by its conditions; an empty result is Inconclusive; a query that could not
   run (Prometheus unreachable, bad query, condition error) is Error;
 - a gate is Failed once failures exceed `failureLimit`, Inconclusive once inconclusive results exceed
-  `inconclusiveLimit`, Error once consecutive errors exceed `consecutiveErrorLimit`, and Successful when `count`
-  measurements were taken within those limits. Only Successful ever promotes.
+  `inconclusiveLimit`, Error once consecutive errors exceed `consecutiveErrorLimit` (Error over Inconclusive over
+  Failed when several are exceeded at once, see `assess`), and Successful when `count` measurements were taken
+  within those limits. Only Successful ever promotes.
 """
 
 from __future__ import annotations
@@ -26,9 +27,13 @@ _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 @dataclass(frozen=True)
 class QueryContext:
+    """The values of a gate query's placeholders (spec.QUERY_PLACEHOLDERS), but {{model}}, which is per query."""
+
     loop: str
     namespace: str
     iteration: int
+    dataset: str | None = None
+    """The primary (first) evaluation dataset's name; a query with {{dataset}} needs it."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +52,15 @@ def render_query(template: str, context: QueryContext, model: str) -> str:
         "iteration": str(context.iteration),
         "model": model,
     }
+    if context.dataset is not None:
+        values["dataset"] = context.dataset
 
     def substitute(match: re.Match[str]) -> str:
         key = match.group(1)
         if key not in values:
-            raise ConditionError(f"unknown placeholder {{{{{key}}}}}: expected loop, namespace, iteration or model")
+            raise ConditionError(
+                f"placeholder {{{{{key}}}}} has no value here: expected one of " + ", ".join(sorted(values))
+            )
         return values[key]
 
     return _PLACEHOLDER.sub(substitute, template)
@@ -97,13 +106,20 @@ def record(status: GateStatus, measurement: Measurement) -> GateStatus:
 
 
 def assess(gate: GateSpec, status: GateStatus) -> GatePhase:
-    """The gate's phase from its counters."""
-    if status.failed > gate.failure_limit:
-        return GatePhase.FAILED
-    if status.inconclusive > gate.inconclusive_limit:
-        return GatePhase.INCONCLUSIVE
+    """The gate's phase from its counters.
+
+    When several limits are exceeded at once, Error wins over Inconclusive, which wins over Failed: Argo Rollouts'
+    `assessMetricFailureInconclusiveOrError` (analysis/analysis.go, since v0.8.0) checks failureLimit, then
+    inconclusiveLimit, then consecutiveErrorLimit, each later check overwriting the phase of an earlier one.
+    (Argo's `IsWorse` order, where Failed is the worst, ranks whole metrics against each other; here every
+    non-Successful gate already blocks the promotion on its own.)
+    """
     if status.consecutive_error > gate.consecutive_error_limit:
         return GatePhase.ERROR
+    if status.inconclusive > gate.inconclusive_limit:
+        return GatePhase.INCONCLUSIVE
+    if status.failed > gate.failure_limit:
+        return GatePhase.FAILED
     if status.successful + status.failed + status.inconclusive >= gate.count:
         return GatePhase.SUCCESSFUL
     return GatePhase.RUNNING if status.measurements else GatePhase.PENDING

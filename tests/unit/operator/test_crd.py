@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
+from pydantic import BaseModel
 
+from sil_operator.api.spec import SelfImprovementLoop
 from sil_operator.crd import crd, crd_yaml
+from sil_stages.settings import DATA_URI_PATTERN, DNS_LABEL_PATTERN, MODEL_URI_PATTERN, VERIFIER_PATTERN
 
 CHECKED_IN = Path(__file__).resolve().parents[3] / "crds" / "selfimprove.dev_selfimprovementloops.yaml"
 
@@ -62,3 +65,44 @@ def test_the_file_is_valid_yaml_with_a_status_subresource() -> None:
     document = yaml.safe_load(CHECKED_IN.read_text())
     assert document["spec"]["versions"][0]["subresources"] == {"status": {}}
     assert document["spec"]["names"]["shortNames"] == ["sil"]
+
+
+def _models(model: type[BaseModel], seen: set[type[BaseModel]] | None = None) -> set[type[BaseModel]]:
+    seen = set() if seen is None else seen
+    if model not in seen:
+        seen.add(model)
+        for info in model.model_fields.values():
+            for arg in _nested(info.annotation):
+                _models(arg, seen)
+    return seen
+
+
+def _nested(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in get_args(annotation) for m in _nested(a)]
+
+
+def test_every_cel_rule_of_the_crd_is_a_rule_of_a_model_and_every_model_rule_is_in_the_crd() -> None:
+    """Nothing is written by hand in crd.py: the CRD's rules are exactly the models' cel_rules, which sil validate
+    evaluates too."""
+    declared = {
+        rule.to_schema()["rule"] for model in _models(SelfImprovementLoop) for rule in getattr(model, "cel_rules", ())
+    }
+    schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found: set[str] = {v["rule"] for v in schema.get("x-kubernetes-validations", [])}
+    for _, node in _walk(schema["properties"]["spec"], "spec"):
+        found |= {v["rule"] for v in node.get("x-kubernetes-validations", [])}
+    assert declared and found == declared
+
+
+def test_field_rules_reach_the_crd_as_patterns_and_bounds() -> None:
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["evaluate"]["properties"]["verifier"]["pattern"] == VERIFIER_PATTERN, "the drift case"
+    assert spec["select"]["properties"]["scorer"]["properties"]["verifier"]["pattern"] == VERIFIER_PATTERN
+    assert spec["model"]["properties"]["uri"]["pattern"] == MODEL_URI_PATTERN
+    for uri in (spec["storage"]["properties"]["uri"], spec["acquire"]["properties"]["prompts"]["properties"]["uri"]):
+        assert uri["pattern"] == DATA_URI_PATTERN
+    dataset = spec["evaluate"]["properties"]["datasets"]["items"]["properties"]
+    assert (dataset["name"]["pattern"], dataset["name"]["maxLength"]) == (DNS_LABEL_PATTERN, 63)
+    assert dataset["uri"]["pattern"] == DATA_URI_PATTERN

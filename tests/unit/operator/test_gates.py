@@ -108,6 +108,28 @@ def test_gate_phase_from_its_measurements(limits: dict[str, int], phases: list[G
     assert assess(gate(successCondition="true", **limits), gate_status(*phases)) is expected
 
 
+@pytest.mark.parametrize(
+    ("failed_over", "inconclusive_over", "errors_over", "expected"),
+    [
+        (False, False, False, GatePhase.RUNNING),
+        (True, False, False, GatePhase.FAILED),
+        (False, True, False, GatePhase.INCONCLUSIVE),
+        (False, False, True, GatePhase.ERROR),
+        (True, True, False, GatePhase.INCONCLUSIVE),
+        (True, False, True, GatePhase.ERROR),
+        (False, True, True, GatePhase.ERROR),
+        (True, True, True, GatePhase.ERROR),
+    ],
+)
+def test_when_several_limits_are_exceeded_error_wins_over_inconclusive_which_wins_over_failed(
+    failed_over: bool, inconclusive_over: bool, errors_over: bool, expected: GatePhase
+) -> None:
+    """Argo Rollouts' assessMetricFailureInconclusiveOrError: each later check overwrites the phase."""
+    phases = [S] + [F] * failed_over + [N] * inconclusive_over + [E] * errors_over
+    limits = {"count": 10, "failureLimit": 0, "inconclusiveLimit": 0, "consecutiveErrorLimit": 0}
+    assert assess(gate(successCondition="true", **limits), gate_status(*phases)) is expected
+
+
 def test_history_is_bounded_but_counts_are_kept() -> None:
     status = gate_status(*([E, S] * 20))
     assert len(status.measurements) == 10
@@ -127,6 +149,24 @@ def test_placeholders_render_for_candidate_and_champion() -> None:
     assert resolved.champion == 's{iteration="3",model="champion"}'
     plain = resolve_gate(gate(query='s{loop="{{loop}}"}', successCondition="true"), QueryContext("a", "ml", 1))
     assert plain.champion is None
+
+
+@pytest.mark.parametrize(
+    ("query", "context", "candidate"),
+    [
+        ('s{loop="{{loop}}",namespace="{{namespace}}"}', QueryContext("a", "ml", 1), 's{loop="a",namespace="ml"}'),
+        ('s{iteration="{{ iteration }}"}', QueryContext("a", "ml", 7), 's{iteration="7"}'),
+        ('s{dataset="{{dataset}}"}', QueryContext("a", "ml", 1, "heldout"), 's{dataset="heldout"}'),
+        ('s{model="{{model}}"}', QueryContext("a", "ml", 1), 's{model="candidate"}'),
+    ],
+)
+def test_every_placeholder_renders(query: str, context: QueryContext, candidate: str) -> None:
+    assert resolve_gate(gate(query=query, successCondition="true"), context).candidate == candidate
+
+
+def test_a_dataset_placeholder_without_a_dataset_is_an_error_naming_the_known_ones() -> None:
+    with pytest.raises(ConditionError, match=r"\{\{dataset\}\} has no value here: expected one of iteration"):
+        resolve_gate(gate(query='s{dataset="{{dataset}}"}', successCondition="true"), QueryContext("a", "ml", 1))
 
 
 class Fixed:

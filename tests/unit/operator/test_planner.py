@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from sil_operator.api.loader import parse_loop
 from sil_operator.api.status import Decision, GatePhase, LoopPhase, LoopStatus, StagePhase
+from sil_operator.gates.measure import measure
+from sil_operator.gates.providers import ManifestProvider
 from sil_operator.planner import MeasureGates, Promote, StageObservation, StartStage
-from sil_stages.contract import STAGES, AcquireConfig, OptimizeConfig
+from sil_stages.contract import STAGES, AcquireConfig, Manifest, MetricSample, OptimizeConfig
+from sil_stages.store import Store
 
-from .builders import FakeWorld, make_spec
+from .builders import T0, FakeWorld, loop_document, make_spec
 
 
 def started(plan_actions: tuple[object, ...]) -> list[tuple[int, str]]:
@@ -108,6 +113,71 @@ def test_the_next_iterations_stages_read_the_promoted_checkpoint() -> None:
     optimize_2 = next(c for c in configs if isinstance(c, OptimizeConfig) and c.iteration == 2)
     assert acquire_2.model_uri == "file:///runs/demo/iterations/1/optimize/checkpoint"
     assert optimize_2.init_model_uri == "file:///runs/demo/iterations/1/optimize/checkpoint"
+
+
+def _evaluate_manifest(store: Store, storage: str, scores: dict[tuple[str, str], float]) -> None:
+    """The evaluate manifest of iteration 1, with one selfimprove_eval_score series per (dataset, model)."""
+    series = tuple(
+        MetricSample(
+            name="selfimprove_eval_score",
+            labels={"namespace": "ml", "loop": "demo", "iteration": "1", "dataset": dataset, "model": model},
+            value=value,
+        )
+        for (dataset, model), value in scores.items()
+    )
+    manifest = Manifest(
+        stage="evaluate", iteration=1, loop="demo", series=series, started_at=T0, finished_at=T0, duration_seconds=0
+    )
+    store.write_text(f"{storage}/iterations/1/evaluate/_manifest.json", manifest.model_dump_json())
+
+
+@pytest.mark.parametrize(
+    ("scores", "decision"),
+    [
+        # (dataset, model) -> score; heldout is the primary (first) dataset
+        ({("heldout", "candidate"): 0.7, ("heldout", "champion"): 0.5}, Decision.PROMOTED),
+        (
+            {("heldout", "candidate"): 0.7, ("heldout", "champion"): 0.5}
+            | {("hard", "candidate"): 0.1, ("hard", "champion"): 0.3},
+            Decision.PROMOTED,
+        ),
+        (
+            {("heldout", "candidate"): 0.4, ("heldout", "champion"): 0.5}
+            | {("hard", "candidate"): 0.9, ("hard", "champion"): 0.3},
+            Decision.REJECTED,
+        ),
+    ],
+)
+def test_the_default_gate_compares_the_primary_dataset_when_there_are_several(
+    tmp_path: Path, scores: dict[tuple[str, str], float], decision: Decision
+) -> None:
+    """The default gate's query pins dataset to the first dataset; without it, two datasets meant two series and
+    every measurement was an Error (no promotion, ever). Local path: the gate reads the evaluate manifest."""
+    storage = tmp_path.as_uri()
+    datasets = [{"name": "heldout", "uri": "file:///d/heldout.jsonl"}, {"name": "hard", "uri": "file:///d/hard.jsonl"}]
+    document = loop_document(storage={"uri": storage}, evaluate={"datasets": datasets})
+    del document["spec"]["promotion"]
+    world = FakeWorld(parse_loop(document).spec, scores={1: (None, None)})
+    store = Store()
+    _evaluate_manifest(store, storage, scores)
+    provider = ManifestProvider(store, storage)
+    status = LoopStatus()
+    for _ in range(6):  # the four stages, then the first gate measurement
+        result = world.plan(status)
+        measuring = [a for a in result.actions if isinstance(a, MeasureGates)]
+        world.apply(result)
+        world.finish_running()
+        status = result.status
+        if measuring:
+            break
+    assert measuring, "the gates were never measured"
+    gates = {g.name: g for g in world.spec.promotion.gates}
+    world.pending = {
+        (1, resolved.name): [measure(gates[resolved.name], resolved, provider, world.now)]
+        for resolved in measuring[0].gates
+    }
+    status = world.plan(status).status
+    assert status.iterations[0].decision is decision, status.iterations[0].gates
 
 
 def test_a_candidate_that_is_not_better_is_rejected_and_the_champion_stays() -> None:

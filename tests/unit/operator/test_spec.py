@@ -10,6 +10,7 @@ import yaml
 
 from sil_operator.api.loader import SpecError, load_loop, parse_loop
 from sil_operator.api.spec import LoopSpec
+from tests.invalid_specs import INVALID, Invalid, patched, valid_loop
 
 from .builders import loop_document, with_spec
 
@@ -61,38 +62,58 @@ def test_without_gates_the_default_gate_requires_the_primary_score_to_improve() 
     gate = parse_loop(document).spec.promotion.gates[0]
     assert gate.success_condition == "result > champion"
     assert "{{model}}" in gate.query
+    assert 'dataset="{{dataset}}"' in gate.query, "with two datasets an unpinned query matches two series"
 
 
-BAD_SPECS = [
-    ("spec.maxIterations", "many", "spec.maxIterations: Input should be a valid integer"),
-    ("spec.maxIterations", 0, "spec.maxIterations: Input should be greater than or equal to 1"),
-    ("spec.acquire.samplesPerPrompt", -3, "spec.acquire.samplesPerPrompt: Input should be greater than or equal to 1"),
-    ("spec.acquire.prompts.perIteration", 0, "spec.acquire.prompts.perIteration: Input should be greater"),
-    ("spec.acquire.sampling.topP", 1.5, "spec.acquire.sampling.topP: Input should be less than or equal to 1"),
-    ("spec.acquire.engine", "tgi", "spec.acquire.engine: Input should be 'transformers' or 'vllm'"),
-    ("spec.acquire.samplesPerPrompts", 4, "spec.acquire.samplesPerPrompts: unknown field"),
-    ("spec.select.scorer.verifier", "fuzzy", "spec.select.scorer.verifier: unknown verifier 'fuzzy'"),
-    ("spec.select.scorer.type", "reward-model", "spec.select.scorer.type: Input should be 'verifier' or"),
-    ("spec.select.scorer.answerPattern", "([0-9]+", "spec.select.scorer.answerPattern: not a valid regular expr"),
-    ("spec.optimize.method", "ppo", "spec.optimize.method: Input should be 'sft'"),
-    ("spec.optimize.hyperparameters.learningRate", -1, "spec.optimize.hyperparameters.learningRate: Input should"),
-    ("spec.evaluate.datasets", [], "spec.evaluate.datasets: List should have at least 1 item"),
-    ("spec.evaluate.datasets.0.name", "Held_Out", "spec.evaluate.datasets.0.name: expected a DNS label"),
-    ("spec.promotion.gates.0.successCondition", "result >=", "spec.promotion.gates.0.successCondition: 'result >='"),
-    ("spec.promotion.gates.0.successCondition", "result > best", "undeclared reference to 'best'"),
-    ("spec.promotion.gates.0.query", 'x{l="{{loops}}"}', "spec.promotion.gates.0.query: unknown placeholder"),
-    ("spec.runtime.backoffLimit", 99, "spec.runtime.backoffLimit: Input should be less than or equal to 20"),
-    ("spec.runtime.stages", {"train": {}}, "spec.runtime.stages.train: unknown field"),
-    ("spec.stopping.patience", 0, "spec.stopping.patience: Input should be greater than or equal to 1"),
-    ("metadata.name", "My_Loop", "metadata.name: expected a DNS label"),
-]
+@pytest.mark.parametrize("row", INVALID, ids=[row.id for row in INVALID])
+def test_sil_validate_rejects_every_invalid_loop_of_the_shared_table_naming_the_field(row: Invalid) -> None:
+    """The same table runs against the API server (tests/integration/test_crd_validation.py)."""
+    with pytest.raises(SpecError) as raised:
+        parse_loop(patched(valid_loop(), row.changes))
+    named = [problem for problem in raised.value.problems if problem.startswith(row.field + ":")]
+    assert named, f"no problem names {row.field}: {raised.value.problems}"
+    assert any(row.says in problem for problem in named), raised.value.problems
 
 
-@pytest.mark.parametrize(("path", "value", "message"), BAD_SPECS, ids=[f"{p}={v!r}" for p, v, _ in BAD_SPECS])
-def test_a_mistake_is_reported_with_its_field_path(path: str, value: Any, message: str) -> None:
+def test_the_base_loop_of_the_shared_table_is_valid() -> None:
+    """Otherwise the rows would prove nothing: each must be rejected for its own change alone."""
+    parse_loop(valid_loop())
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("spec.maxIterations", 0, "spec.maxIterations: Input should be greater than or equal to 1"),
+        ("spec.acquire.engine", "tgi", "spec.acquire.engine: Input should be 'transformers' or 'vllm'"),
+        ("spec.acquire.samplesPerPrompts", 4, "spec.acquire.samplesPerPrompts: unknown field"),
+        ("spec.select.scorer.verifier", "fuzzy", "spec.select.scorer.verifier: expected exact-match, or a Python"),
+        ("spec.evaluate.verifier", "fuzzy", "spec.evaluate.verifier: expected exact-match, or a Python function"),
+        ("spec.select.scorer.answerPattern", "([0-9]+", "spec.select.scorer.answerPattern: not a valid regular expr"),
+        ("spec.evaluate.datasets.0.name", "Held_Out", "spec.evaluate.datasets.0.name: expected a DNS label"),
+        (
+            "spec.promotion.gates.0.successCondition",
+            "result >=",
+            "spec.promotion.gates.0.successCondition: 'result >='",
+        ),
+        ("spec.promotion.gates.0.successCondition", "result > best", "undeclared reference to 'best'"),
+        ("spec.promotion.gates.0.query", 'x{l="{{loops}}"}', "placeholders are among {{loop}}, {{namespace}}"),
+        ("spec.model.uri", "ftp://host/base", "spec.model.uri: expected s3://bucket/prefix, file:///path, hf://"),
+        ("spec.storage.uri", "ftp://host/runs", "spec.storage.uri: expected s3://bucket/key, file:///path or a path"),
+        ("metadata.name", "My_Loop", "metadata.name: expected a DNS label of at most 40 characters"),
+    ],
+)
+def test_a_mistake_is_reported_with_what_was_expected(path: str, value: Any, message: str) -> None:
     with pytest.raises(SpecError) as raised:
         parse_loop(with_spec(loop_document(), path, value))
     assert any(message in problem for problem in raised.value.problems), raised.value.problems
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["file:///models/base", "s3://bucket/base", "hf://org/name", "./base", "/abs/base", "base", "a/b:c", "_x:y"],
+)
+def test_model_uris_with_a_known_scheme_or_none_are_accepted(uri: str) -> None:
+    assert parse_loop(with_spec(loop_document(), "spec.model.uri", uri)).spec.model.uri == uri
 
 
 def test_a_missing_required_field_is_named() -> None:

@@ -73,3 +73,15 @@ def test_missing_things_are_reported_with_their_uri(tmp_path: Path) -> None:
         store.download_dir(join(tmp_path.as_uri(), "nodir"), tmp_path / "x")
     with pytest.raises(StoreError, match="expected s3://bucket/key"):
         store.read_text("s3://")
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/runs", "gs://bucket/runs", "http://host/x.jsonl"])
+def test_an_unknown_scheme_is_refused_not_taken_for_a_local_folder(tmp_path: Path, uri: str) -> None:
+    """Validation rejects these first; the store refuses them too rather than writing under ./ftp:/host/..."""
+    with pytest.raises(StoreError, match=r"unknown scheme .*: the store reads s3://bucket/key, file:///path or a path"):
+        to_uri(uri, tmp_path)
+    store = Store()
+    for action in (store.exists, store.read_text, lambda u: store.write_text(u, "x")):
+        with pytest.raises(StoreError, match=r"unknown scheme"):
+            action(uri)
+    assert list(tmp_path.iterdir()) == [], "nothing was written locally"

@@ -63,3 +63,12 @@ def test_a_stage_with_a_manifest_is_a_no_op_even_if_its_inputs_are_gone(
     assert main(["acquire", "--config", json.dumps(config)]) == 0
     assert "already finished" in capsys.readouterr().err
     assert manifest.read_text() == "{}"
+
+
+def test_a_bad_nested_setting_is_named_as_in_the_config(
+    stage_config: StageConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The settings models are shared with the spec (camelCase there); the stage config names them snake_case."""
+    config = stage_config("select", samples_uri="file:///s", scorer={"min_vote_share": 2})
+    assert main(["select", "--config", json.dumps(config)]) == 2
+    assert "config field `scorer.min_vote_share`" in capsys.readouterr().err

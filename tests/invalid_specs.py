@@ -1,0 +1,242 @@
+"""One table of invalid loops, run against `sil validate` (tests/unit/operator/test_spec.py) and against the real
+API server with the generated CRD (tests/integration/test_crd_validation.py).
+
+Each row breaks one rule of `valid_loop()` and names the field the error must name. Both checkers must reject every
+row naming that field, so the two can never drift apart again. A row the API server cannot check says so in
+`sil_validate_only`, with the reason; the integration test then checks that the API server really accepts it (the
+operator's parse_loop still marks such a loop Failed with reason InvalidSpec).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+DELETE = object()
+"""A value that removes the field instead of setting it."""
+
+GATE: dict[str, Any] = {"name": "improves", "query": "selfimprove_eval_score", "successCondition": "result > champion"}
+
+
+def valid_loop(name: str = "rejected", namespace: str = "default") -> dict[str, Any]:
+    """A valid loop with every section a row needs to break."""
+    return {
+        "apiVersion": "selfimprove.dev/v1alpha1",
+        "kind": "SelfImprovementLoop",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"uri": "file:///models/base"},
+            "storage": {"uri": f"file:///var/lib/selfimprove/runs/{name}"},
+            "maxIterations": 2,
+            "runtime": {"backoffLimit": 1},
+            "acquire": {"prompts": {"uri": "file:///data/prompts.jsonl"}, "samplesPerPrompt": 4},
+            "select": {"scorer": {"verifier": "exact-match"}},
+            "evaluate": {"datasets": [{"name": "heldout", "uri": "file:///data/heldout.jsonl"}]},
+            "promotion": {"gates": [dict(GATE)]},
+        },
+    }
+
+
+def patched(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `document` with each dotted path set to its value (DELETE removes it); numbers index lists."""
+    result = copy.deepcopy(document)
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node: Any = result
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is DELETE:
+            del node[key]
+        else:
+            node[key] = value
+    return result
+
+
+@dataclass(frozen=True)
+class Invalid:
+    id: str
+    changes: dict[str, Any]
+    field: str
+    """The field the error names, dotted, list indexes as numbers (sil validate's form)."""
+    says: str = ""
+    """A fragment both answers contain: the message of a CEL rule, which is the same text on both sides."""
+    sil_validate_only: str = ""
+    """Why the API server cannot check this row; empty when it can."""
+
+    def api_server_field(self) -> str:
+        """The field as the API server writes it: spec.evaluate.datasets[0].name."""
+        return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", self.field)
+
+
+def _dataset(name: str, uri: str = "file:///data/heldout.jsonl") -> dict[str, str]:
+    return {"name": name, "uri": uri}
+
+
+MAJORITY = "select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2"
+NO_CONDITION = "a gate needs successCondition, failureCondition or both"
+REGEX = "the API server cannot compile a regular expression given as a value"
+CEL = "the API server cannot compile a CEL expression given as a value"
+
+INVALID: list[Invalid] = [
+    # bounds and types
+    Invalid("maxIterations 0", {"spec.maxIterations": 0}, "spec.maxIterations"),
+    Invalid("maxIterations above 1000", {"spec.maxIterations": 1001}, "spec.maxIterations"),
+    Invalid("a string for an integer", {"spec.maxIterations": "three"}, "spec.maxIterations"),
+    Invalid("negative samplesPerPrompt", {"spec.acquire.samplesPerPrompt": -1}, "spec.acquire.samplesPerPrompt"),
+    Invalid("perIteration 0", {"spec.acquire.prompts.perIteration": 0}, "spec.acquire.prompts.perIteration"),
+    Invalid("topP above 1", {"spec.acquire.sampling": {"topP": 1.5}}, "spec.acquire.sampling.topP"),
+    Invalid(
+        "negative learning rate",
+        {"spec.optimize": {"hyperparameters": {"learningRate": -1}}},
+        "spec.optimize.hyperparameters.learningRate",
+    ),
+    Invalid("backoffLimit above 20", {"spec.runtime.backoffLimit": 21}, "spec.runtime.backoffLimit"),
+    Invalid("patience 0", {"spec.stopping": {"patience": 0}}, "spec.stopping.patience"),
+    Invalid("a gate count of 0", {"spec.promotion.gates.0.count": 0}, "spec.promotion.gates.0.count"),
+    # enums
+    Invalid("unknown engine", {"spec.acquire.engine": "llama.cpp"}, "spec.acquire.engine"),
+    Invalid("unknown scorer type", {"spec.select.scorer.type": "reward-model"}, "spec.select.scorer.type"),
+    Invalid("unknown optimize method", {"spec.optimize": {"method": "ppo"}}, "spec.optimize.method"),
+    Invalid(
+        "unknown lr scheduler",
+        {"spec.optimize": {"hyperparameters": {"lrScheduler": "warmup"}}},
+        "spec.optimize.hyperparameters.lrScheduler",
+    ),
+    # unknown and missing fields
+    Invalid("an unknown field", {"spec.maxIteration": 3}, "spec.maxIteration"),
+    Invalid("an unknown nested field", {"spec.runtime.backoffLimits": 1}, "spec.runtime.backoffLimits"),
+    Invalid("an unknown stage override", {"spec.runtime.stages": {"train": {}}}, "spec.runtime.stages.train"),
+    Invalid("missing acquire", {"spec.acquire": DELETE}, "spec.acquire"),
+    Invalid("missing model uri", {"spec.model": {}}, "spec.model.uri"),
+    # patterns: verifiers, DNS labels
+    Invalid(
+        "a select verifier that is neither built in nor module:function",
+        {"spec.select.scorer.verifier": "v.py"},
+        "spec.select.scorer.verifier",
+    ),
+    Invalid(
+        "an evaluate verifier that is neither built in nor module:function",
+        {"spec.evaluate.verifier": "v.py"},
+        "spec.evaluate.verifier",
+    ),
+    Invalid(
+        "a dataset name that is not a DNS label",
+        {"spec.evaluate.datasets": [_dataset("Held_Out")]},
+        "spec.evaluate.datasets.0.name",
+    ),
+    Invalid(
+        "a dataset name longer than 63",
+        {"spec.evaluate.datasets": [_dataset("d" * 64)]},
+        "spec.evaluate.datasets.0.name",
+    ),
+    Invalid(
+        "a gate name with a trailing newline",
+        {"spec.promotion.gates.0.name": "improves\n"},
+        "spec.promotion.gates.0.name",
+    ),
+    Invalid(
+        "a gate name that is not a DNS label",
+        {"spec.promotion.gates.0.name": "Improves!"},
+        "spec.promotion.gates.0.name",
+    ),
+    Invalid(
+        "a gate query with an unknown placeholder",
+        {"spec.promotion.gates.0.query": 'x{l="{{loops}}"}'},
+        "spec.promotion.gates.0.query",
+    ),
+    # URI schemes
+    Invalid("a model uri with an unknown scheme", {"spec.model.uri": "ftp://host/base"}, "spec.model.uri"),
+    Invalid("an empty model uri", {"spec.model.uri": ""}, "spec.model.uri"),
+    Invalid("a storage uri with an unknown scheme", {"spec.storage.uri": "ftp://host/runs"}, "spec.storage.uri"),
+    Invalid("a storage uri on the hub (models only)", {"spec.storage.uri": "hf://org/runs"}, "spec.storage.uri"),
+    Invalid(
+        "a prompts uri with an unknown scheme",
+        {"spec.acquire.prompts.uri": "http://host/p.jsonl"},
+        "spec.acquire.prompts.uri",
+    ),
+    Invalid(
+        "a dataset uri with an unknown scheme",
+        {"spec.evaluate.datasets": [_dataset("heldout", "gs://b/h")]},
+        "spec.evaluate.datasets.0.uri",
+    ),
+    # list sizes and uniqueness
+    Invalid("no datasets", {"spec.evaluate.datasets": []}, "spec.evaluate.datasets"),
+    Invalid(
+        "17 datasets", {"spec.evaluate.datasets": [_dataset(f"d{i}") for i in range(17)]}, "spec.evaluate.datasets"
+    ),
+    Invalid(
+        "two datasets with the same name",
+        {"spec.evaluate.datasets": [_dataset("heldout"), _dataset("heldout")]},
+        "spec.evaluate.datasets",
+        says="dataset names must be unique",
+    ),
+    Invalid("no gates", {"spec.promotion.gates": []}, "spec.promotion.gates"),
+    Invalid(
+        "two gates with the same name",
+        {"spec.promotion.gates": [GATE, {**GATE, "successCondition": "true"}]},
+        "spec.promotion.gates",
+        says="gate names must be unique",
+    ),
+    # cross-field rules (CEL)
+    Invalid(
+        "majority-vote with one sample per prompt",
+        {"spec.acquire.samplesPerPrompt": 1, "spec.select.scorer.type": "majority-vote"},
+        "spec.acquire.samplesPerPrompt",
+        says=MAJORITY,
+    ),
+    Invalid(
+        "majority-vote with a minVoteShare and one sample per prompt",
+        {
+            "spec.acquire": {"prompts": {"uri": "p.jsonl"}, "samplesPerPrompt": 1},
+            "spec.select": {"scorer": {"type": "majority-vote", "minVoteShare": 0.5}},
+        },
+        "spec.acquire.samplesPerPrompt",
+        says=MAJORITY,
+    ),
+    Invalid(
+        "a gate without any condition",
+        {"spec.promotion.gates.0.successCondition": DELETE},
+        "spec.promotion.gates.0",
+        says=NO_CONDITION,
+    ),
+    Invalid(
+        "a name longer than 40",
+        {"metadata.name": "x" * 41},
+        "metadata.name",
+        says="a DNS label of at most 40 characters",
+    ),
+    Invalid(
+        "a name with a dot (a DNS subdomain, not a label)",
+        {"metadata.name": "my.loop"},
+        "metadata.name",
+        says="a DNS label of at most 40 characters",
+    ),
+    # Python only
+    Invalid(
+        "a select answerPattern that does not compile",
+        {"spec.select.scorer.answerPattern": "([0-9]+"},
+        "spec.select.scorer.answerPattern",
+        sil_validate_only=REGEX,
+    ),
+    Invalid(
+        "an evaluate answerPattern that does not compile",
+        {"spec.evaluate.answerPattern": "([0-9]+"},
+        "spec.evaluate.answerPattern",
+        sil_validate_only=REGEX,
+    ),
+    Invalid(
+        "a successCondition that is not CEL",
+        {"spec.promotion.gates.0.successCondition": "result >="},
+        "spec.promotion.gates.0.successCondition",
+        sil_validate_only=CEL,
+    ),
+    Invalid(
+        "a failureCondition with an unknown variable",
+        {"spec.promotion.gates.0.failureCondition": "best < 1"},
+        "spec.promotion.gates.0.failureCondition",
+        sil_validate_only=CEL,
+    ),
+]

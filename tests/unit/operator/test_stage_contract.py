@@ -1,0 +1,59 @@
+"""The stage config JSON: the runners write it with snake_case names, and the stages keep parsing it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from sil_operator.api.loader import parse_loop
+from sil_operator.stageconfig import LoopRef, build_stage_config
+from sil_stages.contract import EvaluateConfig, SelectConfig, parse_stage_config
+from tests.invalid_specs import valid_loop
+
+SELECT: dict[str, Any] = {
+    "stage": "select",
+    "loop": "demo",
+    "iteration": 1,
+    "storage": {"uri": "file:///runs/demo", "endpoint": None, "region": None},
+    "output_uri": "file:///runs/demo/iterations/1/select",
+    "samples_uri": "file:///runs/demo/iterations/1/acquire/samples.jsonl",
+    "scorer": {"type": "majority-vote", "verifier": "exact-match", "answer_pattern": "(\\d+)", "min_vote_share": 0.5},
+    "keep": {"min_score": 0.5, "max_per_prompt": 2, "dedupe": False},
+}
+
+
+def test_a_config_written_with_snake_case_names_parses() -> None:
+    config = parse_stage_config(json.dumps(SELECT))
+    assert isinstance(config, SelectConfig)
+    assert (config.scorer.min_vote_share, config.scorer.answer_pattern) == (0.5, "(\\d+)")
+    assert (config.keep.min_score, config.keep.max_per_prompt, config.keep.dedupe) == (0.5, 2, False)
+
+
+@pytest.mark.parametrize("stage", ["acquire", "select", "optimize", "evaluate"])
+def test_what_the_runners_write_is_what_the_stages_read(stage: str) -> None:
+    """build_stage_config → model_dump_json (the ConfigMap, the local config file) → parse_stage_config."""
+    spec = parse_loop(valid_loop()).spec
+    config = build_stage_config(spec, LoopRef("demo", "ml"), 1, stage, "file:///models/base")
+    written = config.model_dump_json()
+    assert "minVoteShare" not in written and "maxNewTokens" not in written, "snake_case on the stage side"
+    assert parse_stage_config(written) == config
+
+
+def test_the_stage_applies_the_defaults_the_spec_documents() -> None:
+    """One set of models: a setting left out of the spec and out of the config gets the same default."""
+    spec = parse_loop(valid_loop()).spec
+    config = parse_stage_config({k: v for k, v in SELECT.items() if k not in ("scorer", "keep")})
+    assert isinstance(config, SelectConfig)
+    assert config.scorer == spec.select.scorer
+    assert config.keep == spec.select.keep
+
+
+def test_the_stage_rejects_a_verifier_the_spec_would_reject() -> None:
+    evaluate = build_stage_config(parse_loop(valid_loop()).spec, LoopRef("demo"), 1, "evaluate", "file:///m")
+    assert isinstance(evaluate, EvaluateConfig)
+    raw = json.loads(evaluate.model_dump_json()) | {"verifier": "verify.py"}
+    with pytest.raises(ValidationError, match="expected exact-match, or a Python function"):
+        parse_stage_config(raw)
