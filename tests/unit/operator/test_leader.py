@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from sil_operator.cli import main
 from sil_operator.kube.leader import (
     Action,
+    FollowerHealth,
     LeaderElector,
     LeaseRecord,
     LostLeadership,
@@ -225,3 +228,38 @@ def test_release_clears_the_holder_so_a_follower_leads_at_its_next_round() -> No
     leader.release()
     assert lock.current is not None and lock.current.record.holder == ""
     assert follower.try_acquire_or_renew(), "no waiting out the lease duration"
+
+
+def test_a_waiting_follower_answers_its_liveness_path_and_frees_the_port_when_stopped() -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from tests.servers.processes import free_port
+
+    port = free_port()
+    health = FollowerHealth(f"http://127.0.0.1:{port}/healthz")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=5)
+    finally:
+        health.stop()
+    with socket.socket() as sock:  # kopf binds the same address next
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+
+
+def test_a_liveness_url_without_a_port_is_refused_naming_the_flag() -> None:
+    with pytest.raises(ValueError, match="--liveness"):
+        FollowerHealth("http://0.0.0.0/healthz")
+
+
+def test_leader_election_outside_a_pod_without_a_lease_namespace_exits_2_naming_the_flag(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setattr("sil_operator.cli.SERVICE_ACCOUNT_NAMESPACE", Path("/nonexistent/namespace"))
+    assert main(["operator", "--leader-elect", "--namespace", "a", "--namespace", "b"]) == 2
+    assert "--leader-election-namespace" in capsys.readouterr().out
