@@ -239,7 +239,7 @@ def test_leader_election_is_on_by_default_with_a_lease_role_for_one_lease_and_ro
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-selfimprove", "namespace": "sil-system"}]
     namespaced = helm.template("--set", "rbac.scope=namespaced", "--set", "rbac.watchNamespaces={ml}")
-    assert [d["metadata"]["namespace"] for d in by_kind(namespaced, "Role")] == ["ml", "sil-system"]
+    assert sorted(d["metadata"]["namespace"] for d in by_kind(namespaced, "Role")) == ["ml", "sil-system"]
 
 
 def test_without_leader_election_one_replica_at_most_and_recreate(helm: Helm) -> None:
