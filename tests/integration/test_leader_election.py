@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,13 @@ def healthy(port: int) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+@pytest.fixture
+def job_watch(control_plane: ControlPlane, namespace: str) -> Iterator[JobWatch]:
+    watch = JobWatch(control_plane, namespace)
+    yield watch
+    watch.stop()
 
 
 def test_two_replicas_elect_one_leader_and_the_follower_takes_over_within_30_s_of_a_kill_9(
