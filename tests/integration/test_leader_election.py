@@ -1,7 +1,7 @@
 """High availability: `sil operator --leader-elect` replicas elect one leader on a Lease; only the leader acts.
 
 Runs with client-go's timing (lease 15 s, renew deadline 10 s, retry 2 s), so a takeover after kill -9 takes about
-15 to 17 s: the follower waits out the lease duration from the last renewal it saw.
+15 to 18 s: the follower waits out the lease duration from the last renewal it saw.
 """
 
 from __future__ import annotations
