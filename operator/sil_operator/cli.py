@@ -1,7 +1,8 @@
 """`sil`: run a loop on this machine, validate a loop file, show a loop's status, explain the API.
 
 Exit codes: 0 done (or suspended), 1 the loop failed, 2 the loop file is invalid (nothing was written),
-3 another run holds the loop, 130 interrupted (run the same command again to continue).
+3 another run holds the loop, 130 interrupted (run the same command again to continue); `sil operator
+--leader-elect`: 4 the operator lost the lead (it exits at once so that its pod restarts as a follower).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -24,7 +26,12 @@ from sil_operator.report import iteration_table, write_report
 from sil_stages.contract import StorageOptions
 from sil_stages.store import Store, is_remote, local_path
 
+if TYPE_CHECKING:
+    from sil_operator.kube.leader import LeaderElector
+
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_LOST_LEADERSHIP = 4
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def preflight(spec: LoopSpec) -> list[str]:
@@ -178,7 +185,7 @@ def cmd_crd(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_operator(args: argparse.Namespace, console: Console) -> int:
-    """Runs the Kubernetes operator (kopf) until interrupted."""
+    """Runs the Kubernetes operator (kopf) until interrupted; with --leader-elect, only once it leads."""
     import logging
 
     import kopf
@@ -189,13 +196,71 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     if args.metrics_port:
         os.environ["SIL_METRICS_PORT"] = str(args.metrics_port)
         os.environ["SIL_METRICS_ADDRESS"] = args.metrics_address
-    kopf.run(
-        standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=list(args.namespace),
-        liveness_endpoint=args.liveness or None,
-    )
+    elector = None
+    if args.leader_elect:
+        namespace = args.leader_election_namespace or _own_namespace(args.namespace)
+        if not namespace:
+            console.print(
+                "[red]error:[/] --leader-election-namespace: name the namespace of the Lease (outside a pod there "
+                "is no POD_NAMESPACE or service account namespace to default to)",
+                highlight=False,
+            )
+            return EXIT_INVALID
+        try:
+            elector = _lead(namespace, args.leader_election_id, args.liveness)
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
+    try:
+        kopf.run(
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=list(args.namespace),
+            liveness_endpoint=args.liveness or None,
+        )
+    finally:
+        if elector is not None:
+            elector.release()
     return EXIT_OK
+
+
+def _own_namespace(served: list[str]) -> str | None:
+    """The Lease's default namespace: the pod's own, else the one namespace served."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    if SERVICE_ACCOUNT_NAMESPACE.is_file():
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
+    return served[0] if len(served) == 1 else None
+
+
+def _lead(namespace: str, name: str, liveness: str) -> LeaderElector:
+    """Blocks until this process holds the Lease (serving the liveness endpoint meanwhile), then renews it in the
+    background; losing it ends the process at once, since two operators must never act together."""
+    import socket
+
+    from sil_operator.kube.leader import FollowerHealth, LeaderElector, LeaseLock, api_client_from_environment
+
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}_{os.getpid()}"
+    elector = LeaderElector(LeaseLock(api_client_from_environment(), namespace, name), identity, _lost_lead)
+    health = FollowerHealth(liveness) if liveness else None
+    try:
+        elector.acquire()
+    finally:
+        if health is not None:
+            health.stop()
+    elector.start_renewing()
+    return elector
+
+
+def _lost_lead(reason: str) -> None:
+    """Exits without any cleanup: kopf's handlers must not take one more step once another operator may lead."""
+    import logging
+
+    logging.getLogger("selfimprove.leader").error("lost the lead (%s); exiting to restart as a follower", reason)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_LOST_LEADERSHIP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus metrics on this port")
     operator.add_argument(
         "--metrics-address", default="127.0.0.1", help="address for the metrics port (0.0.0.0 in a pod)"
+    )
+    operator.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding a coordination.k8s.io Lease (for more than one replica)",
+    )
+    operator.add_argument(
+        "--leader-election-namespace",
+        default="",
+        help="namespace of the Lease; default: the pod's own ($POD_NAMESPACE), else the one --namespace served",
+    )
+    operator.add_argument(
+        "--leader-election-id", default="selfimprove-operator", help="name of the Lease (one per operator install)"
     )
     operator.add_argument("--verbose", action="store_true")
     operator.set_defaults(handler=cmd_operator)

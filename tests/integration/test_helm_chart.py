@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.integration.controlplane import REPO_ROOT, ControlPlane, find_bin_dir, wait_until
-from tests.integration.operator_process import OperatorProcess
+from tests.integration.operator_process import OperatorProcess, leader_election_args
 from tests.integration.test_operator import STAGES, apply, events, get_loop, kwok_loop, phase
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -112,9 +112,20 @@ def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def deployment_of(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    return next(d for d in by_kind(documents, "Deployment") if d["metadata"]["name"] == "rel-selfimprove")
+
+
 def container_of(documents: list[dict[str, Any]]) -> dict[str, Any]:
-    deployment = next(d for d in by_kind(documents, "Deployment") if d["metadata"]["name"] == "rel-selfimprove")
-    return deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+    return deployment_of(documents)["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+
+
+def loop_roles(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The Roles (or RoleBindings) for serving loops: all but the leader election's."""
+    return [doc for doc in by_kind(documents, kind) if not doc["metadata"]["name"].endswith("-leader-election")]
+
+
+LEADER_ELECTION = leader_election_args("sil-system", "rel-selfimprove")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -138,7 +149,7 @@ def test_cluster_scope_renders_a_cluster_role_and_a_hardened_deployment(helm: He
     documents = helm.template()
     role = one(documents, "ClusterRole")
     binding = one(documents, "ClusterRoleBinding")
-    assert not by_kind(documents, "Role") and not by_kind(documents, "RoleBinding")
+    assert not loop_roles(documents, "Role") and not loop_roles(documents, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-selfimprove", "namespace": "sil-system"}]
     assert one(documents, "ServiceAccount")["metadata"]["name"] == "rel-selfimprove"
@@ -154,6 +165,7 @@ def test_cluster_scope_renders_a_cluster_role_and_a_hardened_deployment(helm: He
         "9090",
         "--metrics-address",
         "0.0.0.0",
+        *LEADER_ELECTION,
     ], "scope cluster: no --namespace, the operator serves every namespace"
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["SIL_STAGE_IMAGE"] == "selfimprove/stage:test"
@@ -179,8 +191,8 @@ def test_cluster_scope_renders_a_cluster_role_and_a_hardened_deployment(helm: He
 
 def test_namespaced_scope_renders_a_role_per_namespace_and_namespace_flags(helm: Helm) -> None:
     documents = helm.template("--set", "rbac.scope=namespaced", "--set", "rbac.watchNamespaces={ml,research}")
-    roles = {doc["metadata"]["namespace"]: doc for doc in by_kind(documents, "Role")}
-    bindings = {doc["metadata"]["namespace"]: doc for doc in by_kind(documents, "RoleBinding")}
+    roles = {doc["metadata"]["namespace"]: doc for doc in loop_roles(documents, "Role")}
+    bindings = {doc["metadata"]["namespace"]: doc for doc in loop_roles(documents, "RoleBinding")}
     assert sorted(roles) == sorted(bindings) == ["ml", "research"]
     for binding in bindings.values():
         assert binding["subjects"][0]["namespace"] == "sil-system"
@@ -199,6 +211,46 @@ def test_namespaced_scope_renders_a_role_per_namespace_and_namespace_flags(helm:
         "--set", "rbac.scope=namespaced", "--set", "rbac.watchNamespaces={ml}", "--set", "rbac.scanning=false"
     )
     assert not by_kind(strict, "ClusterRole") and not by_kind(strict, "ClusterRoleBinding")
+
+
+def test_leader_election_is_on_by_default_with_a_lease_role_for_one_lease_and_rolling_updates(helm: Helm) -> None:
+    documents = helm.template("--set", "operator.replicas=3")
+    deployment = deployment_of(documents)
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}, "the Lease keeps old and new pods apart"
+    container = container_of(documents)
+    assert container["command"][-len(LEADER_ELECTION) :] == LEADER_ELECTION
+    pod_name = next(item for item in container["env"] if item["name"] == "POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}, "holderIdentity is the pod name"
+
+    role = one(by_kind(documents, "Role"), "Role")
+    assert role["metadata"]["name"] == "rel-selfimprove-leader-election"
+    assert role["metadata"]["namespace"] == "sil-system", "the Lease lives in the release namespace only"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["rel-selfimprove"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = next(d for d in by_kind(documents, "RoleBinding") if d["metadata"]["name"] == role["metadata"]["name"])
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rel-selfimprove", "namespace": "sil-system"}]
+    namespaced = helm.template("--set", "rbac.scope=namespaced", "--set", "rbac.watchNamespaces={ml}")
+    assert sorted(d["metadata"]["namespace"] for d in by_kind(namespaced, "Role")) == ["ml", "sil-system"]
+
+
+def test_without_leader_election_one_replica_at_most_and_recreate(helm: Helm) -> None:
+    documents = helm.template("--set", "operator.leaderElection.enabled=false")
+    assert deployment_of(documents)["spec"]["strategy"] == {"type": "Recreate"}
+    container = container_of(documents)
+    assert "--leader-elect" not in container["command"]
+    assert "POD_NAME" not in {item["name"] for item in container["env"]}
+    assert not by_kind(documents, "Role") and not by_kind(documents, "RoleBinding")
+    stopped = helm.template("--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=0")
+    assert deployment_of(stopped)["spec"]["replicas"] == 0
 
 
 def test_the_optional_prometheus_objects_render_when_enabled(helm: Helm) -> None:
@@ -228,6 +280,9 @@ def test_the_optional_prometheus_objects_render_when_enabled(helm: Helm) -> None
         (["--set", "rbac.scope=namespaced"], "watchNamespaces"),
         (["--set", "rbac.watchNamespaces={ml}"], "watchNamespaces"),
         (["--set", "operator.image.pullPolicy=Sometimes"], "pullPolicy"),
+        (["--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"], "replicas"),
+        (["--set", "operator.replicas=-1"], "replicas"),
+        (["--set", "operator.leaderElection.enable=true"], "enable"),
     ],
     ids=[
         "unknown-key",
@@ -237,6 +292,9 @@ def test_the_optional_prometheus_objects_render_when_enabled(helm: Helm) -> None
         "namespaced-without-list",
         "list-with-cluster",
         "bad-pull-policy",
+        "replicas-without-leader-election",
+        "negative-replicas",
+        "unknown-leader-election-key",
     ],
 )
 def test_bad_values_are_rejected(helm: Helm, values: list[str], expected: str) -> None:
@@ -324,7 +382,15 @@ def can_i(plane: ControlPlane, kubeconfig: Path, *args: str) -> bool:
 
 
 def assert_minimal(
-    plane: ControlPlane, kubeconfig: Path, served: str, other: str, *, cluster: bool, scanning: bool = True
+    plane: ControlPlane,
+    kubeconfig: Path,
+    served: str,
+    other: str,
+    *,
+    cluster: bool,
+    release: str,
+    lease: str,
+    scanning: bool = True,
 ) -> None:
     assert can_i(plane, kubeconfig, "list", "namespaces") is (scanning and not cluster)
     assert can_i(plane, kubeconfig, "watch", "customresourcedefinitions.apiextensions.k8s.io") is scanning
@@ -341,6 +407,12 @@ def assert_minimal(
     assert not can_i(plane, kubeconfig, "delete", "selfimprovementloops.selfimprove.dev", "-n", served)
     assert not can_i(plane, kubeconfig, "update", "configmaps", "-n", served)
     assert not can_i(plane, kubeconfig, "create", "rolebindings.rbac.authorization.k8s.io", "-n", served)
+    for verb in ("create", "get", "update"):
+        assert can_i(plane, kubeconfig, verb, f"leases.coordination.k8s.io/{lease}", "-n", release), verb
+    assert not can_i(plane, kubeconfig, "update", "leases.coordination.k8s.io/kube-scheduler", "-n", release)
+    assert not can_i(plane, kubeconfig, "delete", f"leases.coordination.k8s.io/{lease}", "-n", release)
+    assert not can_i(plane, kubeconfig, "list", "leases.coordination.k8s.io", "-n", release)
+    assert not can_i(plane, kubeconfig, "create", "leases.coordination.k8s.io", "-n", served), "release ns only"
     if not cluster:
         assert not can_i(plane, kubeconfig, "get", "secrets", "-n", other), "no Secrets outside the served namespaces"
         assert not can_i(plane, kubeconfig, "create", "jobs.batch", "-n", other)
@@ -364,7 +436,7 @@ class ClusterwideOperator(OperatorProcess):
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "sil_operator.cli", "operator"],
+                [sys.executable, "-m", "sil_operator.cli", "operator", *self.extra_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -413,9 +485,18 @@ def test_namespaced_rbac_is_enough_to_run_a_loop_and_no_more(
         kubeconfig = service_account_kubeconfig(
             control_plane, release_ns, "rel-selfimprove", tmp_path / "sa.kubeconfig"
         )
-        assert_minimal(control_plane, kubeconfig, namespace, other, cluster=False, scanning=scanning)
+        assert_minimal(
+            control_plane, kubeconfig, namespace, other,
+            cluster=False, release=release_ns, lease="rel-selfimprove", scanning=scanning,
+        )  # fmt: skip
         assert not can_i(control_plane, kubeconfig, "create", "jobs.batch", "-n", release_ns), "not its own namespace"
-        operator = OperatorProcess(control_plane, tmp_path / "operator.log", namespace, {"KUBECONFIG": str(kubeconfig)})
+        operator = OperatorProcess(
+            control_plane,
+            tmp_path / "operator.log",
+            namespace,
+            {"KUBECONFIG": str(kubeconfig)},
+            leader_election_args(release_ns, "rel-selfimprove"),
+        )
         run_a_loop_with_the_chart_rbac(control_plane, operator, namespace, tmp_path, scanning=scanning)
         if not scanning:  # kopf's refused requests name who asked: the chart's ServiceAccount, not the admin
             assert f"system:serviceaccount:{release_ns}:rel-selfimprove" in operator.log()
@@ -434,9 +515,16 @@ def test_cluster_rbac_is_enough_to_run_a_loop_clusterwide(
         kubeconfig = service_account_kubeconfig(
             control_plane, release_ns, "clusterwide-selfimprove", tmp_path / "sa.kubeconfig"
         )
-        assert_minimal(control_plane, kubeconfig, namespace, release_ns, cluster=True)
+        assert_minimal(
+            control_plane, kubeconfig, namespace, release_ns,
+            cluster=True, release=release_ns, lease="clusterwide-selfimprove",
+        )  # fmt: skip
         operator = ClusterwideOperator(
-            control_plane, tmp_path / "operator.log", namespace, {"KUBECONFIG": str(kubeconfig)}
+            control_plane,
+            tmp_path / "operator.log",
+            namespace,
+            {"KUBECONFIG": str(kubeconfig)},
+            leader_election_args(release_ns, "clusterwide-selfimprove"),
         )
         run_a_loop_with_the_chart_rbac(control_plane, operator, namespace, tmp_path)
     finally:
