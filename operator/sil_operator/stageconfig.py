@@ -16,6 +16,7 @@ from sil_stages.contract import (
     AcquireConfig,
     EvaluateConfig,
     OptimizeConfig,
+    ScorerConfig,
     SelectConfig,
     StorageOptions,
     stage_uri,
@@ -44,6 +45,15 @@ def train_uri(storage: str, iteration: int) -> str:
 
 def checkpoint_uri(storage: str, iteration: int) -> str:
     return join(stage_uri(storage, iteration, "optimize"), "checkpoint")
+
+
+def training_scorer(spec: LoopSpec) -> ScorerConfig | None:
+    """The select scorer when it is not the held-out verifier (a vote, another verifier): the reward-hacking guard
+    scores held-out answers with it too, to see whether the training signal still agrees with the truth."""
+    scorer = spec.select.scorer
+    if scorer.type == "verifier" and scorer.verifier == spec.evaluate.verifier:
+        return None
+    return scorer
 
 
 def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str, champion_uri: str) -> AnyStageConfig:
@@ -100,5 +110,11 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             batch_size=evaluate.batch_size,
             engine=spec.acquire.engine,
             pushgateway=evaluate.pushgateway.address if evaluate.pushgateway else None,
+            significance=evaluate.significance,
+            contamination=evaluate.contamination,
+            base_uri=spec.model.uri,
+            samples_uri=samples_uri(storage, iteration),
+            train_uri=train_uri(storage, iteration),
+            training_scorer=training_scorer(spec),
         )
     raise ValueError(f"unknown stage {stage!r}")

@@ -116,6 +116,15 @@ class EvaluateConfig(_StageConfigBase, settings.Judging):
     engine: Literal["transformers", "vllm"] = "transformers"
     pushgateway: str | None = None
     """Pushgateway URL to push the evaluation series to (grouped by namespace, loop, iteration); None: don't."""
+    base_uri: str | None = None
+    """The loop's base model: output-length drift is measured against it. None: not measured."""
+    samples_uri: str | None = None
+    """This iteration's acquire samples: their diversity is reported (selfimprove_acquire_*). None: not measured."""
+    train_uri: str | None = None
+    """This iteration's selected training data: its overlap with the datasets is reported. None: not measured."""
+    training_scorer: ScorerConfig | None = None
+    """The select stage's scorer when it is not the held-out verifier: it also scores the held-out answers
+    (reward-hacking guard). None: the training scorer is the held-out verifier."""
 
 
 StageConfig = Annotated[AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig, Field(discriminator="stage")]

@@ -4,16 +4,32 @@ For each dataset (JSONL with `prompt` and `answer`) and each model:
 - `score`: accuracy of greedy decoding;
 - `self_consistency_score`: accuracy of the majority answer of `refinement.samples` samples at
   `refinement.temperature` (self-consistency@k, inference-time refinement without new weights);
-- `distinct_answers`: mean number of distinct answers among those samples, a collapse guard (a model trained
-  on its own outputs tends to lose diversity);
+- `distinct_answers`: mean number of distinct answers among those samples;
 - `pass_at_k`: share of prompts with at least one correct sample (in `metrics` only).
+
+And the evaluation layer around those scores (see `significance`, `guards`):
+- paired significance, per dataset: `delta` (candidate minus champion greedy accuracy on the same prompts), its
+  bootstrap interval `delta_ci_low` / `delta_ci_high` and `p_value` (exact McNemar);
+- collapse guards, per dataset and model, on the sampled generations (the greedy ones without refinement):
+  `distinct_1`, `distinct_2`, `self_bleu`, `output_length` (characters, greedy; also for model `base`), and per
+  dataset `output_length_drift` (candidate minus base); with the transformers engine, `token_entropy` (mean
+  next-token entropy, nats, on one temperature-1 sample of the candidate per prompt, for both models) and `kl_candidate_champion`
+  (mean over prompts of log p_candidate - log p_champion of that sample: a Monte Carlo estimate of
+  KL(candidate || champion) per answer, in nats); and `selfimprove_acquire_*` diversity of this iteration's samples;
+- reward-hacking guard, when the training scorer is not the held-out verifier: `proxy_score` (greedy answers judged
+  by the training scorer: for a majority vote, agreement with the model's own majority answer), `proxy_agreement`
+  with the held-out verdict and `proxy_gap` = proxy_score - score;
+- contamination, per dataset: the share of items whose prompt overlaps the selected training data
+  (`contamination`, `contaminated_items`, and `contamination_max` over datasets, what the evaluate-contamination
+  gate reads); the items are in results.json and named (`<dataset>/contaminated/<item>`) in the manifest metrics.
 
 Both models see the same sampling seed, so their difference is the weights, not the dice. When candidate and
 champion are the same URI (iteration 1 before any training, or a no-op), the model is evaluated once.
 
 Writes `results.json` and a manifest whose `series` are the labelled `selfimprove_eval_*` samples (what the
 stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
-flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy) for tables.
+flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy) and `delta`,
+`delta_ci_low`, `delta_ci_high`, `p_value` (first dataset) for tables.
 """
 
 from __future__ import annotations
@@ -22,12 +38,19 @@ import gc
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from sil_stages.contract import EvalDatasetConfig, EvaluateConfig, Manifest, MetricSample
+from sil_stages.contract import EvalDatasetConfig, EvaluateConfig, Manifest, MetricSample, ScorerConfig
 from sil_stages.errors import StageInputError
-from sil_stages.generation import GenerationEngine, SamplingRequest, make_engine
+from sil_stages.generation import GenerationEngine, SamplingRequest, TokenScorer, TokenStats, make_engine
+from sil_stages.guards import (
+    ContaminatedItem,
+    TrainingIndex,
+    contaminated_items,
+    diversity,
+    mean_length,
+)
 from sil_stages.manifest import StageOutputs
 from sil_stages.models import resolve_model
 from sil_stages.pushgateway import push
@@ -41,27 +64,111 @@ from sil_stages.scoring import (
     make_verifier,
 )
 from sil_stages.seeding import derive_seed, seed_everything
+from sil_stages.significance import PairedComparison, compare
 from sil_stages.store import Store
 
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 METRIC_PREFIX = "selfimprove_eval_"
-SERIES = ("score", "self_consistency_score", "distinct_answers")
-"""The scores that become labelled series (`selfimprove_eval_<name>`)."""
+ACQUIRE_PREFIX = "selfimprove_acquire_"
 MODELS = ("candidate", "champion")
+NAMED_ITEMS_LIMIT = 50
+"""Contaminated items named in the manifest metrics per dataset (results.json lists them all)."""
 
 
 @dataclass(frozen=True)
 class Scores:
+    """One model on one dataset. Every field but pass_at_k becomes a series `selfimprove_eval_<name>`."""
+
     score: float
     self_consistency_score: float | None = None
     distinct_answers: float | None = None
     pass_at_k: float | None = None
+    distinct_1: float | None = None
+    distinct_2: float | None = None
+    self_bleu: float | None = None
+    output_length: float | None = None
+    token_entropy: float | None = None
+    proxy_score: float | None = None
+    proxy_agreement: float | None = None
+    proxy_gap: float | None = None
+
+
+NOT_SERIES = frozenset({"pass_at_k"})
+SERIES = tuple(f.name for f in fields(Scores) if f.name not in NOT_SERIES)
+"""The per-model scores that become labelled series (`selfimprove_eval_<name>`, label model)."""
+COMPARISON_SERIES = ("delta", "delta_ci_low", "delta_ci_high", "p_value")
+
+
+@dataclass
+class ModelRun:
+    """What one model did on one dataset: the summary, and the per-prompt data the comparisons need."""
+
+    scores: Scores
+    correct: list[float]
+    greedy: list[str]
+    probes: list[str] = field(default_factory=list)
+    """One temperature-1 sample per prompt (candidate only, engines that score tokens): the KL estimate's draws."""
+    probe_stats: list[TokenStats] = field(default_factory=list)
+
+
+@dataclass
+class DatasetGuards:
+    """Per dataset, across models: the comparison and the guards that need both models (or the base)."""
+
+    comparison: PairedComparison
+    kl_candidate_champion: float | None = None
+    output_length_drift: float | None = None
+    contamination: float | None = None
+    contaminated: list[ContaminatedItem] = field(default_factory=list)
 
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """The training scorer, applied to held-out answers (reward-hacking guard)."""
+
+    scorer: ScorerConfig
+    verifier: Verifier | None
+    pattern: re.Pattern[str] | None
+
+    def verdicts(
+        self, prompts: list[str], greedy: list[str], sampled: list[list[str]] | None, records: list[Record]
+    ) -> list[float] | None:
+        if self.scorer.type == "majority-vote":
+            if sampled is None:
+                return None  # no samples, no vote
+            verdicts: list[float] = []
+            for answer_text, samples in zip(greedy, sampled, strict=True):
+                vote = majority_vote([extract_answer(s, self.pattern) for s in samples])
+                answer = extract_answer(answer_text, self.pattern)
+                agreed = vote.answer is not None and vote.share >= self.scorer.min_vote_share and answer == vote.answer
+                verdicts.append(float(agreed))
+            return verdicts
+        assert self.verifier is not None
+        verifier = self.verifier
+        return [
+            float(verifier(prompt, text, record) >= CORRECT)
+            for prompt, text, record in zip(prompts, greedy, records, strict=True)
+        ]
+
+
+def make_proxy(scorer: ScorerConfig | None) -> Proxy | None:
+    if scorer is None:
+        return None
+    verifier = None
+    if scorer.type == "verifier":
+        verifier = make_verifier(
+            scorer.verifier,
+            scorer.answer_pattern,
+            field="training_scorer.verifier",
+            pattern_field="training_scorer.answer_pattern",
+        )
+    return Proxy(scorer, verifier, compile_pattern(scorer.answer_pattern, field="training_scorer.answer_pattern"))
 
 
 def score_dataset(
@@ -71,45 +178,75 @@ def score_dataset(
     verifier: Verifier,
     pattern: re.Pattern[str] | None,
     seed: int,
-) -> Scores:
-    """Greedy accuracy and, with self-consistency, the sampled scores of one model on one dataset."""
+    proxy: Proxy | None = None,
+    probe: bool = False,
+) -> ModelRun:
+    """Greedy accuracy, the sampled scores with self-consistency, and the guards of one model on one dataset."""
     prompts = [str(record["prompt"]) for record in records]
     greedy_request = SamplingRequest(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
-    greedy = engine.generate(prompts, greedy_request)
+    greedy = [outs[0] for outs in engine.generate(prompts, greedy_request)]
     correct = [
-        float(verifier(prompt, outs[0], record) >= CORRECT)
-        for prompt, outs, record in zip(prompts, greedy, records, strict=True)
+        float(verifier(prompt, text, record) >= CORRECT)
+        for prompt, text, record in zip(prompts, greedy, records, strict=True)
     ]
     refinement = config.refinement
-    if refinement.method != "self-consistency" or refinement.samples < 1:
-        return Scores(score=_mean(correct))
+    sampled: list[list[str]] | None = None
+    extra: dict[str, float | None] = {}
+    if refinement.method == "self-consistency" and refinement.samples >= 1:
+        request = SamplingRequest(
+            n=refinement.samples,
+            temperature=refinement.temperature,
+            max_new_tokens=config.max_new_tokens,
+            seed=seed,
+        )
+        seed_everything(seed)
+        sampled = engine.generate(prompts, request)
+        consistent: list[float] = []
+        distinct: list[float] = []
+        any_correct: list[float] = []
+        for prompt, completions, record in zip(prompts, sampled, records, strict=True):
+            answers = [extract_answer(completion, pattern) for completion in completions]
+            vote = majority_vote(answers)
+            distinct.append(float(vote.distinct))
+            verdicts = [verifier(prompt, completion, record) >= CORRECT for completion in completions]
+            any_correct.append(float(any(verdicts)))
+            # The majority answer is judged through one completion that gave it, so user verifiers work too.
+            voted = next((c for c, a in zip(completions, answers, strict=True) if a == vote.answer), None)
+            consistent.append(float(voted is not None and verifier(prompt, voted, record) >= CORRECT))
+        extra.update(
+            self_consistency_score=_mean(consistent), distinct_answers=_mean(distinct), pass_at_k=_mean(any_correct)
+        )
+    generations = [text for samples in sampled for text in samples] if sampled is not None else greedy
+    spread = diversity(generations, seed=seed)
+    extra.update(
+        distinct_1=spread.distinct_1,
+        distinct_2=spread.distinct_2,
+        self_bleu=spread.self_bleu,
+        output_length=mean_length(greedy),
+    )
+    if proxy is not None:
+        proxy_verdicts = proxy.verdicts(prompts, greedy, sampled, records)
+        if proxy_verdicts is not None:
+            extra.update(
+                proxy_score=_mean(proxy_verdicts),
+                proxy_agreement=_mean([float(p == c) for p, c in zip(proxy_verdicts, correct, strict=True)]),
+                proxy_gap=_mean(proxy_verdicts) - _mean(correct),
+            )
+    run = ModelRun(scores=Scores(score=_mean(correct)), correct=correct, greedy=greedy)
+    if probe and isinstance(engine, TokenScorer):
+        probe_seed = derive_seed(seed, 0, "probe")
+        seed_everything(probe_seed)
+        request = SamplingRequest(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=probe_seed)
+        run.probes = [outs[0] for outs in engine.generate(prompts, request)]
+        run.probe_stats = engine.token_stats(prompts, run.probes)
+        extra["token_entropy"] = _token_entropy(run.probe_stats)
+    run.scores = Scores(score=run.scores.score, **extra)
+    return run
 
-    request = SamplingRequest(
-        n=refinement.samples,
-        temperature=refinement.temperature,
-        max_new_tokens=config.max_new_tokens,
-        seed=seed,
-    )
-    seed_everything(seed)
-    sampled = engine.generate(prompts, request)
-    consistent: list[float] = []
-    distinct: list[float] = []
-    any_correct: list[float] = []
-    for prompt, completions, record in zip(prompts, sampled, records, strict=True):
-        answers = [extract_answer(completion, pattern) for completion in completions]
-        vote = majority_vote(answers)
-        distinct.append(float(vote.distinct))
-        verdicts = [verifier(prompt, completion, record) >= CORRECT for completion in completions]
-        any_correct.append(float(any(verdicts)))
-        # The majority answer is judged through one completion that gave it, so user verifiers work too.
-        voted = next((c for c, a in zip(completions, answers, strict=True) if a == vote.answer), None)
-        consistent.append(float(voted is not None and verifier(prompt, voted, record) >= CORRECT))
-    return Scores(
-        score=_mean(correct),
-        self_consistency_score=_mean(consistent),
-        distinct_answers=_mean(distinct),
-        pass_at_k=_mean(any_correct),
-    )
+
+def _token_entropy(stats: list[TokenStats]) -> float:
+    tokens = sum(s.tokens for s in stats)
+    return sum(s.entropy for s in stats) / tokens if tokens else 0.0
 
 
 def load_datasets(store: Store, datasets: tuple[EvalDatasetConfig, ...]) -> dict[str, list[Record]]:
@@ -117,34 +254,70 @@ def load_datasets(store: Store, datasets: tuple[EvalDatasetConfig, ...]) -> dict
         raise StageInputError("datasets: empty; name at least one held-out dataset with prompt and answer")
     loaded: dict[str, list[Record]] = {}
     for index, dataset in enumerate(datasets):
-        field = f"datasets[{index}].uri"
-        records = read_jsonl(store, dataset.uri, field=field)
+        field_name = f"datasets[{index}].uri"
+        records = read_jsonl(store, dataset.uri, field=field_name)
         if not records:
-            raise StageInputError(f"{field}: {dataset.uri} holds no records")
-        require_field(records, "prompt", uri=dataset.uri, field=field)
+            raise StageInputError(f"{field_name}: {dataset.uri} holds no records")
+        require_field(records, "prompt", uri=dataset.uri, field=field_name)
         loaded[dataset.name] = records
     return loaded
 
 
-def series_for(config: EvaluateConfig, results: dict[str, dict[str, Scores]]) -> tuple[MetricSample, ...]:
+def _labels(config: EvaluateConfig, **extra: str) -> dict[str, str]:
+    return {"namespace": config.namespace, "loop": config.loop, "iteration": str(config.iteration), **extra}
+
+
+def series_for(
+    config: EvaluateConfig,
+    results: dict[str, dict[str, Scores]],
+    guards: dict[str, DatasetGuards] | None = None,
+    acquire: dict[str, float] | None = None,
+) -> tuple[MetricSample, ...]:
     samples: list[MetricSample] = []
     for dataset, by_model in results.items():
         for model, scores in by_model.items():
-            labels = {
-                "namespace": config.namespace,
-                "loop": config.loop,
-                "iteration": str(config.iteration),
-                "dataset": dataset,
-                "model": model,
-            }
+            labels = _labels(config, dataset=dataset, model=model)
             for name in SERIES:
                 value = getattr(scores, name)
-                if value is not None:
+                if value is not None and (model != "base" or name == "output_length"):
                     samples.append(MetricSample(name=f"{METRIC_PREFIX}{name}", labels=labels, value=value))
+    for dataset, guard in (guards or {}).items():
+        labels = _labels(config, dataset=dataset)
+        for name, value in _dataset_values(guard).items():
+            samples.append(MetricSample(name=f"{METRIC_PREFIX}{name}", labels=labels, value=value))
+    contamination = [g.contamination for g in (guards or {}).values() if g.contamination is not None]
+    if contamination:
+        samples.append(
+            MetricSample(name=f"{METRIC_PREFIX}contamination_max", labels=_labels(config), value=max(contamination))
+        )
+    for name, value in (acquire or {}).items():
+        samples.append(MetricSample(name=f"{ACQUIRE_PREFIX}{name}", labels=_labels(config), value=value))
     return tuple(samples)
 
 
-def flat_metrics(results: dict[str, dict[str, Scores]]) -> dict[str, float]:
+def _dataset_values(guard: DatasetGuards) -> dict[str, float]:
+    comparison = guard.comparison
+    values = {
+        "delta": comparison.delta,
+        "delta_ci_low": comparison.ci_low,
+        "delta_ci_high": comparison.ci_high,
+        "p_value": comparison.p_value,
+    }
+    if guard.kl_candidate_champion is not None:
+        values["kl_candidate_champion"] = guard.kl_candidate_champion
+    if guard.output_length_drift is not None:
+        values["output_length_drift"] = guard.output_length_drift
+    if guard.contamination is not None:
+        values["contamination"] = guard.contamination
+        values["contaminated_items"] = float(len(guard.contaminated))
+    return values
+
+
+def flat_metrics(
+    results: dict[str, dict[str, Scores]],
+    guards: dict[str, DatasetGuards] | None = None,
+    acquire: dict[str, float] | None = None,
+) -> dict[str, float]:
     metrics: dict[str, float] = {}
     first = next(iter(results))
     for model in MODELS:
@@ -152,9 +325,43 @@ def flat_metrics(results: dict[str, dict[str, Scores]]) -> dict[str, float]:
     for dataset, by_model in results.items():
         for model, scores in by_model.items():
             for name, value in asdict(scores).items():
-                if value is not None:
+                if value is not None and (model != "base" or name == "output_length"):
                     metrics[f"{dataset}/{model}/{name}"] = float(value)
+    for dataset, guard in (guards or {}).items():
+        values = _dataset_values(guard)
+        for name, value in values.items():
+            metrics[f"{dataset}/{name}"] = value
+        if dataset == first:
+            metrics.update({name: values[name] for name in COMPARISON_SERIES})
+        for item in guard.contaminated[:NAMED_ITEMS_LIMIT]:
+            metrics[f"{dataset}/contaminated/{item.item}"] = 1.0
+    for name, value in (acquire or {}).items():
+        metrics[f"acquire/{name}"] = value
     return metrics
+
+
+def acquire_diversity(store: Store, config: EvaluateConfig) -> dict[str, float]:
+    """Diversity of this iteration's acquire samples (the champion's own generations the candidate learns from)."""
+    if config.samples_uri is None or not store.exists(config.samples_uri):
+        return {}
+    records = read_jsonl(store, config.samples_uri, field="samples_uri")
+    texts = [str(text) for record in records for text in record.get("completions", [])]
+    spread = diversity(texts, seed=derive_seed(config.seed, config.iteration, "acquire-diversity"))
+    return {"distinct_1": spread.distinct_1, "distinct_2": spread.distinct_2, "self_bleu": spread.self_bleu}
+
+
+def training_index(store: Store, config: EvaluateConfig) -> TrainingIndex | None:
+    """The n-grams of the selected training data's prompts and completions; None when there is none to check."""
+    if config.train_uri is None or not store.exists(config.train_uri):
+        return None
+    records = read_jsonl(store, config.train_uri, field="train_uri")
+    texts = [str(record.get(key, "")) for record in records for key in ("prompt", "completion", "chosen", "rejected")]
+    return TrainingIndex([text for text in texts if text], n=config.contamination.ngram)
+
+
+def _kl(candidate: ModelRun, champion_stats: list[TokenStats]) -> float:
+    differences = [c.logprob - h.logprob for c, h in zip(candidate.probe_stats, champion_stats, strict=True)]
+    return _mean(differences)
 
 
 def run(config: EvaluateConfig, store: Store) -> Manifest:
@@ -162,31 +369,92 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     datasets = load_datasets(store, config.datasets)
     pattern = compile_pattern(config.answer_pattern, field="answer_pattern")
     verifier = make_verifier(config.verifier, config.answer_pattern, field="verifier", pattern_field="answer_pattern")
+    proxy = make_proxy(config.training_scorer)
     uris = {"candidate": config.candidate_uri, "champion": config.champion_uri}
     models = ["candidate"] if config.candidate_uri == config.champion_uri else list(MODELS)
 
-    results: dict[str, dict[str, Scores]] = {name: {} for name in datasets}
+    runs: dict[str, dict[str, ModelRun]] = {name: {} for name in datasets}
+    champion_stats: dict[str, list[TokenStats]] = {}
     for model in models:
         path = resolve_model(store, uris[model], field=f"{model}_uri")
         engine = make_engine(config.engine, path, batch_size=config.batch_size, progress=f"evaluate {model}")
         for name, records in datasets.items():
             seed = derive_seed(config.seed, config.iteration, f"evaluate:{name}")
-            results[name][model] = score_dataset(engine, records, config, verifier, pattern, seed)
-            log.info("%s on %s: %s", model, name, results[name][model])
+            runs[name][model] = score_dataset(
+                engine, records, config, verifier, pattern, seed, proxy, probe=model == "candidate"
+            )
+            probes = runs[name]["candidate"].probes
+            if model == "champion" and probes and isinstance(engine, TokenScorer):
+                stats = engine.token_stats([str(r["prompt"]) for r in records], probes)
+                champion_stats[name] = stats
+                champion_run = runs[name]["champion"]
+                champion_run.scores = replace(champion_run.scores, token_entropy=_token_entropy(stats))
+            log.info("%s on %s: %s", model, name, runs[name][model].scores)
         del engine
         gc.collect()
     if models == ["candidate"]:
-        for by_model in results.values():
+        for by_model in runs.values():
             by_model["champion"] = by_model["candidate"]
+        champion_stats = {name: by_model["candidate"].probe_stats for name, by_model in runs.items()}
+    base_lengths = base_output_lengths(store, config, datasets, runs)
 
+    index = training_index(store, config)
+    guards: dict[str, DatasetGuards] = {}
+    for name, by_model in runs.items():
+        candidate, champion = by_model["candidate"], by_model["champion"]
+        comparison = compare(
+            candidate.correct,
+            champion.correct,
+            seed=derive_seed(config.seed, config.iteration, f"bootstrap:{name}"),
+            resamples=config.significance.resamples,
+            confidence=config.significance.confidence,
+        )
+        guard = DatasetGuards(comparison=comparison)
+        if candidate.probe_stats and name in champion_stats:
+            guard.kl_candidate_champion = _kl(candidate, champion_stats[name])
+        if name in base_lengths:
+            guard.output_length_drift = mean_length(candidate.greedy) - base_lengths[name]
+        if index is not None:
+            guard.contaminated = contaminated_items(index, [str(r["prompt"]) for r in datasets[name]])
+            guard.contamination = len(guard.contaminated) / len(datasets[name])
+        guards[name] = guard
+        log.info(
+            "%s: candidate - champion %+.4f [%.4f, %.4f], p=%.4g",
+            name,
+            comparison.delta,
+            comparison.ci_low,
+            comparison.ci_high,
+            comparison.p_value,
+        )
+    acquire = acquire_diversity(store, config)
+
+    results: dict[str, dict[str, Scores]] = {
+        name: {model: run.scores for model, run in by_model.items()} for name, by_model in runs.items()
+    }
+    for name, length in base_lengths.items():
+        results[name]["base"] = Scores(score=float("nan"), output_length=length)
     document: dict[str, Any] = {
         "candidate_uri": config.candidate_uri,
         "champion_uri": config.champion_uri,
         "same_model": models == ["candidate"],
-        "datasets": {name: {m: asdict(s) for m, s in by_model.items()} for name, by_model in results.items()},
+        "datasets": {
+            name: {m: asdict(s) for m, s in by_model.items() if m != "base"} for name, by_model in results.items()
+        },
+        "comparison": {name: asdict(guard.comparison) for name, guard in guards.items()},
+        "guards": {
+            name: {
+                "kl_candidate_champion": guard.kl_candidate_champion,
+                "output_length_drift": guard.output_length_drift,
+                "base_output_length": base_lengths.get(name),
+                "contamination": guard.contamination,
+                "contaminated_items": [asdict(item) for item in guard.contaminated],
+            }
+            for name, guard in guards.items()
+        },
+        "acquire": acquire,
     }
     outputs.write_text(RESULTS_FILE, json.dumps(document, indent=2) + "\n")
-    series = series_for(config, results)
+    series = series_for(config, results, guards, acquire)
     if config.pushgateway:
         # Before the manifest: a failed push fails the stage (exit 1), and the retried Job pushes again.
         grouping = {"namespace": config.namespace, "loop": config.loop, "iteration": str(config.iteration)}
@@ -196,6 +464,27 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
         stage="evaluate",
         loop=config.loop,
         iteration=config.iteration,
-        metrics=flat_metrics(results),
+        metrics=flat_metrics(results, guards, acquire),
         series=series,
     )
+
+
+def base_output_lengths(
+    store: Store, config: EvaluateConfig, datasets: dict[str, list[Record]], runs: dict[str, dict[str, ModelRun]]
+) -> dict[str, float]:
+    """Mean greedy output length of the base model per dataset: reused when the base is one of the two models."""
+    if config.base_uri is None:
+        return {}
+    for model, uri in (("champion", config.champion_uri), ("candidate", config.candidate_uri)):
+        if uri == config.base_uri:
+            return {name: mean_length(by_model[model].greedy) for name, by_model in runs.items()}
+    path = resolve_model(store, config.base_uri, field="base_uri")
+    engine = make_engine(config.engine, path, batch_size=config.batch_size, progress="evaluate base")
+    request = SamplingRequest(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
+    lengths = {
+        name: mean_length([outs[0] for outs in engine.generate([str(r["prompt"]) for r in records], request)])
+        for name, records in datasets.items()
+    }
+    del engine
+    gc.collect()
+    return lengths

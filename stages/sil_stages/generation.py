@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
@@ -32,6 +32,24 @@ class GenerationEngine(Protocol):
     def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
         """For each prompt, `request.n` completions (text after the prompt, special tokens dropped)."""
         ...
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """A model's view of one given completion after its prompt (teacher forcing)."""
+
+    logprob: float
+    """Sum over the completion's tokens of log p(token | prompt, earlier tokens), in nats."""
+    entropy: float
+    """Sum over the same positions of the entropy of the next-token distribution, in nats."""
+    tokens: int
+
+
+@runtime_checkable
+class TokenScorer(Protocol):
+    """An engine that can also score given completions (the KL and entropy guards need it)."""
+
+    def token_stats(self, prompts: Sequence[str], completions: Sequence[str]) -> list[TokenStats]: ...
 
 
 class TransformersEngine:
@@ -79,6 +97,58 @@ class TransformersEngine:
             for index in range(len(batch)):
                 results.append(texts[index * request.n : (index + 1) * request.n])
         return results
+
+    def token_stats(self, prompts: Sequence[str], completions: Sequence[str]) -> list[TokenStats]:
+        """Log-probability and next-token entropy of each completion given its prompt, in one forward pass per batch.
+
+        Prompt and completion are tokenized apart and joined, so two models with one tokenizer score the very same
+        token sequence (what a KL estimate between them needs).
+        """
+        import torch
+
+        tokenizer: Any = self._tokenizer
+        model: Any = self._model
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        if len(prompts) != len(completions):
+            raise ValueError(f"token_stats: {len(prompts)} prompts but {len(completions)} completions")
+        stats: list[TokenStats] = []
+        for start in range(0, len(prompts), self._batch_size):
+            end = start + self._batch_size
+            pairs = list(zip(prompts[start:end], completions[start:end], strict=True))
+            encoded = [
+                (
+                    tokenizer(prompt, add_special_tokens=False)["input_ids"],
+                    tokenizer(completion, add_special_tokens=False)["input_ids"],
+                )
+                for prompt, completion in pairs
+            ]
+            width = max(len(p) + len(c) for p, c in encoded)
+            ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(encoded), width), dtype=torch.long)
+            targets = torch.zeros((len(encoded), width), dtype=torch.bool)
+            for row, (prompt_ids, completion_ids) in enumerate(encoded):
+                sequence = list(prompt_ids) + list(completion_ids)
+                ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+                attention[row, : len(sequence)] = 1
+                targets[row, len(prompt_ids) : len(sequence)] = True
+            ids, attention, targets = ids.to(model.device), attention.to(model.device), targets.to(model.device)
+            with torch.no_grad():
+                logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            # Position t predicts token t+1: a completion token at t is scored by the logits at t-1.
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            scored = targets[:, 1:]
+            token_logprob = logprobs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            entropy = -(logprobs.exp() * logprobs).sum(-1)
+            for row in range(len(encoded)):
+                mask = scored[row]
+                stats.append(
+                    TokenStats(
+                        logprob=float(token_logprob[row][mask].sum()),
+                        entropy=float(entropy[row][mask].sum()),
+                        tokens=int(mask.sum()),
+                    )
+                )
+        return stats
 
 
 EngineKind = Literal["transformers", "vllm"]

@@ -58,7 +58,7 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
 
 def self_bleu(texts: Sequence[str], *, seed: int = 0, sample: int = SELF_BLEU_SAMPLE) -> float:
     """Mean sacrebleu sentence BLEU (0..1) of each generation against the others; 0.0 with fewer than two."""
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics.bleu import BLEU
 
     chosen = [text for text in texts if text.strip()]
     if len(chosen) > sample:
@@ -91,8 +91,8 @@ def mean_length(texts: Sequence[str]) -> float:
 
 @dataclass(frozen=True)
 class ContaminatedItem:
-    line: int
-    """1-based line of the item in its dataset file."""
+    item: int
+    """1-based number of the item (record) in its dataset file."""
     prompt: str
 
 
@@ -123,4 +123,4 @@ class TrainingIndex:
 
 def contaminated_items(index: TrainingIndex, prompts: Sequence[str]) -> list[ContaminatedItem]:
     """The evaluation prompts with an n-gram in the training data, in file order."""
-    return [ContaminatedItem(line, prompt) for line, prompt in enumerate(prompts, start=1) if index.contains(prompt)]
+    return [ContaminatedItem(item, prompt) for item, prompt in enumerate(prompts, start=1) if index.contains(prompt)]

@@ -208,6 +208,46 @@ class Generation(Settings):
     batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
 
 
+class Significance(Settings):
+    """How candidate and champion are compared on the same prompts (sil_stages.significance)."""
+
+    resamples: int = Field(
+        default=2000,
+        ge=100,
+        le=100000,
+        description="Paired bootstrap resamples of the prompts (seeded: the same evaluation gives the same "
+        "interval). Default: 2000.",
+    )
+    confidence: float = Field(
+        default=0.95,
+        ge=0.5,
+        le=0.999,
+        description="Confidence of the interval of the candidate-champion difference, the series "
+        "selfimprove_eval_delta_ci_low and selfimprove_eval_delta_ci_high. Default: 0.95.",
+    )
+
+
+class Contamination(Settings):
+    """Overlap between this iteration's selected training data and the evaluation datasets (sil_stages.guards)."""
+
+    ngram: int = Field(
+        default=8,
+        ge=1,
+        le=50,
+        description="An evaluation item is contaminated when one of its prompt's word n-grams appears in a "
+        "selected training prompt or completion; an item shorter than ngram words must appear whole. Default: 8.",
+    )
+    max_overlap: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Largest share of contaminated items tolerated in any evaluation dataset. When set, a gate "
+        "named evaluate-contamination is added to promotion.gates and fails the iteration above it (the "
+        "offending items are in the evaluate manifest and results.json); 0 tolerates none. Default: unset "
+        "(measured and reported as selfimprove_eval_contamination, never gating).",
+    )
+
+
 class Judging(Settings):
     """How answers are judged at evaluation: spec.evaluate's settings, given to the evaluate stage as they are."""
 
@@ -221,6 +261,12 @@ class Judging(Settings):
         default=None, description="Regex extracting the answer; default: select.scorer.answerPattern."
     )
     batch_size: int = Field(default=64, ge=1, description="Prompts per generation batch. Default: 64.")
+    significance: Significance = Field(
+        default_factory=Significance, description="Paired interval and p-value of candidate minus champion."
+    )
+    contamination: Contamination = Field(
+        default_factory=Contamination, description="Training-data overlap with the evaluation datasets."
+    )
 
 
 class StorageOptions(Settings):

@@ -87,7 +87,7 @@ def mcnemar_exact(candidate_only: int, champion_only: int) -> float:
     if discordant == 0:
         return 1.0
     smaller = min(candidate_only, champion_only)
-    tail = sum(math.comb(discordant, k) for k in range(smaller + 1)) / 2**discordant
+    tail = sum(math.comb(discordant, k) for k in range(smaller + 1)) / float(2**discordant)
     return min(1.0, 2.0 * tail)
 
 

@@ -50,13 +50,13 @@ def test_mean_length_in_characters() -> None:
 def test_a_contaminated_training_set_is_flagged_with_the_right_items() -> None:
     training = ["what is 12+30=", "42", "the quick brown fox jumps over the lazy dog near the river"]
     evaluation = [
-        "12+30=",  # line 1: a short item, found whole in a training prompt
-        "7+8=",  # line 2: clean
-        "a quick brown fox jumps over the lazy dog today",  # line 3: shares an 8-gram with the training text
-        "the quick brown cat",  # line 4: shorter than 8 words and not contiguous in the training text: clean
+        "12+30=",  # item 1: a short item, found whole in a training prompt
+        "7+8=",  # item 2: clean
+        "a quick brown fox jumps over the lazy dog today",  # item 3: shares an 8-gram with the training text
+        "the quick brown cat",  # item 4: shorter than 8 words and not contiguous in the training text: clean
     ]
     found = contaminated_items(TrainingIndex(training, n=8), evaluation)
-    assert [(item.line, item.prompt) for item in found] == [(1, "12+30="), (3, evaluation[2])]
+    assert [(item.item, item.prompt) for item in found] == [(1, "12+30="), (3, evaluation[2])]
 
 
 def test_matching_ignores_case_and_spacing() -> None:

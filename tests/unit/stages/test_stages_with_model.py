@@ -144,6 +144,23 @@ def test_optimize_on_empty_data_copies_the_init_model(
     assert (output_dir(config) / "checkpoint" / "model.safetensors").exists()
 
 
+PER_MODEL = (
+    "score",
+    "self_consistency_score",
+    "distinct_answers",
+    "distinct_1",
+    "distinct_2",
+    "self_bleu",
+    "output_length",
+    "token_entropy",
+)
+PER_DATASET = ("delta", "delta_ci_low", "delta_ci_high", "p_value", "kl_candidate_champion", "output_length_drift")
+
+
+def _series(manifest: dict[str, Any]) -> dict[tuple[str, str | None], float]:
+    return {(s["name"], s["labels"].get("model")): s["value"] for s in manifest["series"]}
+
+
 def test_evaluate_writes_labelled_series_for_candidate_and_champion(
     tmp_path: Path, stage_config: StageConfig, tiny_model: Path
 ) -> None:
@@ -152,26 +169,89 @@ def test_evaluate_writes_labelled_series_for_candidate_and_champion(
         "evaluate",
         candidate_uri=tiny_model.as_uri(),
         champion_uri=tiny_model.as_uri(),
+        base_uri=tiny_model.as_uri(),
         datasets=[{"name": "heldout", "uri": heldout}],
         refinement={"samples": 3, "temperature": 1.0},
         max_new_tokens=4,
     )
     assert _run("evaluate", config) == 0
     manifest = _manifest(config)
-    names = {(s["name"], s["labels"]["model"]) for s in manifest["series"]}
-    assert names == {
-        (f"selfimprove_eval_{metric}", model)
-        for metric in ("score", "self_consistency_score", "distinct_answers")
-        for model in ("candidate", "champion")
-    }
+    series = _series(manifest)
+    assert set(series) == {
+        (f"selfimprove_eval_{metric}", model) for metric in PER_MODEL for model in ("candidate", "champion")
+    } | {("selfimprove_eval_output_length", "base")} | {(f"selfimprove_eval_{metric}", None) for metric in PER_DATASET}
     labels = manifest["series"][0]["labels"]
     assert labels == {**labels, "namespace": "test-ns", "loop": "test-loop", "iteration": "1", "dataset": "heldout"}
     metrics = manifest["metrics"]
     assert metrics["candidate_score"] == metrics["champion_score"]
     assert 0.0 <= metrics["heldout/candidate/score"] <= 1.0
     assert 1.0 <= metrics["heldout/champion/distinct_answers"] <= 3.0 or metrics["heldout/champion/pass_at_k"] == 0
+    # One model against itself: no difference, an interval that is the point 0, nothing drifted.
+    assert (metrics["delta"], metrics["delta_ci_low"], metrics["delta_ci_high"], metrics["p_value"]) == (0, 0, 0, 1)
+    assert series[("selfimprove_eval_kl_candidate_champion", None)] == 0.0
+    assert series[("selfimprove_eval_output_length_drift", None)] == 0.0
+    assert series[("selfimprove_eval_token_entropy", "candidate")] > 0.0
     results = json.loads((output_dir(config) / "results.json").read_text())
     assert results["same_model"] is True
+
+
+def _perturbed_copy(tiny_model: Path, directory: Path) -> Path:
+    """Another model with the same tokenizer: the tiny model with noise added to every weight."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(directory)
+    return directory
+
+
+def test_evaluate_reports_significance_guards_proxy_and_contamination_for_two_models(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    champion = _perturbed_copy(tiny_model, tmp_path / "champion")
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", PROMPTS).as_uri()
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "3+4=", "completion": "7"}]).as_uri()
+    samples = write_jsonl(tmp_path / "samples.jsonl", [{"prompt": "1+2=", "completions": ["3", "3", "3"]}]).as_uri()
+    config = stage_config(
+        "evaluate",
+        candidate_uri=tiny_model.as_uri(),
+        champion_uri=champion.as_uri(),
+        base_uri=champion.as_uri(),
+        samples_uri=samples,
+        train_uri=train,
+        training_scorer={"type": "majority-vote"},
+        datasets=[{"name": "heldout", "uri": heldout}],
+        refinement={"samples": 3, "temperature": 1.0},
+        significance={"resamples": 200},
+        max_new_tokens=4,
+    )
+    assert _run("evaluate", config) == 0
+    manifest = _manifest(config)
+    series = _series(manifest)
+    metrics = manifest["metrics"]
+    assert metrics["delta"] == pytest.approx(metrics["candidate_score"] - metrics["champion_score"])
+    assert metrics["delta_ci_low"] <= metrics["delta"] <= metrics["delta_ci_high"]
+    for model in ("candidate", "champion"):
+        score = series[("selfimprove_eval_score", model)]
+        proxy = series[("selfimprove_eval_proxy_score", model)]
+        assert series[("selfimprove_eval_proxy_gap", model)] == pytest.approx(proxy - score)
+        assert 0.0 <= series[("selfimprove_eval_proxy_agreement", model)] <= 1.0
+    assert ("selfimprove_eval_kl_candidate_champion", None) in series
+    assert series[("selfimprove_eval_token_entropy", "champion")] > 0.0
+    # The training data holds the second held-out prompt: 1 of 3 items, named in the manifest.
+    assert series[("selfimprove_eval_contamination", None)] == pytest.approx(1 / 3)
+    assert series[("selfimprove_eval_contamination_max", None)] == pytest.approx(1 / 3)
+    assert metrics["heldout/contaminated/2"] == 1.0
+    # The acquire samples are one answer repeated: no diversity.
+    assert series[("selfimprove_acquire_distinct_1", None)] == pytest.approx(1 / 3)
+    assert series[("selfimprove_acquire_self_bleu", None)] == pytest.approx(1.0)
+    results = json.loads((output_dir(config) / "results.json").read_text())
+    assert results["guards"]["heldout"]["contaminated_items"] == [{"item": 2, "prompt": "3+4="}]
 
 
 def test_vllm_engine_generates_n_completions_per_prompt(tiny_model: Path) -> None:
