@@ -14,8 +14,9 @@ And the evaluation layer around those scores (see `significance`, `guards`):
   `distinct_1`, `distinct_2`, `self_bleu`, `output_length` (characters, greedy; also for model `base`), and per
   dataset `output_length_drift` (candidate minus base); with the transformers engine, `token_entropy` (mean
   next-token entropy, nats, on one temperature-1 sample of the candidate per prompt, for both models) and
-  `kl_candidate_champion` (mean over prompts of log p_candidate - log p_champion of that sample: a Monte Carlo estimate of
-  KL(candidate || champion) per answer, in nats); and `selfimprove_acquire_*` diversity of this iteration's samples;
+  `kl_candidate_champion` (mean over prompts of log p_candidate - log p_champion of that sample: a Monte Carlo
+  estimate of KL(candidate || champion) per answer, in nats); and `selfimprove_acquire_*` diversity of this
+  iteration's samples;
 - reward-hacking guard, when the training scorer is not the held-out verifier: `proxy_score` (greedy answers judged
   by the training scorer: for a majority vote, agreement with the model's own majority answer), `proxy_agreement`
   with the held-out verdict and `proxy_gap` = proxy_score - score;
