@@ -96,6 +96,24 @@ INVALID: list[Invalid] = [
     Invalid("backoffLimit above 20", {"spec.runtime.backoffLimit": 21}, "spec.runtime.backoffLimit"),
     Invalid("patience 0", {"spec.stopping": {"patience": 0}}, "spec.stopping.patience"),
     Invalid("a gate count of 0", {"spec.promotion.gates.0.count": 0}, "spec.promotion.gates.0.count"),
+    Invalid(
+        "contamination maxOverlap above 1",
+        {"spec.evaluate.contamination": {"maxOverlap": 1.5}},
+        "spec.evaluate.contamination.maxOverlap",
+    ),
+    Invalid(
+        "contamination ngram 0", {"spec.evaluate.contamination": {"ngram": 0}}, "spec.evaluate.contamination.ngram"
+    ),
+    Invalid(
+        "significance confidence of 1",
+        {"spec.evaluate.significance": {"confidence": 1.0}},
+        "spec.evaluate.significance.confidence",
+    ),
+    Invalid(
+        "too few bootstrap resamples",
+        {"spec.evaluate.significance": {"resamples": 10}},
+        "spec.evaluate.significance.resamples",
+    ),
     # enums
     Invalid("unknown engine", {"spec.acquire.engine": "llama.cpp"}, "spec.acquire.engine"),
     Invalid("unknown scorer type", {"spec.select.scorer.type": "reward-model"}, "spec.select.scorer.type"),

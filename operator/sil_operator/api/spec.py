@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
 from sil_operator.api.rules import CelRule, CelValidated, add_rules_to_schema
@@ -336,18 +336,70 @@ class StoppingSpec(ApiModel):
     )
 
 
+def _series_selector(metric: str, *labels: str) -> str:
+    matchers = ",".join(f'{label}="{{{{{label}}}}}"' for label in ("namespace", "loop", "iteration", *labels))
+    return f"{metric}{{{matchers}}}"
+
+
+DEFAULT_GATE = "primary-improves-significantly"
+
+
 def default_promotion() -> PromotionSpec:
-    """Promote when the primary dataset's greedy score improves on the champion's."""
+    """Promote when the candidate is better than the champion on the primary dataset beyond chance: the lower bound
+    of the paired bootstrap interval of candidate minus champion (evaluate.significance) is above 0."""
     return PromotionSpec(
         gates=[
             GateSpec(
-                name="primary-score-improves",
-                query='selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
-                'dataset="{{dataset}}",model="{{model}}"}',
-                success_condition="result > champion",
+                name=DEFAULT_GATE,
+                query=_series_selector("selfimprove_eval_delta_ci_low", "dataset"),
+                success_condition="result > 0",
             )
         ]
     )
+
+
+CONTAMINATION_GATE = "evaluate-contamination"
+"""The gate evaluate.contamination.maxOverlap adds to promotion.gates."""
+
+
+def contamination_gate(max_overlap: float) -> GateSpec:
+    """Fails when any evaluation dataset has a larger share of items found in this iteration's training data."""
+    return GateSpec(
+        name=CONTAMINATION_GATE,
+        query=_series_selector("selfimprove_eval_contamination_max"),
+        success_condition=f"result <= {max_overlap:.6f}",
+    )
+
+
+def _as_dict(value: Any) -> Any:
+    return value.model_dump(mode="json", by_alias=True, exclude_none=True) if isinstance(value, BaseModel) else value
+
+
+def with_contamination_gate(data: Any) -> Any:
+    """The raw spec with the evaluate-contamination gate appended when evaluate.contamination.maxOverlap is set.
+
+    Done on the raw input, before the fields are validated, so that everything that reads promotion.gates (the
+    planner, both runners, the status) sees one more gate and no code path has to remember it. Malformed input is
+    left as it is: field validation then reports it, naming the field.
+    """
+    if not isinstance(data, dict):
+        return data
+    evaluate = _as_dict(data.get("evaluate"))
+    contamination = _as_dict(evaluate.get("contamination")) if isinstance(evaluate, dict) else None
+    if not isinstance(contamination, dict):
+        return data
+    max_overlap = contamination.get("maxOverlap", contamination.get("max_overlap"))
+    if isinstance(max_overlap, bool) or not isinstance(max_overlap, int | float):
+        return data
+    promotion = data.get("promotion")
+    promotion = _as_dict(default_promotion() if promotion is None else promotion)
+    gates = promotion.get("gates") if isinstance(promotion, dict) else None
+    if not isinstance(gates, list):
+        return data
+    if any(_as_dict(gate).get("name") == CONTAMINATION_GATE for gate in gates if isinstance(_as_dict(gate), dict)):
+        return data
+    gate = _as_dict(contamination_gate(float(max_overlap)))
+    return {**data, "promotion": {**promotion, "gates": [*gates, gate]}}
 
 
 class LoopSpec(ApiModel):
@@ -358,6 +410,11 @@ class LoopSpec(ApiModel):
             field_path=".acquire.samplesPerPrompt",
         ),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _contamination_gate(cls, data: Any) -> Any:
+        return with_contamination_gate(data)
 
     model: ModelSpec = Field(description="The base model. Required.")
     storage: StorageSpec = Field(description="Where data and checkpoints live. Required.")
@@ -373,7 +430,10 @@ class LoopSpec(ApiModel):
     evaluate: EvaluateSpec = Field(description="Autonomous evaluation: candidate vs champion. Required.")
     promotion: PromotionSpec = Field(
         default_factory=default_promotion,
-        description="Promotion gates. Default: one gate, the primary dataset's score must beat the champion's.",
+        description="Promotion gates. Default: one gate, primary-improves-significantly: the lower bound of the "
+        "interval of candidate minus champion on the primary dataset (selfimprove_eval_delta_ci_low, "
+        "evaluate.significance) must be above 0. evaluate.contamination.maxOverlap adds a gate "
+        "evaluate-contamination.",
     )
     stopping: StoppingSpec = Field(default_factory=StoppingSpec, description="Early stopping.")
 

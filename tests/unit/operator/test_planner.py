@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sil_operator.api.loader import parse_loop
-from sil_operator.api.status import Decision, GatePhase, LoopPhase, LoopStatus, StagePhase
+from sil_operator.api.status import Decision, GatePhase, IterationStatus, LoopPhase, LoopStatus, StagePhase
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider
 from sil_operator.planner import MeasureGates, Promote, StageObservation, StartStage
@@ -115,15 +116,23 @@ def test_the_next_iterations_stages_read_the_promoted_checkpoint() -> None:
     assert optimize_2.init_model_uri == "file:///runs/demo/iterations/1/optimize/checkpoint"
 
 
-def _evaluate_manifest(store: Store, storage: str, scores: dict[tuple[str, str], float]) -> None:
-    """The evaluate manifest of iteration 1, with one selfimprove_eval_score series per (dataset, model)."""
-    series = tuple(
+def _evaluate_manifest(
+    store: Store, storage: str, ci_low: dict[str, float], contamination_max: float | None = None
+) -> None:
+    """The evaluate manifest of iteration 1, with one selfimprove_eval_delta_ci_low series per dataset."""
+    loop_labels = {"namespace": "ml", "loop": "demo", "iteration": "1"}
+    extra = (
+        ()
+        if contamination_max is None
+        else (MetricSample(name="selfimprove_eval_contamination_max", labels=loop_labels, value=contamination_max),)
+    )
+    series = extra + tuple(
         MetricSample(
-            name="selfimprove_eval_score",
-            labels={"namespace": "ml", "loop": "demo", "iteration": "1", "dataset": dataset, "model": model},
+            name="selfimprove_eval_delta_ci_low",
+            labels={"namespace": "ml", "loop": "demo", "iteration": "1", "dataset": dataset},
             value=value,
         )
-        for (dataset, model), value in scores.items()
+        for dataset, value in ci_low.items()
     )
     manifest = Manifest(
         stage="evaluate", iteration=1, loop="demo", series=series, started_at=T0, finished_at=T0, duration_seconds=0
@@ -134,32 +143,32 @@ def _evaluate_manifest(store: Store, storage: str, scores: dict[tuple[str, str],
 @pytest.mark.parametrize(
     ("scores", "decision"),
     [
-        # (dataset, model) -> score; heldout is the primary (first) dataset
-        ({("heldout", "candidate"): 0.7, ("heldout", "champion"): 0.5}, Decision.PROMOTED),
-        (
-            {("heldout", "candidate"): 0.7, ("heldout", "champion"): 0.5}
-            | {("hard", "candidate"): 0.1, ("hard", "champion"): 0.3},
-            Decision.PROMOTED,
-        ),
-        (
-            {("heldout", "candidate"): 0.4, ("heldout", "champion"): 0.5}
-            | {("hard", "candidate"): 0.9, ("hard", "champion"): 0.3},
-            Decision.REJECTED,
-        ),
+        # dataset -> lower bound of the interval of candidate - champion; heldout is the primary (first) dataset
+        ({"heldout": 0.05}, Decision.PROMOTED),
+        ({"heldout": 0.05, "hard": -0.2}, Decision.PROMOTED),
+        ({"heldout": -0.01, "hard": 0.3}, Decision.REJECTED),
+        ({"heldout": 0.0}, Decision.REJECTED),
     ],
 )
 def test_the_default_gate_compares_the_primary_dataset_when_there_are_several(
-    tmp_path: Path, scores: dict[tuple[str, str], float], decision: Decision
+    tmp_path: Path, scores: dict[str, float], decision: Decision
 ) -> None:
-    """The default gate's query pins dataset to the first dataset; without it, two datasets meant two series and
-    every measurement was an Error (no promotion, ever). Local path: the gate reads the evaluate manifest."""
-    storage = tmp_path.as_uri()
+    """The default gate promotes when the interval of the primary dataset's difference lies above 0. Its query pins
+    dataset to the first dataset; without it, two datasets meant two series and every measurement was an Error (no
+    promotion, ever). Local path: the gate reads the evaluate manifest."""
     datasets = [{"name": "heldout", "uri": "file:///d/heldout.jsonl"}, {"name": "hard", "uri": "file:///d/hard.jsonl"}]
-    document = loop_document(storage={"uri": storage}, evaluate={"datasets": datasets})
+    document = loop_document(storage={"uri": tmp_path.as_uri()}, evaluate={"datasets": datasets})
     del document["spec"]["promotion"]
+    iteration = _decide_from_manifest(tmp_path, document, ci_low=scores)
+    assert iteration.decision is decision, iteration.gates
+
+
+def _decide_from_manifest(tmp_path: Path, document: dict[str, Any], **manifest: Any) -> IterationStatus:
+    """Runs iteration 1 of `document` with faked stages and gates measured on an evaluate manifest (local path)."""
+    storage = document["spec"]["storage"]["uri"]
     world = FakeWorld(parse_loop(document).spec, scores={1: (None, None)})
     store = Store()
-    _evaluate_manifest(store, storage, scores)
+    _evaluate_manifest(store, storage, **manifest)
     provider = ManifestProvider(store, storage)
     status = LoopStatus()
     for _ in range(6):  # the four stages, then the first gate measurement
@@ -176,8 +185,26 @@ def test_the_default_gate_compares_the_primary_dataset_when_there_are_several(
         (1, resolved.name): [measure(gates[resolved.name], resolved, provider, world.now)]
         for resolved in measuring[0].gates
     }
-    status = world.plan(status).status
-    assert status.iterations[0].decision is decision, status.iterations[0].gates
+    return world.plan(status).status.iterations[0]
+
+
+@pytest.mark.parametrize(
+    ("contamination_max", "decision"), [(0.0, Decision.PROMOTED), (0.01, Decision.REJECTED), (None, Decision.REJECTED)]
+)
+def test_training_data_overlapping_the_evaluation_data_fails_the_contamination_gate(
+    tmp_path: Path, contamination_max: float | None, decision: Decision
+) -> None:
+    """evaluate.contamination.maxOverlap 0: one contaminated item rejects a candidate the default gate would promote;
+    a missing contamination measurement never promotes either."""
+    document = loop_document(storage={"uri": tmp_path.as_uri()})
+    del document["spec"]["promotion"]
+    document["spec"]["evaluate"]["contamination"] = {"maxOverlap": 0}
+    iteration = _decide_from_manifest(tmp_path, document, ci_low={"heldout": 0.05}, contamination_max=contamination_max)
+    assert iteration.decision is decision, iteration.gates
+    gate = iteration.gate("evaluate-contamination")
+    assert gate is not None
+    expected = {0.0: GatePhase.SUCCESSFUL, 0.01: GatePhase.FAILED, None: GatePhase.INCONCLUSIVE}[contamination_max]
+    assert gate.phase is expected
 
 
 def test_a_candidate_that_is_not_better_is_rejected_and_the_champion_stays() -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sil_operator.api.loader import SpecError, load_loop, parse_loop
-from sil_operator.api.spec import LoopSpec
+from sil_operator.api.spec import CONTAMINATION_GATE, DEFAULT_GATE, LoopSpec
 from tests.invalid_specs import INVALID, Invalid, patched, valid_loop
 
 from .builders import loop_document, with_spec
@@ -56,13 +56,39 @@ def _nested_models(annotation: Any) -> list[type]:
     return [m for a in get_args(annotation) for m in _nested_models(a)]
 
 
-def test_without_gates_the_default_gate_requires_the_primary_score_to_improve() -> None:
+def test_without_gates_the_default_gate_requires_the_interval_of_the_difference_to_be_above_zero() -> None:
     document = loop_document()
     del document["spec"]["promotion"]
-    gate = parse_loop(document).spec.promotion.gates[0]
-    assert gate.success_condition == "result > champion"
-    assert "{{model}}" in gate.query
+    (gate,) = parse_loop(document).spec.promotion.gates
+    assert gate.query.startswith("selfimprove_eval_delta_ci_low{")
+    assert gate.success_condition == "result > 0"
+    assert "{{model}}" not in gate.query, "the difference is one series per dataset, not one per model"
     assert 'dataset="{{dataset}}"' in gate.query, "with two datasets an unpinned query matches two series"
+
+
+def test_contamination_max_overlap_adds_a_contamination_gate_to_the_user_gates() -> None:
+    document = loop_document()
+    document["spec"]["evaluate"]["contamination"] = {"maxOverlap": 0.02}
+    gates = parse_loop(document).spec.promotion.gates
+    assert [g.name for g in gates] == [*(g["name"] for g in document["spec"]["promotion"]["gates"]), CONTAMINATION_GATE]
+    assert gates[-1].query.startswith("selfimprove_eval_contamination_max{")
+    assert gates[-1].success_condition == "result <= 0.020000"
+
+
+def test_contamination_gate_is_added_once_and_to_the_default_gate() -> None:
+    document = loop_document()
+    del document["spec"]["promotion"]
+    document["spec"]["evaluate"]["contamination"] = {"maxOverlap": 0}
+    spec = parse_loop(document).spec
+    assert [g.name for g in spec.promotion.gates] == [DEFAULT_GATE, CONTAMINATION_GATE]
+    again = LoopSpec.model_validate(spec.model_dump(mode="json", by_alias=True, exclude_none=True))
+    assert [g.name for g in again.promotion.gates] == [DEFAULT_GATE, CONTAMINATION_GATE]
+
+
+def test_without_max_overlap_contamination_is_measured_but_never_gates() -> None:
+    document = loop_document()
+    document["spec"]["evaluate"]["contamination"] = {"ngram": 4}
+    assert CONTAMINATION_GATE not in [g.name for g in parse_loop(document).spec.promotion.gates]
 
 
 @pytest.mark.parametrize("row", INVALID, ids=[row.id for row in INVALID])
