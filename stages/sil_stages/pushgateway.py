@@ -20,6 +20,37 @@ HELP = {
     "selfimprove_eval_score": "Held-out accuracy with greedy decoding, by dataset and model (candidate|champion).",
     "selfimprove_eval_self_consistency_score": "Held-out accuracy of the majority answer of k samples.",
     "selfimprove_eval_distinct_answers": "Mean number of distinct answers among the k samples of a prompt.",
+    # paired significance (candidate minus champion on the same prompts; no model label)
+    "selfimprove_eval_delta": "Candidate minus champion greedy accuracy on the same prompts, by dataset.",
+    "selfimprove_eval_delta_ci_low": "Lower bound of the paired bootstrap interval of candidate minus champion "
+    "(evaluate.significance.confidence); above 0: the candidate is better beyond chance.",
+    "selfimprove_eval_delta_ci_high": "Upper bound of the paired bootstrap interval of candidate minus champion.",
+    "selfimprove_eval_p_value": "Two-sided p-value of candidate vs champion (exact McNemar for right/wrong scores).",
+    # collapse guards
+    "selfimprove_eval_distinct_1": "Distinct words / all words over the model's sampled answers (collapse guard: "
+    "falls when outputs repeat).",
+    "selfimprove_eval_distinct_2": "Distinct word bigrams / all bigrams over the model's sampled answers.",
+    "selfimprove_eval_self_bleu": "Mean sacrebleu BLEU (0-1) of each sampled answer against the others (collapse "
+    "guard: rises when outputs repeat).",
+    "selfimprove_eval_output_length": "Mean greedy answer length in characters, by model (candidate|champion|base).",
+    "selfimprove_eval_output_length_drift": "Candidate minus base model mean greedy answer length, in characters.",
+    "selfimprove_eval_token_entropy": "Mean next-token entropy (nats) on the candidate's temperature-1 samples.",
+    "selfimprove_eval_kl_candidate_champion": "Monte Carlo estimate of KL(candidate || champion) per answer, in nats, "
+    "on the candidate's temperature-1 samples of the evaluation prompts.",
+    # reward-hacking guard
+    "selfimprove_eval_proxy_score": "Held-out greedy answers judged by the training scorer (vote, other verifier).",
+    "selfimprove_eval_proxy_agreement": "Share of held-out answers where the training scorer agrees with the truth.",
+    "selfimprove_eval_proxy_gap": "Training-scorer accuracy minus true held-out accuracy (reward-hacking guard: "
+    "grows when the training signal drifts from the objective).",
+    # contamination
+    "selfimprove_eval_contamination": "Share of evaluation items whose prompt overlaps this iteration's training data.",
+    "selfimprove_eval_contaminated_items": "Evaluation items whose prompt overlaps this iteration's training data.",
+    "selfimprove_eval_contamination_max": "Largest contamination share over the evaluation datasets (what "
+    "evaluate.contamination.maxOverlap gates).",
+    # the acquire samples of the iteration
+    "selfimprove_acquire_distinct_1": "Distinct words / all words over this iteration's acquire samples.",
+    "selfimprove_acquire_distinct_2": "Distinct word bigrams / all bigrams over this iteration's acquire samples.",
+    "selfimprove_acquire_self_bleu": "Mean self-BLEU (0-1) of this iteration's acquire samples.",
 }
 
 

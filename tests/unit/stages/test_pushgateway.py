@@ -81,3 +81,13 @@ def test_exposition_passes_promtool() -> None:
     checked = subprocess.run([promtool, "check", "metrics"], input=exposition(series), capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.strip() == "" and checked.stderr.strip() == ""
+
+
+def test_every_series_evaluate_pushes_has_its_own_help_text() -> None:
+    """A user reading /metrics or Grafana's tooltip learns what each guard measures, not a generic line."""
+    from sil_stages.evaluate import ACQUIRE_PREFIX, COMPARISON_SERIES, METRIC_PREFIX, SERIES
+
+    per_dataset = (*COMPARISON_SERIES, "kl_candidate_champion", "output_length_drift", "contamination")
+    names = [f"{METRIC_PREFIX}{name}" for name in (*SERIES, *per_dataset, "contaminated_items", "contamination_max")]
+    names += [f"{ACQUIRE_PREFIX}{name}" for name in ("distinct_1", "distinct_2", "self_bleu")]
+    assert [name for name in names if name not in HELP] == []
