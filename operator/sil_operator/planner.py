@@ -33,6 +33,7 @@ from sil_operator.api.status import (
     StagePhase,
     StageStatus,
 )
+from sil_operator.diagnosis import low_yield, why_not_improved
 from sil_operator.gates.analysis import (
     QueryContext,
     ResolvedGate,
@@ -253,6 +254,9 @@ class _Planner:
     def stage_finished_event(self, iteration: int, stage: StageStatus) -> None:
         if stage.phase is StagePhase.SUCCEEDED:
             self.event("StageSucceeded", f"iteration {iteration} {stage.stage} ({stage.run_name}) succeeded")
+            warning = low_yield(stage.metrics) if stage.stage == "select" else None
+            if warning:
+                self.event("LowYield", f"iteration {iteration}: {warning}", warning=True)
         else:
             self.event(
                 "StageFailed",
@@ -361,7 +365,8 @@ class _Planner:
             decision = Decision.PROMOTED
         else:
             reasons = ", ".join(f"{g.name} {g.phase.value}" for g in blocking)
-            self.event("Rejected", f"iteration {current.index} rejected ({reasons}): {scores}")
+            why = why_not_improved(current)
+            self.event("Rejected", f"iteration {current.index} rejected ({reasons}): {scores}; why: {why}")
             rejections = status.consecutive_rejections + 1
             decision = Decision.REJECTED
         current = current.model_copy(update={"decision": decision, "finished_at": self.now})

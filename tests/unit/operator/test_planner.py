@@ -517,3 +517,28 @@ def test_observation_of_a_succeeded_stage_records_its_metrics() -> None:
     after = world.plan(result.status)
     assert after.status.current().stage("acquire").metrics == {"samples": 40.0}  # type: ignore[union-attr]
     assert any(e.reason == "StageSucceeded" for e in after.events)
+
+
+def test_a_rejected_event_says_why_in_numbers() -> None:
+    world = FakeWorld(make_spec(maxIterations=1), scores={1: (0.4, 0.5)})
+    status = LoopStatus()
+    events = []
+    for _ in range(20):
+        result = world.plan(status)
+        world.apply(result)
+        if (1, "select") in world.runs and world.runs[(1, "select")].phase is StagePhase.RUNNING:
+            world.runs[(1, "select")] = replace(
+                world.runs[(1, "select")],
+                phase=StagePhase.SUCCEEDED,
+                metrics={"scored": 400.0, "kept": 4.0, "prompts": 100.0, "prompts_with_kept": 3.0, "mean_score": 0.01},
+            )
+        world.finish_running()
+        status = result.status
+        events += result.events
+        if status.phase is LoopPhase.SUCCEEDED:
+            break
+    (rejected,) = [e for e in events if e.reason == "Rejected"]
+    assert "1.0% of samples scored; 97 of 100 prompts had no passing sample; kept 4 examples" in rejected.message
+    (warning,) = [e for e in events if e.reason == "LowYield"]
+    assert warning.type == "Warning"
+    assert warning.message.startswith("iteration 1: select kept 4 of 400 samples (1.0%)")
