@@ -1,7 +1,9 @@
 """The end of a run: a table per iteration, `report.json`, and a PNG of the scores per iteration.
 
 Built from the status alone (plus manifest metrics already folded into it), so it can be regenerated at any time
-with `sil status`.
+with `sil status`. Besides the scores it shows the evaluation layer: the share of samples select kept, the paired
+interval of candidate minus champion, the collapse guards (distinct-1, KL to the champion), the reward-hacking
+gap and contamination, and for a rejected iteration why it did not improve (`diagnosis`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from typing import Any
 
 from rich.table import Table
 
-from sil_operator.api.status import LoopStatus
+from sil_operator.api.status import Decision, LoopStatus
+from sil_operator.diagnosis import why_not_improved
+
+GUARDS = {
+    "distinct_1": "candidate_distinct_1",
+    "self_bleu": "candidate_self_bleu",
+    "kl_candidate_champion": "kl_candidate_champion",
+    "proxy_gap": "candidate_proxy_gap",
+    "contamination": "contamination_max",
+}
+"""Report field -> evaluate manifest metric (first dataset), for the guards shown per iteration."""
 
 
 def iteration_rows(status: LoopStatus) -> list[dict[str, Any]]:
@@ -25,14 +37,25 @@ def iteration_rows(status: LoopStatus) -> list[dict[str, Any]]:
             for s in iteration.stages
             if s.started_at and s.finished_at
         }
+        evaluate = iteration.stage("evaluate")
+        measured = evaluate.metrics if evaluate else {}
+        selected = select.metrics if select else {}
         rows.append(
             {
                 "iteration": iteration.index,
                 "samples": int(acquire.metrics["samples"]) if acquire and "samples" in acquire.metrics else None,
-                "kept": int(select.metrics["kept"]) if select and "kept" in select.metrics else None,
+                "kept": int(selected["kept"]) if "kept" in selected else None,
+                "kept_share": selected["kept"] / selected["scored"] if selected.get("scored") else None,
                 "candidate_score": iteration.candidate_score,
                 "champion_score": iteration.champion_score,
+                "delta": measured.get("delta"),
+                "delta_ci": [measured["delta_ci_low"], measured["delta_ci_high"]]
+                if "delta_ci_low" in measured and "delta_ci_high" in measured
+                else None,
+                "p_value": measured.get("p_value"),
+                "guards": {name: measured[key] for name, key in GUARDS.items() if key in measured},
                 "decision": iteration.decision.value if iteration.decision else None,
+                "why": why_not_improved(iteration) if iteration.decision is Decision.REJECTED else None,
                 "stage_seconds": durations,
             }
         )
@@ -43,6 +66,21 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _interval(row: dict[str, Any]) -> str:
+    if row["delta"] is None or row["delta_ci"] is None:
+        return "-"
+    low, high = row["delta_ci"]
+    return f"{row['delta']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _guards(guards: dict[str, float]) -> str:
+    labels = {"distinct_1": "d1", "self_bleu": "sb", "kl_candidate_champion": "kl", "proxy_gap": "gap"}
+    parts = [f"{label} {guards[name]:.2f}" for name, label in labels.items() if name in guards]
+    if guards.get("contamination"):
+        parts.append(f"contam {guards['contamination']:.1%}")
+    return " ".join(parts) or "-"
+
+
 def iteration_table(status: LoopStatus) -> Table:
     table = Table(title="Iterations", title_justify="left")
     for column in (
@@ -51,21 +89,35 @@ def iteration_table(status: LoopStatus) -> Table:
         "kept",
         "candidate",
         "champion",
+        "cand - champ [95% CI]",
+        "p",
+        "guards",
         "decision",
         "seconds (acq/sel/opt/eval)",
     ):
-        table.add_column(column, justify="right" if column not in ("decision",) else "left")
-    for row in iteration_rows(status):
+        table.add_column(column, justify="left" if column in ("decision", "guards") else "right")
+    rows = iteration_rows(status)
+    for row in rows:
         seconds = row["stage_seconds"]
+        kept = "-" if row["kept"] is None else str(row["kept"])
+        if row["kept_share"] is not None:
+            kept += f" ({row['kept_share']:.1%})"
         table.add_row(
             str(row["iteration"]),
             "-" if row["samples"] is None else str(row["samples"]),
-            "-" if row["kept"] is None else str(row["kept"]),
+            kept,
             _score(row["candidate_score"]),
             _score(row["champion_score"]),
+            _interval(row),
+            "-" if row["p_value"] is None else f"{row['p_value']:.3g}",
+            _guards(row["guards"]),
             row["decision"] or "…",
             "/".join(str(seconds.get(s, "-")) for s in ("acquire", "select", "optimize", "evaluate")),
         )
+    why = [f"iteration {row['iteration']} rejected: {row['why']}" for row in rows if row["why"]]
+    if why:
+        table.caption = "\n".join(why)
+        table.caption_justify = "left"
     return table
 
 
@@ -91,12 +143,13 @@ def write_report(status: LoopStatus, directory: Path) -> tuple[Path, Path]:
 
 
 def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
+    """Scores per iteration (left), and the interval of candidate minus champion with the diversity guard (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=120)
+    figure, (axes, delta_axes) = plt.subplots(1, 2, figsize=(11, 3.8), dpi=120)
     xs = [row["iteration"] for row in rows]
     candidate = [row["candidate_score"] for row in rows]
     champion = [row["champion_score"] for row in rows]
@@ -118,6 +171,37 @@ def plot_scores(rows: list[dict[str, Any]], path: Path) -> None:
     axes.set_xticks(xs)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right", fontsize=8)
+
+    measured = [row for row in rows if row["delta"] is not None and row["delta_ci"] is not None]
+    if measured:
+        deltas = [row["delta"] for row in measured]
+        errors = [
+            [row["delta"] - row["delta_ci"][0] for row in measured],
+            [row["delta_ci"][1] - row["delta"] for row in measured],
+        ]
+        delta_axes.errorbar(
+            [row["iteration"] for row in measured],
+            deltas,
+            yerr=errors,
+            fmt="o",
+            capsize=4,
+            label="candidate - champion",
+        )
+    delta_axes.axhline(0.0, color="grey", linewidth=0.8)
+    delta_axes.set_xlabel("iteration")
+    delta_axes.set_ylabel("difference, 95% interval")
+    delta_axes.set_xticks(xs)
+    delta_axes.grid(alpha=0.3)
+    diverse = [(row["iteration"], row["guards"]["distinct_1"]) for row in rows if "distinct_1" in row["guards"]]
+    if diverse:
+        guard_axes = delta_axes.twinx()
+        guard_axes.plot(
+            [x for x, _ in diverse], [v for _, v in diverse], color="tab:green", marker=".", label="distinct-1"
+        )
+        guard_axes.set_ylabel("candidate distinct-1 (collapse guard)")
+        guard_axes.set_ylim(0, 1.05)
+        guard_axes.legend(loc="upper right", fontsize=8)
+    delta_axes.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -29,8 +29,9 @@ champion are the same URI (iteration 1 before any training, or a no-op), the mod
 
 Writes `results.json` and a manifest whose `series` are the labelled `selfimprove_eval_*` samples (what the
 stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
-flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy) and `delta`,
-`delta_ci_low`, `delta_ci_high`, `p_value` (first dataset) for tables.
+flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy), `delta`,
+`delta_ci_low`, `delta_ci_high`, `p_value`, `kl_candidate_champion` and `candidate_<guard>` (first dataset) and
+`contamination_max`, for tables.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ NOT_SERIES = frozenset({"pass_at_k"})
 SERIES = tuple(f.name for f in fields(Scores) if f.name not in NOT_SERIES)
 """The per-model scores that become labelled series (`selfimprove_eval_<name>`, label model)."""
 COMPARISON_SERIES = ("delta", "delta_ci_low", "delta_ci_high", "p_value")
+PRIMARY_GUARDS = ("distinct_1", "self_bleu", "proxy_gap")
+"""Guards of the candidate on the first dataset that also get a flat metric `candidate_<name>`, for tables."""
 
 
 @dataclass
@@ -334,8 +337,17 @@ def flat_metrics(
             metrics[f"{dataset}/{name}"] = value
         if dataset == first:
             metrics.update({name: values[name] for name in COMPARISON_SERIES})
+            if "kl_candidate_champion" in values:
+                metrics["kl_candidate_champion"] = values["kl_candidate_champion"]
         for item in guard.contaminated[:NAMED_ITEMS_LIMIT]:
             metrics[f"{dataset}/contaminated/{item.item}"] = 1.0
+    for name in PRIMARY_GUARDS:
+        value = getattr(results[first]["candidate"], name)
+        if value is not None:
+            metrics[f"candidate_{name}"] = float(value)
+    contamination = [g.contamination for g in (guards or {}).values() if g.contamination is not None]
+    if contamination:
+        metrics["contamination_max"] = max(contamination)
     for name, value in (acquire or {}).items():
         metrics[f"acquire/{name}"] = value
     return metrics
