@@ -77,12 +77,18 @@ def main() -> int:
 
     rows = []
     for iteration in status["iterations"]:
+        evaluate = next((s.get("metrics", {}) for s in iteration["stages"] if s["stage"] == "evaluate"), {})
         rows.append(
             {
                 "iteration": iteration["index"],
                 "seconds": stage_seconds(iteration),
                 "candidate_score": iteration.get("candidateScore"),
                 "champion_score": iteration.get("championScore"),
+                "delta": evaluate.get("delta"),
+                "delta_ci": [evaluate.get("delta_ci_low"), evaluate.get("delta_ci_high")],
+                "p_value": evaluate.get("p_value"),
+                "candidate_distinct_1": evaluate.get("candidate_distinct_1"),
+                "kl_candidate_champion": evaluate.get("kl_candidate_champion"),
                 "decision": iteration.get("decision"),
             }
         )
@@ -98,17 +104,21 @@ def main() -> int:
     }
 
     table = Table(title=f"demo: {args.loop.relative_to(REPO) if args.loop.is_relative_to(REPO) else args.loop}")
-    for column in ("iter", *STAGES, "candidate", "champion", "decision"):
+    for column in ("iter", *STAGES, "candidate", "champion", "cand - champ [95% CI]", "p", "decision"):
         table.add_column(column, justify="left" if column == "decision" else "right")
     for row in rows:
+        low, high = row["delta_ci"]
+        interval = "-" if row["delta"] is None else f"{row['delta']:+.3f} [{low:+.3f}, {high:+.3f}]"
         table.add_row(
             str(row["iteration"]),
             *(str(row["seconds"].get(stage, "-")) for stage in STAGES),
             "-" if row["candidate_score"] is None else f"{row['candidate_score']:.3f}",
             "-" if row["champion_score"] is None else f"{row['champion_score']:.3f}",
+            interval,
+            "-" if row["p_value"] is None else f"{row['p_value']:.2g}",
             row["decision"] or "-",
         )
-    console = Console(width=120)
+    console = Console(width=160)
     console.print(table)
     console.print(
         f"base model {result['base_model_seconds']} s (0 when cached) + loop {result['loop_seconds']} s = "

@@ -131,8 +131,17 @@ def scalar(prometheus: PrometheusServer, promql: str) -> float | None:
     return float(result[0]["value"][1]) if result else None
 
 
+GUARDS = {  # the evaluation layer's series of every iteration: healthy values (no alert fires on them)
+    "per_model": {"distinct_1": 0.4, "distinct_2": 0.5, "self_bleu": 0.3, "output_length": 3.0, "token_entropy": 1.2}
+    | {"proxy_score": 0.6, "proxy_agreement": 0.9, "proxy_gap": 0.02},
+    "per_dataset": {"delta": 0.06, "delta_ci_low": 0.01, "delta_ci_high": 0.11, "p_value": 0.02}
+    | {"kl_candidate_champion": 0.3, "output_length_drift": 0.1, "contamination": 0.0, "contaminated_items": 0.0},
+    "acquire": {"distinct_1": 0.45, "distinct_2": 0.55, "self_bleu": 0.25},
+}
+
+
 def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
-    """What the evaluate stage of each iteration pushes (one group per iteration)."""
+    """What the evaluate stage of each iteration pushes (one group per iteration), guards included."""
     for iteration in ITERATIONS:
         grouping = {"namespace": namespace, "loop": LOOP, "iteration": str(iteration)}
         series = [
@@ -141,6 +150,23 @@ def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
             )
             for model, values in SCORES[iteration].items()
             for name, v in zip(("score", "self_consistency_score", "distinct_answers"), values, strict=True)
+        ]
+        for model in ("candidate", "champion", "base"):
+            names = GUARDS["per_model"] if model != "base" else {"output_length": 2.9}
+            series += [
+                MetricSample(
+                    name=f"selfimprove_eval_{name}", labels={**grouping, "dataset": DATASET, "model": model}, value=v
+                )
+                for name, v in names.items()
+            ]
+        series += [
+            MetricSample(name=f"selfimprove_eval_{name}", labels={**grouping, "dataset": DATASET}, value=v)
+            for name, v in GUARDS["per_dataset"].items()
+        ]
+        series.append(MetricSample(name="selfimprove_eval_contamination_max", labels=grouping, value=0.0))
+        series += [
+            MetricSample(name=f"selfimprove_acquire_{name}", labels=grouping, value=v)
+            for name, v in GUARDS["acquire"].items()
         ]
         push(prometheus.pushgateway_url, series, grouping, timeout=10)
 
@@ -234,7 +260,8 @@ def test_the_template_variables_find_the_loop(scenario: Scenario) -> None:
 
 
 def test_the_per_iteration_panels_show_candidate_and_champion_of_every_iteration(scenario: Scenario) -> None:
-    per_iteration = [(n, t) for n, t in targets() if "by (iteration)" in t["expr"]]
+    scores = re.compile(r"selfimprove_eval_(score|self_consistency_score|distinct_answers)\{")
+    per_iteration = [(n, t) for n, t in targets() if "by (iteration)" in t["expr"] and scores.search(t["expr"])]
     assert len(per_iteration) == 6, "score, self-consistency and distinct answers, candidate and champion"
     for name, target in per_iteration:
         result = query(scenario.prometheus, substitute(target["expr"], scenario.variables))["result"]
@@ -244,6 +271,16 @@ def test_the_per_iteration_panels_show_candidate_and_champion_of_every_iteration
         assert metric, name
         column = ("score", "self_consistency_score", "distinct_answers").index(metric.group(1))
         assert by_iteration == {i: SCORES[i][model][column] for i in ITERATIONS}, name
+
+
+def test_the_evaluation_layer_panels_show_the_interval_and_guards_of_every_iteration(scenario: Scenario) -> None:
+    guard_targets = [
+        (n, t) for n, t in targets() if re.search(r"selfimprove_(eval_(delta|proxy|kl)|acquire)", t["expr"])
+    ]
+    assert len(guard_targets) >= 7, [n for n, _ in guard_targets]
+    for name, target in guard_targets:
+        result = query(scenario.prometheus, substitute(target["expr"], scenario.variables))["result"]
+        assert {int(s["metric"]["iteration"]) for s in result} == set(ITERATIONS), name
 
 
 def test_the_alert_expressions_run_on_the_live_metrics_and_the_failed_loop_alerts(scenario: Scenario) -> None:

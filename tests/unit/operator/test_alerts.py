@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from sil_operator.metrics import OperatorMetrics
+from sil_stages.pushgateway import HELP as EVALUATION_HELP
 
 FILES = Path(__file__).resolve().parents[3] / "charts" / "selfimprove" / "files"
 ALERTS = FILES / "alerts.yaml"
@@ -86,9 +87,15 @@ def operator_metric_names() -> set[str]:
     return {line.split("{")[0].split(" ")[0] for line in exposition.splitlines() if line and not line.startswith("#")}
 
 
-def test_the_operator_metrics_the_alerts_use_exist() -> None:
-    """A metric renamed in metrics.py must not leave an alert that silently never fires."""
-    used = {name for rule in rules() for name in re.findall(r"\bselfimprove_\w+", rule["expr"])}
+def test_the_operator_and_evaluation_metrics_the_alerts_use_exist() -> None:
+    """A metric renamed in metrics.py or in evaluate's series must not leave an alert that silently never fires."""
+    used = {name for rule in rules() for name in re.findall(r'(?<!")\bselfimprove_\w+', rule["expr"])}
     assert used, "the alerts use the operator's metrics"
+    known = operator_metric_names() | set(EVALUATION_HELP)
 
-    assert used <= operator_metric_names(), used - operator_metric_names()
+    assert used <= known, used - known
+
+
+def test_collapse_and_reward_hacking_are_alerted_on() -> None:
+    names = {alert["alert"] for alert in alerts()}
+    assert {"SelfImproveDiversityCollapsing", "SelfImproveRewardHacking"} <= names
