@@ -17,9 +17,10 @@ And the evaluation layer around those scores (see `significance`, `guards`):
   `kl_candidate_champion` (mean over prompts of log p_candidate - log p_champion of that sample: a Monte Carlo
   estimate of KL(candidate || champion) per answer, in nats); and `selfimprove_acquire_*` diversity of this
   iteration's samples;
-- reward-hacking guard, when the training scorer is not the held-out verifier: `proxy_score` (greedy answers judged
-  by the training scorer: for a majority vote, agreement with the model's own majority answer), `proxy_agreement`
-  with the held-out verdict and `proxy_gap` = proxy_score - score;
+- reward-hacking guard, when the training scorer is not the held-out verifier: `proxy_score` (the sampled answers,
+  else the greedy ones, judged by the training scorer as select judges them: for a majority vote, agreement with
+  the prompt's majority answer), `proxy_agreement` with the held-out verifier on the same answers and `proxy_gap`
+  = proxy_score minus the held-out accuracy of those same answers;
 - contamination, per dataset: the share of items whose prompt overlaps the selected training data
   (`contamination`, `contaminated_items`, and `contamination_max` over datasets, what the evaluate-contamination
   gate reads); the items are in results.json and named (`<dataset>/contaminated/<item>`) in the manifest metrics.
@@ -134,31 +135,32 @@ def _mean(values: list[float]) -> float:
 
 @dataclass(frozen=True)
 class Proxy:
-    """The training scorer, applied to held-out answers (reward-hacking guard)."""
+    """The training scorer, applied to held-out answers (reward-hacking guard).
+
+    It judges what select would judge: the sampled answers (all k of each prompt) when there are samples, else the
+    greedy ones. A majority vote rewards a sample that agrees with its prompt's majority answer, as select does.
+    """
 
     scorer: ScorerConfig
     verifier: Verifier | None
     pattern: re.Pattern[str] | None
 
-    def verdicts(
-        self, prompts: list[str], greedy: list[str], sampled: list[list[str]] | None, records: list[Record]
-    ) -> list[float] | None:
+    def verdicts(self, prompts: list[str], answers: list[list[str]], records: list[Record]) -> list[float] | None:
+        """One verdict per answer, flattened in prompt order; None when the scorer cannot judge them (no vote)."""
+        verdicts: list[float] = []
         if self.scorer.type == "majority-vote":
-            if sampled is None:
-                return None  # no samples, no vote
-            verdicts: list[float] = []
-            for answer_text, samples in zip(greedy, sampled, strict=True):
-                vote = majority_vote([extract_answer(s, self.pattern) for s in samples])
-                answer = extract_answer(answer_text, self.pattern)
-                agreed = vote.answer is not None and vote.share >= self.scorer.min_vote_share and answer == vote.answer
-                verdicts.append(float(agreed))
+            if all(len(samples) < 2 for samples in answers):
+                return None  # one answer per prompt: no vote
+            for samples in answers:
+                extracted = [extract_answer(s, self.pattern) for s in samples]
+                vote = majority_vote(extracted)
+                won = vote.answer is not None and vote.share >= self.scorer.min_vote_share
+                verdicts.extend(float(won and answer == vote.answer) for answer in extracted)
             return verdicts
         assert self.verifier is not None
-        verifier = self.verifier
-        return [
-            float(verifier(prompt, text, record) >= CORRECT)
-            for prompt, text, record in zip(prompts, greedy, records, strict=True)
-        ]
+        for prompt, samples, record in zip(prompts, answers, records, strict=True):
+            verdicts.extend(float(self.verifier(prompt, s, record) >= CORRECT) for s in samples)
+        return verdicts
 
 
 def make_proxy(scorer: ScorerConfig | None) -> Proxy | None:
@@ -229,12 +231,18 @@ def score_dataset(
         output_length=mean_length(greedy),
     )
     if proxy is not None:
-        proxy_verdicts = proxy.verdicts(prompts, greedy, sampled, records)
+        judged = sampled if sampled is not None else [[text] for text in greedy]
+        proxy_verdicts = proxy.verdicts(prompts, judged, records)
         if proxy_verdicts is not None:
+            truth = [
+                float(verifier(prompt, text, record) >= CORRECT)
+                for prompt, samples, record in zip(prompts, judged, records, strict=True)
+                for text in samples
+            ]
             extra.update(
                 proxy_score=_mean(proxy_verdicts),
-                proxy_agreement=_mean([float(p == c) for p, c in zip(proxy_verdicts, correct, strict=True)]),
-                proxy_gap=_mean(proxy_verdicts) - _mean(correct),
+                proxy_agreement=_mean([float(p == t) for p, t in zip(proxy_verdicts, truth, strict=True)]),
+                proxy_gap=_mean(proxy_verdicts) - _mean(truth),
             )
     run = ModelRun(scores=Scores(score=_mean(correct)), correct=correct, greedy=greedy)
     if probe and isinstance(engine, TokenScorer):

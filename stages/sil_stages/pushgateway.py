@@ -38,10 +38,10 @@ HELP = {
     "selfimprove_eval_kl_candidate_champion": "Monte Carlo estimate of KL(candidate || champion) per answer, in nats, "
     "on the candidate's temperature-1 samples of the evaluation prompts.",
     # reward-hacking guard
-    "selfimprove_eval_proxy_score": "Held-out greedy answers judged by the training scorer (vote, other verifier).",
+    "selfimprove_eval_proxy_score": "Held-out sampled answers judged by the training scorer (vote, other verifier).",
     "selfimprove_eval_proxy_agreement": "Share of held-out answers where the training scorer agrees with the truth.",
-    "selfimprove_eval_proxy_gap": "Training-scorer accuracy minus true held-out accuracy (reward-hacking guard: "
-    "grows when the training signal drifts from the objective).",
+    "selfimprove_eval_proxy_gap": "Training-scorer accuracy minus true accuracy of the same held-out answers "
+    "(reward-hacking guard: grows when the training signal drifts from the objective).",
     # contamination
     "selfimprove_eval_contamination": "Share of evaluation items whose prompt overlaps this iteration's training data.",
     "selfimprove_eval_contaminated_items": "Evaluation items whose prompt overlaps this iteration's training data.",

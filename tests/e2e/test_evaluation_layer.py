@@ -89,9 +89,9 @@ def test_a_majority_vote_loop_shows_the_gap_between_its_pseudo_labels_and_the_tr
     )
     for model in ("candidate", "champion"):
         proxy = _series(manifest, "selfimprove_eval_proxy_score", model)
-        score = _series(manifest, "selfimprove_eval_score", model)
         gap = _series(manifest, "selfimprove_eval_proxy_gap", model)
-        assert gap == pytest.approx(proxy - score)
-        assert gap > 0.1, f"{model}: the vote calls {proxy:.2f} right, the truth {score:.2f}"
+        assert gap > 0.1, (
+            f"{model}: the vote calls {proxy:.2f} of the sampled answers right, the truth {proxy - gap:.2f}"
+        )
         assert _series(manifest, "selfimprove_eval_proxy_agreement", model) < 0.9
     assert status["iterations"][0]["decision"] in ("Promoted", "Rejected")
