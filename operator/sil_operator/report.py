@@ -74,8 +74,12 @@ def _interval(row: dict[str, Any]) -> str:
 
 
 def _guards(guards: dict[str, float]) -> str:
-    labels = {"distinct_1": "d1", "self_bleu": "sb", "kl_candidate_champion": "kl", "proxy_gap": "gap"}
+    """distinct-1 and KL always; the reward-hacking gap and contamination only when they are not 0 (report.json has
+    all of them)."""
+    labels = {"distinct_1": "d1", "kl_candidate_champion": "kl"}
     parts = [f"{label} {guards[name]:.2f}" for name, label in labels.items() if name in guards]
+    if abs(guards.get("proxy_gap", 0.0)) >= 0.005:
+        parts.append(f"gap {guards['proxy_gap']:+.2f}")
     if guards.get("contamination"):
         parts.append(f"contam {guards['contamination']:.1%}")
     return " ".join(parts) or "-"
@@ -89,11 +93,11 @@ def iteration_table(status: LoopStatus) -> Table:
         "kept",
         "candidate",
         "champion",
-        "cand - champ [95% CI]",
+        "cand-champ [CI]",
         "p",
         "guards",
         "decision",
-        "seconds (acq/sel/opt/eval)",
+        "s acq/sel/opt/eval",
     ):
         table.add_column(column, justify="left" if column in ("decision", "guards") else "right")
     rows = iteration_rows(status)
@@ -112,7 +116,9 @@ def iteration_table(status: LoopStatus) -> Table:
             "-" if row["p_value"] is None else f"{row['p_value']:.3g}",
             _guards(row["guards"]),
             row["decision"] or "…",
-            "/".join(str(seconds.get(s, "-")) for s in ("acquire", "select", "optimize", "evaluate")),
+            "/".join(
+                f"{seconds[s]:.0f}" if s in seconds else "-" for s in ("acquire", "select", "optimize", "evaluate")
+            ),
         )
     why = [f"iteration {row['iteration']} rejected: {row['why']}" for row in rows if row["why"]]
     if why:

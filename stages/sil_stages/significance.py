@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+ROUND_DIGITS = 12
 RESAMPLE_CHUNK = 256
 """Resamples drawn per numpy call: bounds memory (chunk x prompts indices) on large datasets."""
 
@@ -78,7 +79,9 @@ def paired_bootstrap(
     means = bootstrap_means(differences, seed=seed, resamples=resamples)
     alpha = 1.0 - confidence
     low, high = np.quantile(np.asarray(means), [alpha / 2, 1 - alpha / 2])
-    return float(low), float(high)
+    # Means of a few hundred 0/1 differences are multiples of 1/n; rounding drops float noise such as -1e-17, which
+    # would print as -0.000 and make "0 is in the interval" depend on summation order.
+    return round(float(low), ROUND_DIGITS), round(float(high), ROUND_DIGITS)
 
 
 def mcnemar_exact(candidate_only: int, champion_only: int) -> float:

@@ -86,3 +86,12 @@ def test_non_binary_scores_get_a_bootstrap_p_value() -> None:
 def test_unpaired_scores_are_refused() -> None:
     with pytest.raises(ValueError, match="paired scores"):
         compare([1.0], [1.0, 0.0], seed=0)
+
+
+def test_an_interval_that_touches_zero_reads_exactly_zero_not_float_noise() -> None:
+    """The gate asks `result > 0`: a bound of -1e-17 or +1e-17 from summation order must not decide it."""
+    candidate, champion = _pairs(both=170, candidate_only=10, champion_only=3, neither=17)
+    for seed in range(20):
+        low, high = paired_bootstrap(candidate, champion, seed=seed, resamples=200)
+        assert low == round(low, 12) and high == round(high, 12)
+        assert str(low) != "-0.0"
