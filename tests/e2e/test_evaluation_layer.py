@@ -53,7 +53,9 @@ def test_an_optimize_that_destroys_diversity_is_rejected_by_the_diversity_gate(
     tmp_path: Path, base_model: Path
 ) -> None:
     """A learning rate of 1.0 (the largest the spec allows) wrecks the model: its samples repeat themselves. The gate
-    on distinct-1 rejects it; the Rejected event and the table say why."""
+    on distinct-1 alone rejects it; the Rejected event and the table say why. (Measured: distinct-1 0.01 vs 0.21,
+    self-BLEU 0.995 vs 0.795, KL 34 nats; its accuracy falls too, 0.0 vs 0.545, so this loop does not show a
+    collapse that a point-score gate would miss.)"""
     status, manifest, stdout = _run_one_iteration(
         tmp_path,
         base_model,
