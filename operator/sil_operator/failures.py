@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sil_operator.api.status import Condition, LoopPhase, LoopStatus
+from sil_operator.manifests import ManifestUnreadable
 from sil_operator.planner import set_conditions
 from sil_stages.store import StoreError
 
@@ -47,10 +48,6 @@ class PromotionCheckFailed(LoopProblem):
     """The candidate checkpoint in the store is not the one evaluate verified; nothing is promoted."""
 
     reason = "PromotionCheckFailed"
-
-
-class ManifestUnreadable(StoreError):
-    """A stage manifest exists but does not parse (written by hand, truncated by a foreign tool)."""
 
 
 @dataclass(frozen=True)

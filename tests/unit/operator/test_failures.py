@@ -10,7 +10,6 @@ import pytest
 from sil_operator.api.status import Condition, LoopPhase, LoopStatus
 from sil_operator.failures import (
     Failure,
-    ManifestUnreadable,
     PromotionCheckFailed,
     SecretUnavailable,
     StageImageMissing,
@@ -20,6 +19,7 @@ from sil_operator.failures import (
     failed_for_good,
     is_degraded,
 )
+from sil_operator.manifests import ManifestUnreadable
 from sil_operator.planner import set_conditions
 from sil_stages.store import StoreError
 
