@@ -20,6 +20,8 @@ class OperatorProcess:
     log_path: Path
     namespace: str
     extra_env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    """More `sil operator` options, e.g. ["--liveness", "http://127.0.0.1:8080/healthz"]."""
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -33,7 +35,7 @@ class OperatorProcess:
         }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sil_operator.cli", "operator", "--namespace", self.namespace],
+            [sys.executable, "-m", "sil_operator.cli", "operator", "--namespace", self.namespace, *self.extra_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -62,9 +64,13 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def running_operator(
-    plane: ControlPlane, namespace: str, log_path: Path, extra_env: dict[str, str] | None = None
+    plane: ControlPlane,
+    namespace: str,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    extra_args: list[str] | None = None,
 ) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(plane, log_path, namespace, dict(extra_env or {}))
+    operator = OperatorProcess(plane, log_path, namespace, dict(extra_env or {}), list(extra_args or []))
     operator.start()
     try:
         yield operator
