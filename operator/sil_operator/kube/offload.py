@@ -29,9 +29,9 @@ WORKERS = 32
 """Threads for store and HTTP calls, shared by all loops."""
 PER_LOOP = 2
 """Calls of one loop in flight at once: a hung store holds at most this many threads."""
-OPERATOR_STORE_TIMEOUTS = StoreTimeouts(connect_seconds=5.0, read_seconds=10.0, attempts=3)
-"""The operator reads manifests and HEADs files and writes champion.json, all small: a blackholed endpoint gives
-up after about attempts x (connect or read timeout) per call instead of the stages' minutes."""
+OPERATOR_STORE_TIMEOUTS = StoreTimeouts(connect_seconds=5.0, read_seconds=10.0, attempts=3, transfer_attempts=1)
+"""The operator reads manifests, HEADs files and writes champion.json, all small: a blackholed endpoint gives up
+after about 3 x 10 s per call instead of the stages' minutes, and the reconcile's own backoff retries it."""
 
 
 class Offload:
