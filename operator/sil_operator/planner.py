@@ -434,30 +434,60 @@ class _Planner:
         complete: tuple[str, str] | None = None,
         failed: tuple[str, str] | None = None,
     ) -> LoopStatus:
-        """Exactly one of Progressing / Suspended / Complete / Failed is True; the others are False."""
-        idle = ("Idle", "")
-        wanted = {
-            "Progressing": (progressing is not None, progressing or idle),
-            "Suspended": (suspended is not None, suspended or ("NotSuspended", "")),
-            "Complete": (complete is not None, complete or ("NotComplete", "")),
-            "Failed": (failed is not None, failed or ("NotFailed", "")),
-        }
-        conditions = []
-        for kind, (is_true, (reason, message)) in wanted.items():
-            previous = _condition(status, kind)
-            value = "True" if is_true else "False"
-            changed = previous is None or previous.status != value
-            conditions.append(
-                Condition(
-                    type=kind,
-                    status=value,
-                    reason=reason,
-                    message=message,
-                    last_transition_time=self.now if changed or previous is None else previous.last_transition_time,
-                    observed_generation=self.loop.generation,
-                )
+        return set_conditions(
+            status,
+            self.now,
+            self.loop.generation,
+            progressing=progressing,
+            suspended=suspended,
+            complete=complete,
+            failed=failed,
+        )
+
+
+OWNED_CONDITIONS = ("Progressing", "Suspended", "Complete", "Failed")
+"""The conditions the planner rewrites every plan; any other (a runner's `Degraded`) is kept as it is."""
+
+
+def set_conditions(
+    status: LoopStatus,
+    now: datetime,
+    generation: int,
+    *,
+    progressing: tuple[str, str] | None = None,
+    suspended: tuple[str, str] | None = None,
+    complete: tuple[str, str] | None = None,
+    failed: tuple[str, str] | None = None,
+) -> LoopStatus:
+    """Exactly one of Progressing / Suspended / Complete / Failed is True; the others are False.
+
+    Conditions of other types are kept, after the owned ones and in their order, so a runner's condition survives
+    every plan.
+    """
+    idle = ("Idle", "")
+    wanted = {
+        "Progressing": (progressing is not None, progressing or idle),
+        "Suspended": (suspended is not None, suspended or ("NotSuspended", "")),
+        "Complete": (complete is not None, complete or ("NotComplete", "")),
+        "Failed": (failed is not None, failed or ("NotFailed", "")),
+    }
+    conditions = []
+    for kind, (is_true, (reason, message)) in wanted.items():
+        previous = _condition(status, kind)
+        value = "True" if is_true else "False"
+        changed = previous is None or previous.status != value
+        conditions.append(
+            Condition(
+                type=kind,
+                status=value,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed or previous is None else previous.last_transition_time,
+                observed_generation=generation,
             )
-        return status.model_copy(update={"conditions": conditions})
+        )
+    foreign = [c for c in status.conditions if c.type not in OWNED_CONDITIONS]
+    return status.model_copy(update={"conditions": [*conditions, *foreign]})
 
 
 def _condition(status: LoopStatus, kind: str) -> Condition | None:

@@ -13,7 +13,9 @@ champion are the same URI (iteration 1 before any training, or a no-op), the mod
 
 Writes `results.json` and a manifest whose `series` are the labelled `selfimprove_eval_*` samples (what the
 stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
-flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy) for tables.
+flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy) for tables. Before the
+candidate is measured, each of its files is checked (size and sha256) against the optimize manifest, and the
+manifest's own sha256 is recorded as `verified_manifest_sha256`: a promotion promotes only that checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sil_stages.contract import EvalDatasetConfig, EvaluateConfig, Manifest, Met
 from sil_stages.errors import StageInputError
 from sil_stages.generation import GenerationEngine, SamplingRequest, make_engine
 from sil_stages.manifest import StageOutputs
-from sil_stages.models import resolve_model
+from sil_stages.models import resolve_model, resolve_verified
 from sil_stages.pushgateway import push
 from sil_stages.records import Record, read_jsonl, require_field
 from sil_stages.scoring import (
@@ -166,8 +168,13 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     models = ["candidate"] if config.candidate_uri == config.champion_uri else list(MODELS)
 
     results: dict[str, dict[str, Scores]] = {name: {} for name in datasets}
+    verified: str | None = None
     for model in models:
-        path = resolve_model(store, uris[model], field=f"{model}_uri")
+        if model == "candidate":
+            candidate = resolve_verified(store, uris[model], field="candidate_uri")
+            path, verified = candidate.path, candidate.manifest_sha256
+        else:
+            path = resolve_model(store, uris[model], field=f"{model}_uri")
         engine = make_engine(config.engine, path, batch_size=config.batch_size, progress=f"evaluate {model}")
         for name, records in datasets.items():
             seed = derive_seed(config.seed, config.iteration, f"evaluate:{name}")
@@ -198,4 +205,5 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
         iteration=config.iteration,
         metrics=flat_metrics(results),
         series=series,
+        verified_manifest_sha256=verified,
     )

@@ -81,7 +81,20 @@ class KubeApi:
         data = secret.data or {}
         if key not in data:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(data[key]).decode("utf-8")
+        try:
+            return base64.b64decode(data[key]).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise KeyError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from error
+
+    async def secret_problem(self, namespace: str, name: str) -> str | None:
+        """None when the Secret exists; else what is wrong with it, naming it."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            return f"Secret {namespace}/{name}: {error.reason} ({error.status})"
+        return None
 
     async def list_jobs(self, namespace: str, loop: str) -> list[dict[str, Any]]:
         result = await asyncio.to_thread(

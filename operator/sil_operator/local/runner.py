@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from sil_operator.api.spec import SelfImprovementLoop
 from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus, Measurement, StagePhase
 from sil_operator.gates.measure import measure
@@ -39,7 +41,7 @@ from sil_stages.contract import (
     Manifest,
     utcnow,
 )
-from sil_stages.store import Store, is_remote, local_path
+from sil_stages.store import Store, StoreError, is_remote, local_path
 
 STATUS_NAME = "status.json"
 POLL_SECONDS = 1.0
@@ -69,7 +71,13 @@ def load_status(store: Store, storage_uri: str) -> LoopStatus:
     uri = status_uri(storage_uri)
     if not store.exists(uri):
         return LoopStatus()
-    return LoopStatus.model_validate_json(store.read_bytes(uri))
+    try:
+        return LoopStatus.model_validate_json(store.read_bytes(uri))
+    except ValidationError as error:
+        raise StoreError(
+            f"{uri}: not a loop status ({error.errors()[0]['msg']}); delete it and run again: finished stages are "
+            "kept in the store and not redone"
+        ) from error
 
 
 @contextmanager

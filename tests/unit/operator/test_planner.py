@@ -490,3 +490,17 @@ def test_observation_of_a_succeeded_stage_records_its_metrics() -> None:
     after = world.plan(result.status)
     assert after.status.current().stage("acquire").metrics == {"samples": 40.0}  # type: ignore[union-attr]
     assert any(e.reason == "StageSucceeded" for e in after.events)
+
+
+def test_a_runner_condition_survives_every_plan() -> None:
+    from sil_operator.api.status import Condition
+
+    world = FakeWorld(make_spec())
+    degraded = Condition(
+        type="Degraded", status="True", reason="StoreError", message="no answer", last_transition_time=T0
+    )
+    status = world.plan(LoopStatus()).status
+    status = status.model_copy(update={"conditions": [*status.conditions, degraded]})
+    for _ in range(3):
+        status, _result = world.step(status)
+        assert degraded in status.conditions
