@@ -89,6 +89,19 @@ class KubeApi:
         )
         return [self._client.sanitize_for_serialization(job) for job in result.items]
 
+    async def list_job_events(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
+        """The Warning events of one Job (e.g. the Job controller's FailedCreate), selected on the server."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},involvedObject.uid={uid},type=Warning"
+        result = await asyncio.to_thread(self.core.list_namespaced_event, namespace, field_selector=selector)
+        return [self._client.sanitize_for_serialization(event) for event in result.items]
+
+    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods of one Job, by the label the Job controller puts on them."""
+        result = await asyncio.to_thread(
+            self.core.list_namespaced_pod, namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
+        )
+        return [self._client.sanitize_for_serialization(pod) for pod in result.items]
+
     async def create(self, manifest: dict[str, Any]) -> Created:
         from kubernetes.client.exceptions import ApiException
 

@@ -23,12 +23,23 @@ from typing import Any
 
 from sil_operator.api.loader import SpecError, parse_loop
 from sil_operator.api.spec import SelfImprovementLoop
-from sil_operator.api.status import Condition, LoopPhase, LoopStatus, Measurement
+from sil_operator.api.status import TERMINAL_PHASES, Condition, LoopPhase, LoopStatus, Measurement
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider, QueryError, Sample
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
-from sil_operator.kube.observe import observe_jobs
+from sil_operator.kube.observe import (
+    UNREADABLE,
+    Finding,
+    Unreadable,
+    finding_from_events,
+    finding_from_pods,
+    has_pods,
+    needs_diagnosis,
+    observe_jobs,
+    rejected_input,
+    termination_message,
+)
 from sil_operator.manifests import ManifestCache
 from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
@@ -97,11 +108,14 @@ class Controller:
         store = memory.manifests.store
         status = status_from_body(body)
         jobs = await self.api.list_jobs(namespace, name)
+        findings = await self._findings(namespace, jobs, status)
         observation = observe_jobs(
             jobs,
             status.iteration,
             lambda iteration, stage: self._metrics(memory, iteration, stage),
             memory.measurements,
+            findings=findings,
+            storage_uri=loop.spec.storage.uri,
         )
         ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         result = plan(loop.spec, ref, status, observation, self.clock())
@@ -128,13 +142,32 @@ class Controller:
             self.memory[(namespace, name)] = memory
         return memory
 
-    def _metrics(self, memory: LoopMemory, iteration: int, stage: str) -> Mapping[str, float] | None:
+    def _metrics(self, memory: LoopMemory, iteration: int, stage: str) -> Mapping[str, float] | Unreadable | None:
         try:
             manifest = memory.manifests.get(iteration, stage)
         except StoreError as error:
             log.warning("cannot read the %s manifest of iteration %d: %s", stage, iteration, error)
-            return None
+            return UNREADABLE
         return manifest.metrics if manifest else None
+
+    async def _findings(self, namespace: str, jobs: list[dict[str, Any]], status: LoopStatus) -> dict[str, Finding]:
+        """Reads about Jobs only what their status cannot say, and only for the few that need it: why a Job
+        without a ready pod cannot run (its FailedCreate events, or its pods' waiting reasons), and the last log
+        line of a stage that rejected its input (while the loop has not failed yet)."""
+        findings: dict[str, Finding] = {}
+        for job in jobs:
+            meta = job["metadata"]
+            found: Finding | None = None
+            if needs_diagnosis(job, self.clock()):
+                if has_pods(job):
+                    found = finding_from_pods(await self.api.list_job_pods(namespace, meta["name"]))
+                else:
+                    found = finding_from_events(await self.api.list_job_events(namespace, meta["name"], meta["uid"]))
+            elif rejected_input(job) and status.phase not in TERMINAL_PHASES:
+                found = termination_message(await self.api.list_job_pods(namespace, meta["name"]))
+            if found is not None:
+                findings[meta["name"]] = found
+        return findings
 
     # -- acting ---------------------------------------------------------------------------------------------
     async def _execute(
