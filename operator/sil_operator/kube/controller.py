@@ -29,7 +29,7 @@ from typing import Any
 
 from sil_operator.api.loader import SpecError, parse_loop
 from sil_operator.api.spec import SelfImprovementLoop
-from sil_operator.api.status import Condition, LoopPhase, LoopStatus, Measurement
+from sil_operator.api.status import TERMINAL_PHASES, Condition, LoopPhase, LoopStatus, Measurement
 from sil_operator.failures import (
     Failure,
     SecretUnavailable,
@@ -44,7 +44,16 @@ from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
-from sil_operator.kube.observe import observe_jobs
+from sil_operator.kube.observe import (
+    Finding,
+    finding_from_events,
+    finding_from_pods,
+    has_pods,
+    needs_diagnosis,
+    observe_jobs,
+    rejected_input,
+    termination_message,
+)
 from sil_operator.kube.offload import OPERATOR_STORE_TIMEOUTS, Offload
 from sil_operator.manifests import ManifestCache
 from sil_operator.metrics import OperatorMetrics
@@ -121,6 +130,7 @@ class Controller:
         ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         status = _retry_after_spec_change(status_from_body(body), ref.generation)
         jobs = await self.api.list_jobs(namespace, name)
+        findings = await self._findings(namespace, jobs, status)
         observation = await self.offload.run(
             key,
             observe_jobs,
@@ -128,6 +138,8 @@ class Controller:
             status.iteration,
             lambda iteration, stage: self._metrics(memory, iteration, stage),
             memory.measurements,
+            findings=findings,
+            storage_uri=loop.spec.storage.uri,
         )
         result = plan(loop.spec, ref, status, observation, self.clock())
         memory.measurements = {}
@@ -207,6 +219,25 @@ class Controller:
         was = is_degraded(result.status)
         message = f"recovered from {was.reason if was else 'a failure'}"
         return replace(result, status=healed, events=(*result.events, Event("Normal", "Recovered", message)))
+
+    async def _findings(self, namespace: str, jobs: list[dict[str, Any]], status: LoopStatus) -> dict[str, Finding]:
+        """Reads about Jobs only what their status cannot say, and only for the few that need it: why a Job
+        without a ready pod cannot run (its FailedCreate events, or its pods' waiting reasons), and the last log
+        line of a stage that rejected its input (while the loop has not failed yet)."""
+        findings: dict[str, Finding] = {}
+        for job in jobs:
+            meta = job["metadata"]
+            found: Finding | None = None
+            if needs_diagnosis(job, self.clock()):
+                if has_pods(job):
+                    found = finding_from_pods(await self.api.list_job_pods(namespace, meta["name"]))
+                else:
+                    found = finding_from_events(await self.api.list_job_events(namespace, meta["name"], meta["uid"]))
+            elif rejected_input(job) and status.phase not in TERMINAL_PHASES:
+                found = termination_message(await self.api.list_job_pods(namespace, meta["name"]))
+            if found is not None:
+                findings[meta["name"]] = found
+        return findings
 
     # -- acting ---------------------------------------------------------------------------------------------
     async def _execute(
