@@ -20,11 +20,12 @@ from sil_operator.api.loader import SpecError, load_loop
 from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
 from sil_operator.api.status import LoopPhase, LoopStatus, StagePhase
 from sil_operator.explain import explain
+from sil_operator.failures import LoopProblem, classify
 from sil_operator.local.runner import LocalRunner, RunnerBusy, load_status, run_dir_for
 from sil_operator.planner import Event
 from sil_operator.report import iteration_table, write_report
 from sil_stages.contract import StorageOptions
-from sil_stages.store import Store, is_remote, local_path
+from sil_stages.store import Store, StoreError, is_remote, local_path
 
 if TYPE_CHECKING:
     from sil_operator.kube.leader import LeaderElector
@@ -129,6 +130,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except RunnerBusy as busy:
         console.print(f"[red]error:[/] {busy}", highlight=False)
         return EXIT_BUSY
+    except (StoreError, LoopProblem) as error:  # what failed and what to do, as one line; no traceback
+        console.print(f"[red]error:[/] {classify(error).line()}", highlight=False, soft_wrap=True)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")
         return EXIT_INTERRUPTED

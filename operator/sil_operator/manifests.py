@@ -6,16 +6,30 @@ is looked up again next time (the stage may finish in between).
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 from sil_stages.contract import Manifest, manifest_uri, stage_uri
-from sil_stages.store import Store
+from sil_stages.store import Store, StoreError
+
+
+class ManifestUnreadable(StoreError):
+    """A stage manifest exists but does not parse (written by hand, cut short by a foreign tool)."""
 
 
 def read_manifest(store: Store, storage_uri: str, iteration: int, stage: str) -> Manifest | None:
-    """The stage's manifest, or None when the stage has not finished."""
+    """The stage's manifest, or None when the stage has not finished; ManifestUnreadable when it does not parse."""
     uri = manifest_uri(stage_uri(storage_uri, iteration, stage))
     if not store.exists(uri):
         return None
-    return Manifest.model_validate_json(store.read_bytes(uri))
+    try:
+        return Manifest.model_validate_json(store.read_bytes(uri))
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"]) or "the document"
+        raise ManifestUnreadable(
+            f"{uri}: not a stage manifest ({where}: {problem['msg']}); delete it to run the {stage} stage of "
+            f"iteration {iteration} again"
+        ) from error
 
 
 class ManifestCache:

@@ -45,6 +45,13 @@ from sil_operator.gates.analysis import (
 from sil_operator.stageconfig import AnyStageConfig, LoopRef, build_stage_config, checkpoint_uri
 from sil_stages.contract import STAGES
 
+INPUT_REJECTED_EXIT_CODE = 2
+"""A stage exits 2 on a StageInputError (sil_stages.errors): the input is wrong and a retry will not help."""
+INPUT_REJECTED = "InputRejected"
+"""Stage reason: it exited 2; its failure is permanent."""
+MANIFEST_MISSING = "ManifestMissing"
+"""Stage reason: it exited 0 without writing its manifest, so it did not finish; a failed attempt."""
+
 # -- inputs ---------------------------------------------------------------------------------------------------
 
 
@@ -54,12 +61,26 @@ class StageObservation:
 
     phase: StagePhase
     attempts: int = 0
-    """Finished attempts that failed (local runs), or all attempts of a failed Job (Kubernetes)."""
+    """Attempts that failed, over every run of the stage in this iteration (a failed Job counts all of its)."""
     run_name: str | None = None
+    run: int = 1
+    """Which run of the stage this is (the newest one observed): 1 for the first, then 2, 3, ... per retry."""
     started_at: datetime | None = None
     finished_at: datetime | None = None
     message: str | None = None
     metrics: Mapping[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    """Why it failed (InputRejected, ManifestMissing, ...) or, while running, why it cannot run (FailedCreate,
+    ImagePullBackOff, ...): a running stage with a reason is blocked."""
+    permanent: bool = False
+    """A failure a retry cannot fix (the stage rejected its input: exit code 2); the loop fails at once."""
+    recheck_after: float | None = None
+    """Seconds after which the runner should look again although no event will say so (a stage waiting for
+    pods, a manifest that could not be read)."""
+
+    @property
+    def blocked(self) -> bool:
+        return self.phase is StagePhase.RUNNING and self.reason is not None
 
 
 @dataclass(frozen=True)
@@ -87,7 +108,10 @@ class StartStage:
     stage: str
     run_name: str
     attempt: int
+    """The first attempt this run makes: failed attempts so far + 1 (a Job may make several)."""
     config: AnyStageConfig
+    run: int = 1
+    """The run number in `run_name`; a retry by the planner is a new run, never the old name again."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +151,15 @@ class Plan:
 # -- the planner ----------------------------------------------------------------------------------------------
 
 
-def run_name(loop: str, iteration: int, stage: str) -> str:
-    """Deterministic: the same stage of the same iteration always has the same name (a Job name on Kubernetes)."""
-    return f"{loop}-{iteration}-{stage}"
+def run_name(loop: str, iteration: int, stage: str, run: int = 1) -> str:
+    """Deterministic: the same run of a stage always has the same name (a Job name on Kubernetes).
+
+    The first run is `<loop>-<iteration>-<stage>`; a retry the planner decides (a raised backoffLimit, a stage
+    that exited without its manifest) is a new run, `-r2`, `-r3`, ..., so it never collides with the failed
+    Job, which still exists. Loop names are at most 40 characters, so a Job name stays within 63.
+    """
+    base = f"{loop}-{iteration}-{stage}"
+    return base if run <= 1 else f"{base}-r{run}"
 
 
 def backoff_limit(spec: LoopSpec, stage: str) -> int:
@@ -233,10 +263,12 @@ class _Planner:
                 update={
                     "phase": seen.phase,
                     "attempts": max(before.attempts, seen.attempts),
+                    "runs": max(before.runs, seen.run),
                     "run_name": seen.run_name or before.run_name,
                     "started_at": seen.started_at or before.started_at,
                     "finished_at": seen.finished_at,
                     "message": seen.message,
+                    "reason": seen.reason,
                     "metrics": dict(seen.metrics) or before.metrics,
                 }
             )
@@ -269,10 +301,18 @@ class _Planner:
         self, status: LoopStatus, current: IterationStatus, stage: str, stage_status: StageStatus | None
     ) -> LoopStatus:
         stage_status = stage_status or StageStatus(stage=stage)
-        name = run_name(self.loop.name, current.index, stage)
-        if stage_status.phase is StagePhase.RUNNING and stage in self.observed.stages_of(current.index):
-            return self.running_or_suspended(status, f"iteration {current.index}: {stage} running ({name})")
+        seen = self.observed.stages_of(current.index).get(stage)
+        if stage_status.phase is StagePhase.RUNNING and seen is not None:
+            return self.running_stage(status, current.index, stage_status, seen)
         if stage_status.phase is StagePhase.FAILED:
+            name = stage_status.run_name or run_name(self.loop.name, current.index, stage)
+            if seen is not None and seen.permanent:
+                return self.fail(
+                    status,
+                    "StageRejectedInput",
+                    f"stage {stage} of iteration {current.index} ({name}) rejected its input; a retry will not "
+                    f"help, fix the input or the spec: {stage_status.message or 'see its logs'}",
+                )
             limit = backoff_limit(self.spec, stage)
             if stage_status.attempts > limit:
                 return self.fail(
@@ -282,21 +322,26 @@ class _Planner:
                     f"time(s), backoffLimit {limit}: {stage_status.message or 'see its logs'}",
                 )
             attempt = stage_status.attempts + 1
+            run = stage_status.runs + 1  # a new run under a new name: the failed one still exists
         else:
             # Pending, or recorded Running but no longer observed (the runner died with it): (re)start.
             attempt = max(stage_status.attempts + 1, 1)
+            run = max(stage_status.runs, 1)
+        name = run_name(self.loop.name, current.index, stage, run)
         if self.spec.suspend:
             return self.suspended(status, f"suspended before {stage} of iteration {current.index}")
         config = build_stage_config(self.spec, self.loop, current.index, stage, self.champion(status).uri)
-        self.actions.append(StartStage(current.index, stage, name, attempt, config))
+        self.actions.append(StartStage(current.index, stage, name, attempt, config, run))
         self.event("StageStarted", f"iteration {current.index} {stage} started ({name}, attempt {attempt})")
         started = stage_status.model_copy(
             update={
                 "phase": StagePhase.RUNNING,
                 "run_name": name,
+                "runs": run,
                 "started_at": self.now,
                 "finished_at": None,
                 "message": None,
+                "reason": None,
             }
         )
         stages = [s for s in current.stages if s.stage != stage] + [started]
@@ -307,11 +352,35 @@ class _Planner:
             progressing=("StageStarted", f"iteration {current.index}: {stage} running ({name})"),
         )
 
+    def running_stage(
+        self, status: LoopStatus, iteration: int, stage: StageStatus, seen: StageObservation
+    ) -> LoopStatus:
+        """A stage that runs, or that cannot run (no pod can be created, its image cannot be pulled, ...).
+
+        A blocked stage keeps the loop Running (the cause may go away: a quota raised, a Secret created) but turns
+        Progressing False with the cause as reason, and posts one Warning when it becomes blocked.
+        """
+        if seen.recheck_after is not None:
+            wanted = [t for t in (self.requeue_after, seen.recheck_after) if t is not None]
+            self.requeue_after = min(wanted)
+        name = stage.run_name or seen.run_name
+        if not seen.blocked or self.spec.suspend:
+            return self.running_or_suspended(status, f"iteration {iteration}: {stage.stage} running ({name})")
+        reason = seen.reason or "StageBlocked"
+        message = f"iteration {iteration}: {stage.stage} ({name}) cannot run: {seen.message or reason}"
+        previous = _condition(status, "Progressing")
+        if previous is None or (previous.status, previous.reason) != ("False", reason):  # on the transition only
+            self.event("StageBlocked", message, warning=True)
+        return self.set_conditions(
+            status.model_copy(update={"phase": LoopPhase.RUNNING, "message": message}), blocked=(reason, message)
+        )
+
     def running_or_suspended(self, status: LoopStatus, message: str) -> LoopStatus:
         if self.spec.suspend:
             return self.suspended(status, f"suspended; {message} and will finish")
         return self.set_conditions(
-            status.model_copy(update={"phase": LoopPhase.RUNNING}), progressing=("StageRunning", message)
+            status.model_copy(update={"phase": LoopPhase.RUNNING, "message": None}),
+            progressing=("StageRunning", message),
         )
 
     # -- gates ----------------------------------------------------------------------------------------------
@@ -438,31 +507,66 @@ class _Planner:
         suspended: tuple[str, str] | None = None,
         complete: tuple[str, str] | None = None,
         failed: tuple[str, str] | None = None,
+        blocked: tuple[str, str] | None = None,
     ) -> LoopStatus:
-        """Exactly one of Progressing / Suspended / Complete / Failed is True; the others are False."""
-        idle = ("Idle", "")
-        wanted = {
-            "Progressing": (progressing is not None, progressing or idle),
-            "Suspended": (suspended is not None, suspended or ("NotSuspended", "")),
-            "Complete": (complete is not None, complete or ("NotComplete", "")),
-            "Failed": (failed is not None, failed or ("NotFailed", "")),
-        }
-        conditions = []
-        for kind, (is_true, (reason, message)) in wanted.items():
-            previous = _condition(status, kind)
-            value = "True" if is_true else "False"
-            changed = previous is None or previous.status != value
-            conditions.append(
-                Condition(
-                    type=kind,
-                    status=value,
-                    reason=reason,
-                    message=message,
-                    last_transition_time=self.now if changed or previous is None else previous.last_transition_time,
-                    observed_generation=self.loop.generation,
-                )
+        return set_conditions(
+            status,
+            self.now,
+            self.loop.generation,
+            progressing=progressing,
+            suspended=suspended,
+            complete=complete,
+            failed=failed,
+            blocked=blocked,
+        )
+
+
+OWNED_CONDITIONS = ("Progressing", "Suspended", "Complete", "Failed")
+"""The conditions the planner rewrites every plan; any other (a runner's `Degraded`) is kept as it is."""
+
+
+def set_conditions(
+    status: LoopStatus,
+    now: datetime,
+    generation: int,
+    *,
+    progressing: tuple[str, str] | None = None,
+    suspended: tuple[str, str] | None = None,
+    complete: tuple[str, str] | None = None,
+    failed: tuple[str, str] | None = None,
+    blocked: tuple[str, str] | None = None,
+) -> LoopStatus:
+    """Exactly one of Progressing / Suspended / Complete / Failed is True; the others are False.
+
+    `blocked` is the exception: a stage that cannot run leaves all four False, Progressing with its cause.
+
+    Conditions of other types are kept, after the owned ones and in their order, so a runner's condition survives
+    every plan.
+    """
+    idle = ("Idle", "")
+    wanted = {
+        "Progressing": (progressing is not None, progressing or blocked or idle),
+        "Suspended": (suspended is not None, suspended or ("NotSuspended", "")),
+        "Complete": (complete is not None, complete or ("NotComplete", "")),
+        "Failed": (failed is not None, failed or ("NotFailed", "")),
+    }
+    conditions = []
+    for kind, (is_true, (reason, message)) in wanted.items():
+        previous = _condition(status, kind)
+        value = "True" if is_true else "False"
+        changed = previous is None or previous.status != value
+        conditions.append(
+            Condition(
+                type=kind,
+                status=value,
+                reason=reason,
+                message=message,
+                last_transition_time=now if changed or previous is None else previous.last_transition_time,
+                observed_generation=generation,
             )
-        return status.model_copy(update={"conditions": conditions})
+        )
+    foreign = [c for c in status.conditions if c.type not in OWNED_CONDITIONS]
+    return status.model_copy(update={"conditions": [*conditions, *foreign]})
 
 
 def _condition(status: LoopStatus, kind: str) -> Condition | None:

@@ -1,31 +1,76 @@
-"""Carrying out a promotion: verify the candidate checkpoint, then point `champion.json` at it.
+"""Carrying out a promotion: check the candidate is the checkpoint evaluate measured, then point `champion.json`
+at it.
 
-Both runners call this, so the rule holds everywhere: `champion.json` is replaced only after every file of the
-checkpoint it points to is in the store with the size and sha256 its optimize manifest lists. Writing the pointer
-is one atomic put, and doing it twice with the same content is harmless (a replayed Promote after a crash).
+Both runners call this, so the rule holds everywhere. The evaluate stage already read every byte of the candidate
+and checked it against the optimize manifest (size and sha256 per file), and recorded the sha256 of that manifest
+(`verified_manifest_sha256`). A promotion then reads no checkpoint content, which for a 15 GB checkpoint would
+take minutes in the operator's small pod; it checks:
+
+- the optimize manifest's sha256 equals what evaluate verified (the file list and digests did not change since);
+- every checkpoint file it lists exists with the listed size (one HEAD or stat per file).
+
+The trade-off: a file rewritten after evaluate with different bytes of the same size is not caught here; it is
+caught by the next stage that downloads the champion (acquire and optimize verify sha256 per file on S3, see
+`sil_stages.models`). An evaluate manifest without the digest (written by an older stage image) falls back to
+re-hashing every file here, the old rule.
+
+Writing the pointer is one atomic put, and doing it twice with the same content is harmless (a replayed Promote
+after a crash).
 """
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
+from sil_operator.failures import PromotionCheckFailed
 from sil_operator.manifests import read_manifest
 from sil_operator.planner import Promote
-from sil_stages.contract import ChampionPointer, champion_uri, manifest_uri, stage_uri
-from sil_stages.store import Store, StoreError
+from sil_stages.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
+from sil_stages.store import Store, StoreError, join
 from sil_stages.verify import verify_tree
+
+_RERUN_HINT = "delete the optimize stage's _manifest.json of this iteration to train and evaluate it again"
 
 
 def promote(store: Store, storage_uri: str, action: Promote, now: datetime) -> ChampionPointer:
-    optimize_dir = stage_uri(storage_uri, action.iteration, "optimize")
-    uri = manifest_uri(optimize_dir)
-    manifest = read_manifest(store, storage_uri, action.iteration, "optimize")
-    if manifest is None:
-        raise StoreError(f"{uri}: missing; the candidate of iteration {action.iteration} cannot be promoted")
-    checkpoint = [entry for entry in manifest.files if entry.path.startswith("checkpoint/")]
-    if not checkpoint:
-        raise StoreError(f"{uri}: lists no checkpoint files; the candidate cannot be promoted")
-    verify_tree(store, optimize_dir, checkpoint)
+    """Raises PromotionCheckFailed (nothing promoted) when the candidate is not the checkpoint evaluate measured."""
+    check_candidate(store, storage_uri, action.iteration)
     pointer = ChampionPointer(iteration=action.iteration, uri=action.uri, score=action.score, promoted_at=now)
     store.write_text(champion_uri(storage_uri), pointer.model_dump_json(indent=2))
     return pointer
+
+
+def check_candidate(store: Store, storage_uri: str, iteration: int) -> None:
+    optimize_dir = stage_uri(storage_uri, iteration, "optimize")
+    uri = manifest_uri(optimize_dir)
+    if not store.exists(uri):
+        raise PromotionCheckFailed(f"{uri}: missing; the candidate of iteration {iteration} cannot be promoted")
+    raw = store.read_bytes(uri)
+    manifest = Manifest.model_validate_json(raw)
+    checkpoint = [entry for entry in manifest.files if entry.path.startswith("checkpoint/")]
+    if not checkpoint:
+        raise PromotionCheckFailed(f"{uri}: lists no checkpoint files; the candidate cannot be promoted")
+    evaluate = read_manifest(store, storage_uri, iteration, "evaluate")
+    verified = evaluate.verified_manifest_sha256 if evaluate is not None else None
+    if verified is None:
+        try:
+            verify_tree(store, optimize_dir, checkpoint)
+        except StoreError as error:
+            raise PromotionCheckFailed(f"the candidate of iteration {iteration}: {error}") from error
+        return
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != verified:
+        raise PromotionCheckFailed(
+            f"{uri}: changed after evaluate verified the candidate (sha256 {digest}, evaluate checked {verified}); "
+            f"nothing is promoted; {_RERUN_HINT}"
+        )
+    for entry in checkpoint:
+        file_uri = join(optimize_dir, entry.path)
+        size = store.size(file_uri)
+        if size is None:
+            raise PromotionCheckFailed(f"{file_uri}: missing, although the optimize manifest lists it; {_RERUN_HINT}")
+        if size != entry.size:
+            raise PromotionCheckFailed(
+                f"{file_uri}: {size} bytes where the optimize manifest says {entry.size}; {_RERUN_HINT}"
+            )

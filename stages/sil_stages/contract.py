@@ -171,6 +171,9 @@ class Manifest(_Frozen):
     started_at: datetime
     finished_at: datetime
     duration_seconds: float
+    verified_manifest_sha256: str | None = None
+    """Evaluate only: the sha256 of the optimize manifest (its bytes as stored) that the candidate checkpoint was
+    checked against, file by file, before it was measured. A promotion promotes only that checkpoint."""
 
 
 class ChampionPointer(_Frozen):

@@ -32,7 +32,9 @@ Writes `results.json` and a manifest whose `series` are the labelled `selfimprov
 stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
 flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy), `delta`,
 `delta_ci_low`, `delta_ci_high`, `p_value`, `kl_candidate_champion` and `candidate_<guard>` (first dataset) and
-`contamination_max`, for tables.
+`contamination_max`, for tables. Before the candidate is measured, each of its files is checked (size and sha256)
+against the optimize manifest, and the manifest's own sha256 is recorded as `verified_manifest_sha256`: a promotion
+promotes only that checkpoint.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ from sil_stages.guards import (
     mean_length,
 )
 from sil_stages.manifest import StageOutputs
-from sil_stages.models import resolve_model
+from sil_stages.models import resolve_model, resolve_verified
 from sil_stages.pushgateway import push
 from sil_stages.records import Record, read_jsonl, require_field
 from sil_stages.scoring import (
@@ -396,8 +398,13 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
 
     runs: dict[str, dict[str, ModelRun]] = {name: {} for name in datasets}
     champion_stats: dict[str, list[TokenStats]] = {}
+    verified: str | None = None
     for model in models:
-        path = resolve_model(store, uris[model], field=f"{model}_uri")
+        if model == "candidate":
+            checked = resolve_verified(store, uris[model], field="candidate_uri")
+            path, verified = checked.path, checked.manifest_sha256
+        else:
+            path = resolve_model(store, uris[model], field=f"{model}_uri")
         engine = make_engine(config.engine, path, batch_size=config.batch_size, progress=f"evaluate {model}")
         for name, records in datasets.items():
             seed = derive_seed(config.seed, config.iteration, f"evaluate:{name}")
@@ -487,6 +494,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
         iteration=config.iteration,
         metrics=flat_metrics(results, guards, acquire),
         series=series,
+        verified_manifest_sha256=verified,
     )
 
 

@@ -51,6 +51,7 @@ class StageOutputs:
         iteration: int,
         metrics: dict[str, float],
         series: tuple[MetricSample, ...] = (),
+        verified_manifest_sha256: str | None = None,
     ) -> Manifest:
         """Writes the manifest; call it once, after every output is written."""
         manifest = Manifest(
@@ -63,6 +64,7 @@ class StageOutputs:
             started_at=self._started_at,
             finished_at=utcnow(),
             duration_seconds=round(time.monotonic() - self._started, 3),
+            verified_manifest_sha256=verified_manifest_sha256,
         )
         self._store.write_text(manifest_uri(self._output_uri), manifest.model_dump_json(indent=2) + "\n")
         return manifest

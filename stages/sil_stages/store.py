@@ -59,6 +59,20 @@ TRANSFER_ATTEMPTS = 3
 TRANSFER_BACKOFF_SECONDS = 1.0
 """First pause between whole-object attempts; doubled each time."""
 
+
+@dataclass(frozen=True)
+class StoreTimeouts:
+    """How long one S3 call may take before it gives up: connect and read timeouts of each request, requests per
+    call (botocore's retries) and whole-object attempts. A stage moving gigabytes keeps the patient defaults; the
+    operator, which only reads manifests and writes a pointer, passes shorter ones so that an endpoint that
+    accepts connections and never answers fails in seconds."""
+
+    connect_seconds: float = 10.0
+    read_seconds: float = 60.0
+    attempts: int = RETRY_ATTEMPTS
+    transfer_attempts: int = TRANSFER_ATTEMPTS
+
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 
@@ -212,8 +226,9 @@ def _explain(uri: str, error: BaseException) -> StoreError:
 class Store:
     """Reads and writes artifacts by URI; the scheme picks the backend."""
 
-    def __init__(self, options: StorageOptions | None = None) -> None:
+    def __init__(self, options: StorageOptions | None = None, timeouts: StoreTimeouts | None = None) -> None:
         self._options = options
+        self._timeouts = timeouts or StoreTimeouts()
         self._s3: S3Client | None = None
         self._s3_lock = threading.Lock()
         self._buckets_seen: set[str] = set()
@@ -235,12 +250,12 @@ class Store:
                     endpoint_url=endpoint,
                     region_name=region,
                     config=Config(
-                        retries={"max_attempts": RETRY_ATTEMPTS, "mode": "adaptive"},
+                        retries={"max_attempts": self._timeouts.attempts, "mode": "adaptive"},
                         s3={"addressing_style": "path"},
                         # Every part of every file in flight gets its own connection instead of waiting for one.
                         max_pool_connections=TRANSFER_CONCURRENCY * TREE_WORKERS,
-                        connect_timeout=10,
-                        read_timeout=60,
+                        connect_timeout=self._timeouts.connect_seconds,
+                        read_timeout=self._timeouts.read_seconds,
                     ),
                 )
             return self._s3
@@ -261,11 +276,12 @@ class Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         pause = TRANSFER_BACKOFF_SECONDS
-        for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+        attempts = max(1, self._timeouts.transfer_attempts)
+        for attempt in range(1, attempts + 1):
             try:
                 return action()
             except (ClientError, BotoCoreError, Boto3Error) as error:
-                if attempt == TRANSFER_ATTEMPTS or not _is_transient(error):
+                if attempt == attempts or not _is_transient(error):
                     raise _explain(uri, error) from error
             time.sleep(pause)
             pause *= 2

@@ -6,6 +6,7 @@ The settings are the calibrated ones of examples/arithmetic/loop.yaml; tests cha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,12 @@ def arithmetic_loop(namespace: str, name: str, model_uri: str, storage: dict[str
                 "tolerations": [
                     {"key": RUNNER_LABEL, "operator": "Equal", "value": RUNNER_LABEL_VALUE, "effect": "NoSchedule"}
                 ],
-                # The verifier module `arithmetic` ships with the example; a stage image would carry it.
-                "env": {"PYTHONPATH": str(EXAMPLE), "OMP_NUM_THREADS": "1"},
+                # The verifier module `arithmetic` ships with the example; a stage image would carry it. The
+                # test's own PYTHONPATH follows, so the stage processes run the checkout under test.
+                "env": {
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(EXAMPLE), os.environ.get("PYTHONPATH")])),
+                    "OMP_NUM_THREADS": "1",
+                },
             },
             "acquire": {
                 "prompts": {"uri": (data / "train_prompts.jsonl").as_uri(), "perIteration": 4000},

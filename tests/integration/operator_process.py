@@ -21,7 +21,7 @@ class OperatorProcess:
     namespace: str
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
-    """More `sil operator` flags, e.g. `leader_election_args(...)`."""
+    """More `sil operator` flags, e.g. `leader_election_args(...)` or `["--liveness", URL]`."""
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

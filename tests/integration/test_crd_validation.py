@@ -36,7 +36,7 @@ def loops_namespace(control_plane: ControlPlane) -> Iterator[str]:
 
 def valid_loop(namespace: str, name: str) -> dict[str, Any]:
     """The loop of the operator tests: valid, with no optional sections."""
-    return kwok_loop(namespace, name, Path("/var/lib/selfimprove/runs") / name)
+    return kwok_loop(namespace, name, Path("/var/lib/selfimprove/runs") / name, manifests=False)
 
 
 def apply(plane: ControlPlane, document: dict[str, Any], *flags: str) -> tuple[int, str]:

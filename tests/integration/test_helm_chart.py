@@ -401,6 +401,8 @@ def assert_minimal(
     assert can_i(plane, kubeconfig, "get", "secrets", "-n", served), "promotion.prometheus token/CA Secrets"
     assert not can_i(plane, kubeconfig, "list", "secrets", "-n", served), "get by name only"
     assert not can_i(plane, kubeconfig, "create", "pods", "-n", served), "stages run as Jobs, never bare pods"
+    assert can_i(plane, kubeconfig, "list", "pods", "-n", served), "why a stage Job's pod cannot start"
+    assert can_i(plane, kubeconfig, "list", "events", "-n", served), "why a stage Job has no pod (FailedCreate)"
     assert not can_i(plane, kubeconfig, "delete", "nodes")
     assert not can_i(plane, kubeconfig, "delete", f"customresourcedefinitions.apiextensions.k8s.io/{CRD_NAME}")
     assert not can_i(plane, kubeconfig, "update", "selfimprovementloops.selfimprove.dev", "-n", served)

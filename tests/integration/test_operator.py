@@ -1,7 +1,9 @@
 """The operator on a real control plane: Jobs per stage, status, events, failures and restarts.
 
-Stage Jobs without a node selector land on kwok's fake GPU nodes, which complete them without running anything:
-the loop walks through its stages but no stage writes data, so the gates find nothing and never promote.
+Stage Jobs without a node selector land on kwok's fake GPU nodes, which complete them without running anything.
+A Job that completes without its stage's manifest is a failed attempt, so `kwok_loop` writes every stage's
+manifest into the loop's file:// store beforehand (no files, no metrics), as if each stage had finished with no
+output: the loop walks through its stages, and the gates find nothing and never promote.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from sil_stages.contract import Manifest, manifest_uri, stage_uri
+from sil_stages.store import local_path
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import OperatorProcess, running_operator
 
@@ -24,7 +29,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 STAGES = ["acquire", "select", "optimize", "evaluate"]
 
 
-def kwok_loop(namespace: str, name: str, storage: Path, **spec: Any) -> dict[str, Any]:
+def write_manifests(storage: Path, loop: str, iterations: range, stages: list[str] = STAGES) -> None:
+    """Each stage's manifest (no files, no metrics) in a file:// store: what a stage writes last, when done."""
+    at = datetime.now(UTC)
+    for iteration in iterations:
+        for stage in stages:
+            path = local_path(manifest_uri(stage_uri(storage.as_uri(), iteration, stage)))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            manifest = Manifest(
+                stage=stage, iteration=iteration, loop=loop, started_at=at, finished_at=at, duration_seconds=0.0
+            )
+            path.write_text(manifest.model_dump_json())
+
+
+def kwok_loop(namespace: str, name: str, storage: Path, *, manifests: bool = True, **spec: Any) -> dict[str, Any]:
+    """A loop for kwok's nodes; with `manifests`, every stage's manifest for up to maxIterations (or 5) is in its
+    store already, so each completed Job is a finished stage."""
     body: dict[str, Any] = {
         "model": {"uri": "file:///models/base"},
         "storage": {"uri": storage.as_uri()},
@@ -38,6 +58,8 @@ def kwok_loop(namespace: str, name: str, storage: Path, **spec: Any) -> dict[str
         "evaluate": {"datasets": [{"name": "heldout", "uri": "file:///data/heldout.jsonl"}]},
     }
     body.update(spec)
+    if manifests:
+        write_manifests(storage, name, range(1, max(int(body["maxIterations"]), 5) + 1))
     return {
         "apiVersion": "selfimprove.dev/v1alpha1",
         "kind": "SelfImprovementLoop",

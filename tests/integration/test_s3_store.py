@@ -311,12 +311,11 @@ def test_an_endpoint_that_never_answers_is_retried_then_named(
 ) -> None:
     import sil_stages.store as store_module
 
-    monkeypatch.setattr(store_module, "RETRY_ATTEMPTS", 2)
     monkeypatch.setattr(store_module, "TRANSFER_BACKOFF_SECONDS", 0.01)
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed.getsockname()[1]}")
-    store = Store()
+    store = Store(timeouts=store_module.StoreTimeouts(attempts=2))
     calls: list[str] = []
     real_client = store._client
 

@@ -346,6 +346,8 @@ class PodRunner:
                 "startedAt": started,
                 "finishedAt": finished,
             }
+            if code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+                terminated["message"] = log_tail(pod_dir / f"{container['name']}.log")
             statuses.append(self._status(container, {"terminated": terminated}, restarts=restarts))
         phase = "Succeeded" if all(code == 0 for code, _ in results) else "Failed"
         self._report(pod, phase, statuses)
@@ -405,7 +407,9 @@ class PodRunner:
         env = dict(os.environ)
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)
-        env.update(pod_env)
+        env.update(
+            local_mounts(pod, container, self.root / pod["metadata"]["namespace"] / pod["metadata"]["name"], pod_env)
+        )
         python_bin = str(Path(sys.executable).parent)  # the project's venv: `python` means its python
         env["PATH"] = os.pathsep.join([python_bin, pod_env.get("PATH", os.environ.get("PATH", ""))])
         env["HOSTNAME"] = pod["metadata"]["name"]
@@ -530,6 +534,34 @@ class PodRunner:
             for c in pod["spec"]["containers"]
         ]
         self._report(pod, "Failed", statuses)
+
+
+def local_mounts(pod: Pod, container: dict[str, Any], pod_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """emptyDir volumes become folders under the pod dir. There is no mount namespace, so an env value that is a
+    mount path (or lies under one) is pointed at that folder instead: HOME=/scratch reaches the process as
+    <pod dir>/volumes/scratch. Other volume types are ignored."""
+    empty_dirs = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
+    mounts: dict[str, Path] = {}
+    for mount in container.get("volumeMounts") or []:
+        if mount["name"] in empty_dirs:
+            folder = pod_dir / "volumes" / mount["name"]
+            folder.mkdir(parents=True, exist_ok=True)
+            mounts[mount["mountPath"].rstrip("/")] = folder
+    resolved = dict(env)
+    for key, value in env.items():
+        for path, folder in mounts.items():
+            if value == path or value.startswith(path + "/"):
+                resolved[key] = str(folder) + value[len(path) :]
+    return resolved
+
+
+def log_tail(path: Path, limit: int = 4096) -> str:
+    """What a kubelet reports as the termination message with FallbackToLogsOnError: the end of the log."""
+    try:
+        data = path.read_bytes()[-limit:]
+    except OSError:
+        return ""
+    return data.decode("utf-8", errors="replace").strip()
 
 
 def field_value(pod: Pod, path: str) -> str | None:

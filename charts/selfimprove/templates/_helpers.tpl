@@ -98,7 +98,10 @@ See the chart README ("RBAC") for why each one is there.
   verbs: ["create"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- if .Values.rbac.readSecrets }}
 - apiGroups: [""]
   resources: ["secrets"]

@@ -142,6 +142,17 @@ class StageRuntime(ApiModel):
     pod_annotations: dict[str, str] | None = Field(
         default=None, description="Extra annotations on the stage's pods (e.g. to opt out of sidecar injection)."
     )
+    pod_security_context: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod securityContext (a PodSecurityContext object). Replaces the default, which meets the "
+        "`restricted` Pod Security Standard: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}.",
+    )
+    security_context: dict[str, Any] | None = Field(
+        default=None,
+        description="The stage container's securityContext (a SecurityContext object). Replaces the default, "
+        "which meets the `restricted` Pod Security Standard: {allowPrivilegeEscalation: false, capabilities: "
+        "{drop: [ALL]}}.",
+    )
 
 
 class StageOverrides(ApiModel):

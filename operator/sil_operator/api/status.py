@@ -58,10 +58,20 @@ class StageStatus(ApiModel):
     stage: str
     phase: StagePhase = StagePhase.PENDING
     run_name: str | None = Field(default=None, description="Job name (Kubernetes) or run id (local).")
+    runs: int = Field(
+        default=0,
+        description="Runs started: Jobs on Kubernetes, processes locally. A retry by the loop is a new run under "
+        "a new name (<loop>-<iteration>-<stage>, then -r2, -r3, ...).",
+    )
     attempts: int = 0
     started_at: datetime | None = None
     finished_at: datetime | None = None
     message: str | None = None
+    reason: str | None = Field(
+        default=None,
+        description="Why the stage failed or cannot run: InputRejected (exit code 2), ManifestMissing, "
+        "BackoffLimitExceeded, DeadlineExceeded, FailedCreate, ImagePullBackOff, ...",
+    )
     metrics: dict[str, float] = Field(default_factory=dict)
 
 

@@ -8,12 +8,15 @@ treats 404 as success: with deterministic names that is what makes a replayed ac
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from sil_operator.api.spec import API_GROUP, API_VERSION
 from sil_operator.crd import PLURAL
 from sil_operator.kube.objects import LABEL_LOOP
+
+log = logging.getLogger("selfimprove.operator")
 
 
 @dataclass
@@ -81,13 +84,50 @@ class KubeApi:
         data = secret.data or {}
         if key not in data:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-        return base64.b64decode(data[key]).decode("utf-8")
+        try:
+            return base64.b64decode(data[key]).decode("utf-8")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise KeyError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from error
+
+    async def secret_problem(self, namespace: str, name: str) -> str | None:
+        """None when the Secret exists; else what is wrong with it, naming it."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            return f"Secret {namespace}/{name}: {error.reason} ({error.status})"
+        return None
 
     async def list_jobs(self, namespace: str, loop: str) -> list[dict[str, Any]]:
         result = await asyncio.to_thread(
             self.batch.list_namespaced_job, namespace, label_selector=f"{LABEL_LOOP}={loop}"
         )
         return [self._client.sanitize_for_serialization(job) for job in result.items]
+
+    async def list_job_events(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
+        """The Warning events of one Job (e.g. the Job controller's FailedCreate), selected on the server."""
+        selector = f"involvedObject.kind=Job,involvedObject.name={job},involvedObject.uid={uid},type=Warning"
+        return await self._list_for_diagnosis(self.core.list_namespaced_event, namespace, field_selector=selector)
+
+    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods of one Job, by the label the Job controller puts on them."""
+        selector = f"batch.kubernetes.io/job-name={job}"
+        return await self._list_for_diagnosis(self.core.list_namespaced_pod, namespace, label_selector=selector)
+
+    async def _list_for_diagnosis(self, list_call: Any, namespace: str, **selector: str) -> list[dict[str, Any]]:
+        """A read that only explains a stage: when it is forbidden (RBAC without pods/events list), the loop goes
+        on without the explanation, and the log says which permission is missing."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            result = await asyncio.to_thread(list_call, namespace, **selector)
+        except ApiException as error:
+            if error.status != 403:
+                raise
+            log.warning("cannot diagnose stage Jobs in %s: %s (grant list on pods and events)", namespace, error.reason)
+            return []
+        return [self._client.sanitize_for_serialization(item) for item in result.items]
 
     async def create(self, manifest: dict[str, Any]) -> Created:
         from kubernetes.client.exceptions import ApiException

@@ -7,35 +7,61 @@ or the loop itself changes (event-driven), when the planner asks (gate intervals
 
 A loop that is not valid (possible only when the CRD's schema is bypassed or older) becomes Failed with reason
 InvalidSpec and the message naming the fields; nothing is started for it.
+
+Every store, Prometheus and file call runs through `Offload` (its own threads, a few per loop), never on kopf's
+event loop. A reconcile that raises is recorded by `record_failure` (see `failures`): the loop shows a `Degraded`
+condition with the reason and a Warning event when it starts, the daemon retries on the backoff schedule, and the
+next successful reconcile sets `Degraded` False; a failure only a spec change can fix ends the loop Failed, and a
+new generation of the spec gives it another try.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import ssl
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sil_operator.api.loader import SpecError, parse_loop
 from sil_operator.api.spec import SelfImprovementLoop
-from sil_operator.api.status import Condition, LoopPhase, LoopStatus, Measurement
+from sil_operator.api.status import TERMINAL_PHASES, Condition, LoopPhase, LoopStatus, Measurement
+from sil_operator.failures import (
+    Failure,
+    SecretUnavailable,
+    StageImageMissing,
+    backoff_seconds,
+    classify,
+    degraded,
+    failed_for_good,
+    is_degraded,
+)
 from sil_operator.gates.measure import measure
-from sil_operator.gates.providers import ManifestProvider, MetricsProvider, QueryError, Sample
+from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
-from sil_operator.kube.observe import observe_jobs
+from sil_operator.kube.observe import (
+    Finding,
+    finding_from_events,
+    finding_from_pods,
+    has_pods,
+    needs_diagnosis,
+    observe_jobs,
+    rejected_input,
+    termination_message,
+)
+from sil_operator.kube.offload import OPERATOR_STORE_TIMEOUTS, Offload
 from sil_operator.manifests import ManifestCache
 from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
 from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
 from sil_stages.contract import StorageOptions, utcnow
-from sil_stages.store import Store, StoreError
+from sil_stages.store import Store
 
 log = logging.getLogger("selfimprove.operator")
 
@@ -81,35 +107,47 @@ class Controller:
     memory: dict[tuple[str, str], LoopMemory] = field(default_factory=dict)
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     ca_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sil-operator-ca-")))
+    offload: Offload = field(default_factory=Offload)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Failed reconciles in a row, per loop: the backoff schedule's position (reset by a success)."""
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
+        key = (namespace, name)
         body = await self.api.get_loop(namespace, name)
         if body is None:
-            self.memory.pop((namespace, name), None)
-            self.phases.pop((namespace, name), None)
+            self.memory.pop(key, None)
+            self.phases.pop(key, None)
+            self.failures.pop(key, None)
+            self.offload.forget(key)
             self._count_phases()
             return ReconcileResult(None)
         try:
             loop = parse_loop({k: v for k, v in body.items() if k != "status"}, f"{namespace}/{name}")
         except SpecError as error:
             return await self._invalid(body, error)
-        memory = self._memory(namespace, name, loop)
+        memory = await self.offload.run(key, self._memory, namespace, name, loop)
         store = memory.manifests.store
-        status = status_from_body(body)
+        ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
+        status = _retry_after_spec_change(status_from_body(body), ref.generation)
         jobs = await self.api.list_jobs(namespace, name)
-        observation = observe_jobs(
+        findings = await self._findings(namespace, jobs, status)
+        observation = await self.offload.run(
+            key,
+            observe_jobs,
             jobs,
             status.iteration,
             lambda iteration, stage: self._metrics(memory, iteration, stage),
             memory.measurements,
+            findings=findings,
+            storage_uri=loop.spec.storage.uri,
         )
-        ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         result = plan(loop.spec, ref, status, observation, self.clock())
         memory.measurements = {}
         identity = LoopIdentity(name, namespace, body["metadata"]["uid"])
         for action in result.actions:
             await self._execute(action, loop, identity, store, memory)
-        await self._save(body, status, result)
+        result = self._recovered(key, result, ref.generation)
+        await self._save(body, status_from_body(body), result)
         self.phases[(namespace, name)] = result.status.phase.value
         self._count_phases()
         requeue = result.requeue_after
@@ -124,17 +162,82 @@ class Controller:
         options = StorageOptions(uri=storage.uri, endpoint=storage.endpoint, region=storage.region)
         memory = self.memory.get((namespace, name))
         if memory is None or memory.options != options:
-            memory = LoopMemory(options, ManifestCache(Store(options), storage.uri))
+            memory = LoopMemory(options, ManifestCache(Store(options, OPERATOR_STORE_TIMEOUTS), storage.uri))
             self.memory[(namespace, name)] = memory
         return memory
 
     def _metrics(self, memory: LoopMemory, iteration: int, stage: str) -> Mapping[str, float] | None:
-        try:
-            manifest = memory.manifests.get(iteration, stage)
-        except StoreError as error:
-            log.warning("cannot read the %s manifest of iteration %d: %s", stage, iteration, error)
-            return None
+        """Runs in an offload thread; a StoreError fails the reconcile, so the loop shows it (Degraded)."""
+        manifest = memory.manifests.get(iteration, stage)
         return manifest.metrics if manifest else None
+
+    # -- failures -------------------------------------------------------------------------------------------
+    async def record_failure(self, namespace: str, name: str, error: BaseException) -> float | None:
+        """Shows a failed reconcile on the loop; the seconds to wait before the next try, None when only a spec
+        change can help (the loop is then Failed)."""
+        key = (namespace, name)
+        failure = classify(error)
+        count = self.failures.get(key, 0) + 1
+        self.failures[key] = count
+        if failure.reason == "ReconcileError":
+            log.error("reconcile of %s/%s failed: %s", namespace, name, failure.message, exc_info=error)
+        else:
+            log.warning("reconcile of %s/%s failed (%s): %s", namespace, name, failure.reason, failure.message)
+        try:
+            body = await self.api.get_loop(namespace, name)
+            if body is not None:
+                await self._show_failure(body, failure)
+        except Exception:  # the API itself may be what failed: the retry shows it later
+            log.exception("cannot record the failure on %s/%s", namespace, name)
+        return None if failure.permanent else backoff_seconds(count)
+
+    async def _show_failure(self, body: Mapping[str, Any], failure: Failure) -> None:
+        meta = body["metadata"]
+        before = status_from_body(body)
+        generation = int(meta.get("generation", 1))
+        now = self.clock()
+        after = (
+            failed_for_good(before, failure, now, generation)
+            if failure.permanent
+            else degraded(before, failure, now, generation)
+        )
+        if after == before:
+            return
+        await self.api.patch_loop_status(meta["namespace"], meta["name"], status_to_patch(after))
+        was = is_degraded(before)
+        if was is None or was.reason != failure.reason or failure.permanent:
+            self._emit(body, Event("Warning", failure.reason, failure.message))
+        self.phases[(meta["namespace"], meta["name"])] = after.phase.value
+        self._count_phases()
+
+    def _recovered(self, key: tuple[str, str], result: Plan, generation: int) -> Plan:
+        """A successful reconcile: the backoff starts over and a Degraded condition turns False."""
+        self.failures.pop(key, None)
+        healed = degraded(result.status, None, self.clock(), generation)
+        if healed == result.status:
+            return result
+        was = is_degraded(result.status)
+        message = f"recovered from {was.reason if was else 'a failure'}"
+        return replace(result, status=healed, events=(*result.events, Event("Normal", "Recovered", message)))
+
+    async def _findings(self, namespace: str, jobs: list[dict[str, Any]], status: LoopStatus) -> dict[str, Finding]:
+        """Reads about Jobs only what their status cannot say, and only for the few that need it: why a Job
+        without a ready pod cannot run (its FailedCreate events, or its pods' waiting reasons), and the last log
+        line of a stage that rejected its input (while the loop has not failed yet)."""
+        findings: dict[str, Finding] = {}
+        for job in jobs:
+            meta = job["metadata"]
+            found: Finding | None = None
+            if needs_diagnosis(job, self.clock()):
+                if has_pods(job):
+                    found = finding_from_pods(await self.api.list_job_pods(namespace, meta["name"]))
+                else:
+                    found = finding_from_events(await self.api.list_job_events(namespace, meta["name"], meta["uid"]))
+            elif rejected_input(job) and status.phase not in TERMINAL_PHASES:
+                found = termination_message(await self.api.list_job_pods(namespace, meta["name"]))
+            if found is not None:
+                findings[meta["name"]] = found
+        return findings
 
     # -- acting ---------------------------------------------------------------------------------------------
     async def _execute(
@@ -146,8 +249,13 @@ class Controller:
         memory: LoopMemory,
     ) -> None:
         if isinstance(action, StartStage):
+            try:
+                job = stage_job(identity, loop.spec, action, self.default_image)
+            except ValueError as error:  # no image in the spec nor the operator's default
+                raise StageImageMissing(str(error)) from error
+            await self._require_credentials(loop, identity)
             await self.api.create(stage_configmap(identity, action))
-            created = await self.api.create(stage_job(identity, loop.spec, action, self.default_image))
+            created = await self.api.create(job)
             if created.created:
                 log.info("created Job %s/%s", identity.namespace, action.run_name)
                 if self.metrics:
@@ -157,46 +265,83 @@ class Controller:
         elif isinstance(action, MeasureGates):
             provider = await self._provider(loop, identity, store)
             gates = {g.name: g for g in loop.spec.promotion.gates}
+            key = (identity.namespace, identity.name)
             for resolved in action.gates:
-                taken = await asyncio.to_thread(measure, gates[resolved.name], resolved, provider, self.clock())
+                taken = await self.offload.run(key, measure, gates[resolved.name], resolved, provider, self.clock())
                 memory.measurements.setdefault((action.iteration, resolved.name), []).append(taken)
                 if self.metrics:
                     self.metrics.gate_measured(taken.phase.value)
         else:
-            await asyncio.to_thread(promote, store, loop.spec.storage.uri, action, self.clock())
+            key = (identity.namespace, identity.name)
+            await self.offload.run(key, promote, store, loop.spec.storage.uri, action, self.clock())
+
+    async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
+        """The storage Secret exists before a Job refers to it (else its pod would hang in
+        CreateContainerConfigError, visible only on the pod)."""
+        secret = loop.spec.storage.credentials_secret
+        if secret is None:
+            return
+        problem = await self.api.secret_problem(identity.namespace, secret)
+        if problem is not None:
+            raise SecretUnavailable(
+                f"spec.storage.credentialsSecret: {problem}; create it with AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or fix the name"
+            )
 
     async def _provider(self, loop: SelfImprovementLoop, identity: LoopIdentity, store: Store) -> MetricsProvider:
         """Prometheus (token and CA read from the loop's Secrets) when the spec names it, else the manifests.
 
-        A Secret that cannot be read does not crash the reconcile: every query then fails, so the gate records
-        Error measurements whose message names the Secret.
+        A Secret that is missing or unusable fails the reconcile with SecretUnavailable (the loop shows it as
+        Degraded and heals once the Secret is there); no measurement is taken without it.
         """
         prometheus = loop.spec.promotion.prometheus
         if prometheus is None:
             return ManifestProvider(store, loop.spec.storage.uri)
         from sil_operator.gates.prometheus import PrometheusProvider
 
-        try:
-            token = None
-            if prometheus.bearer_token_secret is not None:
-                ref = prometheus.bearer_token_secret
-                token = (await self.api.read_secret_key(identity.namespace, ref.name, ref.key)).strip()
-            ca_file = None
-            if prometheus.ca_secret is not None:
+        token = None
+        if prometheus.bearer_token_secret is not None:
+            ref = prometheus.bearer_token_secret
+            token = (await self._secret_key(identity, ref.name, ref.key, "bearerTokenSecret")).strip()
+            if not token:
+                raise SecretUnavailable(
+                    f"promotion.prometheus.bearerTokenSecret: Secret {identity.namespace}/{ref.name} key "
+                    f"{ref.key!r} is empty; put the token in it"
+                )
+        ca_file = None
+        if prometheus.ca_secret is not None:
+            ref = prometheus.ca_secret
+            pem = await self._secret_key(identity, ref.name, ref.key, "caSecret")
+            ca_file = str(self.ca_dir / f"{identity.uid}.pem")
+        key = (identity.namespace, identity.name)
+
+        def build() -> PrometheusProvider:
+            if ca_file is not None:
+                Path(ca_file).write_text(pem, encoding="utf-8")
+            try:
+                return PrometheusProvider(
+                    prometheus.address,
+                    bearer_token=token,
+                    ca_file=ca_file,
+                    insecure_skip_verify=prometheus.insecure_skip_verify,
+                    timeout=float(prometheus.timeout_seconds),
+                )
+            except ssl.SSLError as error:
                 ref = prometheus.ca_secret
-                pem = await self.api.read_secret_key(identity.namespace, ref.name, ref.key)
-                path = self.ca_dir / f"{identity.uid}.pem"
-                path.write_text(pem, encoding="utf-8")
-                ca_file = str(path)
+                where = f"Secret {identity.namespace}/{ref.name} key {ref.key!r}" if ref else "the CA"
+                raise SecretUnavailable(
+                    f"promotion.prometheus.caSecret: {where} is not a PEM CA certificate ({error}); fix the Secret"
+                ) from error
+
+        return await self.offload.run(key, build)
+
+    async def _secret_key(self, identity: LoopIdentity, name: str, key: str, field_name: str) -> str:
+        try:
+            return await self.api.read_secret_key(identity.namespace, name, key)
         except KeyError as error:
-            return _Unanswerable(f"promotion.prometheus: {error.args[0]}")
-        return PrometheusProvider(
-            prometheus.address,
-            bearer_token=token,
-            ca_file=ca_file,
-            insecure_skip_verify=prometheus.insecure_skip_verify,
-            timeout=float(prometheus.timeout_seconds),
-        )
+            raise SecretUnavailable(
+                f"promotion.prometheus.{field_name}: {error.args[0]}; create the Secret or fix the reference"
+            ) from error
 
     def _count_phases(self) -> None:
         if self.metrics:
@@ -240,14 +385,21 @@ class Controller:
         return ReconcileResult(None, failed)
 
 
-class _Unanswerable:
-    """A provider for a Prometheus that cannot be queried at all (its Secret is missing): every query errors."""
+RETRIED_AFTER_SPEC_CHANGE = frozenset({StageImageMissing.reason})
+"""Reasons a runner ends a loop Failed with, that a new spec generation may have fixed."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
 
-    def query(self, promql: str) -> list[Sample]:
-        raise QueryError(self.reason)
+def _retry_after_spec_change(status: LoopStatus, generation: int) -> LoopStatus:
+    """A loop the runner failed for good (e.g. no stage image) runs again once its spec changed."""
+    failed = next((c for c in status.conditions if c.type == "Failed" and c.status == "True"), None)
+    if (
+        status.phase is LoopPhase.FAILED
+        and failed is not None
+        and failed.reason in RETRIED_AFTER_SPEC_CHANGE
+        and failed.observed_generation != generation
+    ):
+        return status.model_copy(update={"phase": LoopPhase.RUNNING, "message": None})
+    return status
 
 
 def _record_metrics(metrics: OperatorMetrics, before: LoopStatus, result: Plan) -> None:

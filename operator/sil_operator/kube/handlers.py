@@ -36,6 +36,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._generations: dict[tuple[str, str], int] = {}
 
     def event(self, namespace: str, name: str) -> asyncio.Event:
         return self._events.setdefault((namespace, name), asyncio.Event())
@@ -45,6 +46,14 @@ class Wakeups:
 
     def forget(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
+        self._generations.pop((namespace, name), None)
+
+    def saw_generation(self, namespace: str, name: str, generation: int) -> None:
+        self._generations[(namespace, name)] = generation
+
+    def generation(self, namespace: str, name: str) -> int | None:
+        """The loop's spec generation last seen by its watch (status patches do not change it)."""
+        return self._generations.get((namespace, name))
 
 
 def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -86,16 +95,34 @@ async def run_loop(name: str, namespace: str | None, stopped: kopf.DaemonStopped
             wake.clear()
             try:
                 result = await controller.reconcile(namespace, name)
-                wait = RESYNC_SECONDS if result.requeue_after is None else result.requeue_after
-            except Exception:  # a transient API error: log it and retry soon, never kill the daemon
-                log.exception("reconcile of %s/%s failed; retrying", namespace, name)
+            except Exception as error:  # shown on the loop (Degraded, or Failed), retried with backoff
                 memo.metrics.reconcile_failed()
-                wait = 5.0
+                delay = await controller.record_failure(namespace, name, error)
+                await _back_off(wakeups, namespace, name, RESYNC_SECONDS if delay is None else delay, stopped)
+                continue
+            wait = RESYNC_SECONDS if result.requeue_after is None else result.requeue_after
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=wait)
     finally:
         wakeups.forget(namespace, name)
+
+
+async def _back_off(wakeups: Wakeups, namespace: str, name: str, seconds: float, stopped: kopf.DaemonStopped) -> None:
+    """Waits out a failure's backoff. Job changes and our own status patches do not cut it short (they would
+    turn the backoff into a retry storm); a new generation of the loop's spec does, since it may be the fix."""
+    wake = wakeups.event(namespace, name)
+    generation = wakeups.generation(namespace, name)
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not stopped:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return
+        wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=left)
+        if wakeups.generation(namespace, name) != generation:
+            return
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
@@ -106,6 +133,9 @@ async def job_changed(labels: Mapping[str, str], namespace: str | None, memo: ko
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
-async def loop_changed(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def loop_changed(name: str, namespace: str | None, meta: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if namespace:
+        generation = meta.get("generation")
+        if isinstance(generation, int):
+            memo.wakeups.saw_generation(namespace, name, generation)
         memo.wakeups.wake(namespace, name)

@@ -7,6 +7,15 @@ The stage config travels in a ConfigMap and reaches the container as the environ
 exactly `python -m sil_stages <stage> --config <json>`, as everywhere else. Storage credentials come from the
 Secret named in `spec.storage.credentialsSecret` through `envFrom`: they are never copied into the spec, the
 ConfigMap, the status, a log or an event.
+
+Stage exit codes mean something (sil_stages.errors): 2 is "bad input, a retry will not help", so the Job's
+podFailurePolicy fails it at once on exit code 2, and does not count pods that were evicted or preempted
+(condition DisruptionTarget) against backoffLimit. The container's termination message is the last log line on
+failure: stages end a failure with one line that says what to do.
+
+Pods meet the `restricted` Pod Security Standard by default (non-root, RuntimeDefault seccomp, no capabilities,
+no privilege escalation); `spec.runtime.podSecurityContext` / `securityContext` replace these defaults. Stages
+write only to two emptyDir volumes: /tmp (TMPDIR) and /scratch (HOME, so caches such as HF_HOME land there).
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sil_operator.api.spec import API_GROUP, API_VERSION, DEFAULT_BACKOFF_LIMIT, KIND, LoopSpec, StageRuntime
-from sil_operator.planner import StartStage
+from sil_operator.api.spec import API_GROUP, API_VERSION, KIND, LoopSpec, StageRuntime
+from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, StartStage, backoff_limit
 
 MANAGED_BY = "selfimprove-operator"
 LABEL_LOOP = f"{API_GROUP}/loop"
@@ -26,6 +35,20 @@ KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONFIG_KEY = "config.json"
 CONFIG_ENV = "SIL_STAGE_CONFIG"
 CONTAINER_NAME = "stage"
+ANNOTATION_ATTEMPT = f"{API_GROUP}/attempt"
+ANNOTATION_RUN = f"{API_GROUP}/run"
+TMP_DIR = "/tmp"
+SCRATCH_DIR = "/scratch"
+
+DEFAULT_POD_SECURITY_CONTEXT: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+DEFAULT_SECURITY_CONTEXT: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+SCRATCH_ENV: dict[str, str] = {
+    "HOME": SCRATCH_DIR,
+    "HF_HOME": f"{SCRATCH_DIR}/.cache/huggingface",
+    "TMPDIR": TMP_DIR,
+}
+"""Where stages write besides the store: caches under HOME (models.py, Hugging Face), temporary files in TMPDIR
+(optimize's work dir). spec.runtime.env wins over these."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +104,28 @@ def _resources(runtime: StageRuntime) -> dict[str, dict[str, str]]:
     }
 
 
+def pod_failure_policy() -> dict[str, Any]:
+    """Exit code 2 fails the Job at once; a disruption (eviction, preemption) is not a failed attempt."""
+    return {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {
+                    "containerName": CONTAINER_NAME,
+                    "operator": "In",
+                    "values": [INPUT_REJECTED_EXIT_CODE],
+                },
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def retries_left(spec: LoopSpec, action: StartStage) -> int:
+    """backoffLimit of this run's Job: what the stage's limit leaves after the attempts earlier runs made."""
+    return max(0, backoff_limit(spec, action.stage) - (action.attempt - 1))
+
+
 def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_image: str | None) -> dict[str, Any]:
     """The batch/v1 Job of one stage run. Its name is the run name, so creating it twice is a 409, not a twin."""
     runtime = spec.runtime.for_stage(action.stage)
@@ -100,20 +145,34 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
         },
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
-    env += [{"name": key, "value": value} for key, value in sorted((runtime.env or {}).items())]
+    user_env = runtime.env or {}
+    env += [{"name": key, "value": value} for key, value in SCRATCH_ENV.items() if key not in user_env]
+    env += [{"name": key, "value": value} for key, value in sorted(user_env.items())]
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
         "command": ["python", "-m", "sil_stages", action.stage],
         "args": ["--config", f"$({CONFIG_ENV})"],
         "env": env,
+        "securityContext": dict(
+            DEFAULT_SECURITY_CONTEXT if runtime.security_context is None else runtime.security_context
+        ),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}, {"name": "scratch", "mountPath": SCRATCH_DIR}],
     }
     if spec.storage.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.storage.credentials_secret}}]
     resources = _resources(runtime)
     if resources:
         container["resources"] = resources
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "securityContext": dict(
+            DEFAULT_POD_SECURITY_CONTEXT if runtime.pod_security_context is None else runtime.pod_security_context
+        ),
+        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}],
+    }
     if runtime.service_account_name:
         pod_spec["serviceAccountName"] = runtime.service_account_name
     if runtime.node_selector:
@@ -126,7 +185,8 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
     if runtime.pod_annotations:
         pod_metadata["annotations"] = dict(runtime.pod_annotations)
     job_spec: dict[str, Any] = {
-        "backoffLimit": DEFAULT_BACKOFF_LIMIT if runtime.backoff_limit is None else runtime.backoff_limit,
+        "backoffLimit": retries_left(spec, action),
+        "podFailurePolicy": pod_failure_policy(),
         "template": {"metadata": pod_metadata, "spec": pod_spec},
     }
     if runtime.active_deadline_seconds:
@@ -140,7 +200,7 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
             "name": action.run_name,
             "namespace": loop.namespace,
             "labels": job_labels,
-            "annotations": {f"{API_GROUP}/attempt": str(action.attempt)},
+            "annotations": {ANNOTATION_ATTEMPT: str(action.attempt), ANNOTATION_RUN: str(action.run)},
             "ownerReferences": [owner_reference(loop)],
         },
         "spec": job_spec,

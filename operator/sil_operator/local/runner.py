@@ -16,13 +16,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from sil_operator.api.spec import SelfImprovementLoop
 from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus, Measurement, StagePhase
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
-from sil_operator.local.executor import LocalExecutor
+from sil_operator.local.executor import LocalExecutor, StageProcess
 from sil_operator.manifests import ManifestCache
 from sil_operator.planner import (
+    INPUT_REJECTED,
+    INPUT_REJECTED_EXIT_CODE,
+    MANIFEST_MISSING,
     Event,
     MeasureGates,
     Observation,
@@ -37,9 +42,11 @@ from sil_operator.stageconfig import LoopRef
 from sil_stages.contract import (
     STAGES,
     Manifest,
+    manifest_uri,
+    stage_uri,
     utcnow,
 )
-from sil_stages.store import Store, is_remote, local_path
+from sil_stages.store import Store, StoreError, is_remote, local_path
 
 STATUS_NAME = "status.json"
 POLL_SECONDS = 1.0
@@ -69,7 +76,13 @@ def load_status(store: Store, storage_uri: str) -> LoopStatus:
     uri = status_uri(storage_uri)
     if not store.exists(uri):
         return LoopStatus()
-    return LoopStatus.model_validate_json(store.read_bytes(uri))
+    try:
+        return LoopStatus.model_validate_json(store.read_bytes(uri))
+    except ValidationError as error:
+        raise StoreError(
+            f"{uri}: not a loop status ({error.errors()[0]['msg']}); delete it and run again: finished stages are "
+            "kept in the store and not redone"
+        ) from error
 
 
 @contextmanager
@@ -165,6 +178,7 @@ class LocalRunner:
                 phase=StagePhase.SUCCEEDED,
                 attempts=running.action.attempt - 1 if running else 0,
                 run_name=running.action.run_name if running else None,
+                run=running.action.run if running else 1,
                 started_at=running.started_at if running else manifest.started_at,
                 finished_at=manifest.finished_at,
                 metrics=manifest.metrics,
@@ -177,17 +191,10 @@ class LocalRunner:
                 phase=StagePhase.RUNNING,
                 attempts=running.action.attempt - 1,
                 run_name=running.action.run_name,
+                run=running.action.run,
                 started_at=running.started_at,
             )
-        reason = running.last_error_line() if code != 0 else "exited 0 without writing its manifest"
-        return StageObservation(
-            phase=StagePhase.FAILED,
-            attempts=running.action.attempt,
-            run_name=running.action.run_name,
-            started_at=running.started_at,
-            finished_at=self.clock(),
-            message=f"exit code {code}: {reason} (log: {running.log_path})",
-        )
+        return failed_stage(running, code, manifest_uri(stage_uri(self.storage, iteration, stage)), self.clock())
 
     def manifest(self, iteration: int, stage: str) -> Manifest | None:
         return self._manifests.get(iteration, stage)
@@ -204,6 +211,30 @@ class LocalRunner:
                 self._pending.setdefault((action.iteration, resolved.name), []).append(measurement)
         else:
             promote(self.store, self.storage, action, self.clock())
+
+
+def failed_stage(running: StageProcess, code: int, manifest: str, now: datetime) -> StageObservation:
+    """A stage process that ended without its manifest. Exit code 2 means the stage rejected its input
+    (sil_stages.errors): retrying will not help, so the loop fails at once."""
+    if code == 0:
+        reason, said = (
+            MANIFEST_MISSING,
+            (f"the stage exited 0 without writing {manifest}; the contract says the manifest is written last"),
+        )
+    else:
+        reason = INPUT_REJECTED if code == INPUT_REJECTED_EXIT_CODE else "Error"
+        said = running.last_error_line()
+    return StageObservation(
+        phase=StagePhase.FAILED,
+        attempts=running.action.attempt,
+        run_name=running.action.run_name,
+        run=running.action.run,
+        started_at=running.started_at,
+        finished_at=now,
+        message=f"exit code {code}: {said} (log: {running.log_path})",
+        reason=reason,
+        permanent=code == INPUT_REJECTED_EXIT_CODE,
+    )
 
 
 def local_provider(loop: SelfImprovementLoop, store: Store) -> MetricsProvider:

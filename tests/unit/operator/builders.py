@@ -121,7 +121,11 @@ class FakeWorld:
                 key = (action.iteration, action.stage)
                 self.launches[key] = self.launches.get(key, 0) + 1
                 self.runs[key] = StageObservation(
-                    StagePhase.RUNNING, attempts=action.attempt - 1, run_name=action.run_name, started_at=self.now
+                    StagePhase.RUNNING,
+                    attempts=action.attempt - 1,
+                    run_name=action.run_name,
+                    run=action.run,
+                    started_at=self.now,
                 )
             elif isinstance(action, MeasureGates):
                 gates = {g.name: g for g in self.spec.promotion.gates}
@@ -137,7 +141,11 @@ class FakeWorld:
                 attempt = seen.attempts + 1
                 if self.failing.get(key, 0) >= attempt:
                     self.runs[key] = StageObservation(
-                        StagePhase.FAILED, attempts=attempt, run_name=seen.run_name, message="exit code 1: boom"
+                        StagePhase.FAILED,
+                        attempts=attempt,
+                        run_name=seen.run_name,
+                        run=seen.run,
+                        message="exit code 1: boom",
                     )
                     continue
                 metrics: dict[str, float] = {}
@@ -150,6 +158,7 @@ class FakeWorld:
                     StagePhase.SUCCEEDED,
                     attempts=seen.attempts,
                     run_name=seen.run_name,
+                    run=seen.run,
                     started_at=seen.started_at,
                     finished_at=self.now,
                     metrics=metrics,

@@ -27,8 +27,17 @@ from sil_operator.kube.objects import (
     stage_configmap,
     stage_job,
 )
-from sil_operator.kube.observe import observe_job, observe_jobs
-from sil_operator.planner import Observation, StartStage, plan
+from sil_operator.kube.observe import (
+    UNREADABLE,
+    Finding,
+    finding_from_events,
+    finding_from_pods,
+    needs_diagnosis,
+    observe_job,
+    observe_jobs,
+    termination_message,
+)
+from sil_operator.planner import Observation, StartStage, plan, run_name
 from sil_operator.stageconfig import LoopRef, build_stage_config
 from sil_stages.contract import STAGES, AcquireConfig, parse_stage_config
 
@@ -39,11 +48,16 @@ BASE_MODEL = "file:///models/base"
 DEFAULT_IMAGE = "selfimprove/stage:default"
 
 
-def start(spec: LoopSpec, stage: str = "acquire", iteration: int = 1, attempt: int = 1) -> StartStage:
+def start(spec: LoopSpec, stage: str = "acquire", iteration: int = 1, attempt: int = 1, run: int = 1) -> StartStage:
     """The StartStage the planner would emit for `stage` of `iteration` while the base model is champion."""
     config = build_stage_config(spec, LoopRef(LOOP.name, LOOP.namespace), iteration, stage, BASE_MODEL)
     return StartStage(
-        iteration=iteration, stage=stage, run_name=f"demo-{iteration}-{stage}", attempt=attempt, config=config
+        iteration=iteration,
+        stage=stage,
+        run_name=run_name("demo", iteration, stage, run),
+        attempt=attempt,
+        config=config,
+        run=run,
     )
 
 
@@ -94,7 +108,7 @@ def test_every_stage_job_is_named_loop_iteration_stage(stage: str, iteration: in
 def test_the_attempt_number_is_recorded_on_the_job() -> None:
     spec = make_spec()
     job = stage_job(LOOP, spec, start(spec, "optimize", 2, attempt=3), DEFAULT_IMAGE)
-    assert job["metadata"]["annotations"] == {"selfimprove.dev/attempt": "3"}
+    assert job["metadata"]["annotations"] == {"selfimprove.dev/attempt": "3", "selfimprove.dev/run": "1"}
 
 
 @pytest.mark.parametrize(
@@ -247,10 +261,17 @@ RUNTIME_FIELDS: list[tuple[str, dict[str, Any], Getter, Any]] = [
         "registry.example/stage:v2",
     ),
     (
-        "extra env vars follow the config variable, sorted by name",
+        "extra env vars follow the config variable and the scratch dirs, sorted by name, and replace those",
         {"env": {"ZED": "z", "HF_HOME": "/cache"}},
-        lambda job: [e["name"] for e in container(job)["env"]],
-        ["SIL_STAGE_CONFIG", "PYTHONUNBUFFERED", "HF_HOME", "ZED"],
+        lambda job: [(e["name"], e.get("value")) for e in container(job)["env"]],
+        [
+            ("SIL_STAGE_CONFIG", None),
+            ("PYTHONUNBUFFERED", "1"),
+            ("HOME", "/scratch"),
+            ("TMPDIR", "/tmp"),
+            ("HF_HOME", "/cache"),
+            ("ZED", "z"),
+        ],
     ),
 ]
 
@@ -291,6 +312,82 @@ def test_backoff_limit_defaults_to_two_and_a_stage_override_wins(
     runtime: dict[str, Any], stage: str, expected: int
 ) -> None:
     assert job_for(stage, **runtime)["spec"]["backoffLimit"] == expected
+
+
+@pytest.mark.parametrize(
+    ("limit", "attempt", "expected"),
+    [
+        pytest.param(2, 1, 2, id="first run: the whole limit"),
+        pytest.param(5, 4, 2, id="after a failed Job of 3 pods, the limit raised to 5: 2 retries left"),
+        pytest.param(2, 2, 1, id="after a run that completed without its manifest"),
+        pytest.param(2, 9, 0, id="never negative"),
+    ],
+)
+def test_a_later_runs_job_gets_only_the_retries_the_earlier_runs_left(limit: int, attempt: int, expected: int) -> None:
+    spec = make_spec(runtime={"backoffLimit": limit})
+    job = stage_job(LOOP, spec, start(spec, "select", attempt=attempt, run=2), DEFAULT_IMAGE)
+    assert job["spec"]["backoffLimit"] == expected
+    assert job["metadata"]["name"] == "demo-1-select-r2"
+    assert job["metadata"]["annotations"]["selfimprove.dev/run"] == "2"
+
+
+def test_exit_code_2_fails_the_job_at_once_and_disruptions_are_not_failed_attempts() -> None:
+    job = job_for()
+    assert job["spec"]["podFailurePolicy"] == {
+        "rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In", "values": [2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+    assert pod_spec(job)["restartPolicy"] == "Never", "podFailurePolicy needs restartPolicy Never"
+    assert container(job)["terminationMessagePolicy"] == "FallbackToLogsOnError", "the last log line says why"
+
+
+def test_stage_pods_meet_the_restricted_pod_security_standard_by_default() -> None:
+    job = job_for()
+    assert pod_spec(job)["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container(job)["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def test_stages_write_to_emptydir_volumes_for_tmp_and_scratch_which_home_and_caches_point_to() -> None:
+    job = job_for()
+    assert pod_spec(job)["volumes"] == [{"name": "tmp", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}]
+    assert container(job)["volumeMounts"] == [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "scratch", "mountPath": "/scratch"},
+    ]
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert (env["HOME"], env["HF_HOME"], env["TMPDIR"]) == ("/scratch", "/scratch/.cache/huggingface", "/tmp")
+
+
+@pytest.mark.parametrize(
+    ("runtime", "stage", "pod", "stage_container"),
+    [
+        pytest.param(
+            {"podSecurityContext": {"runAsUser": 0}, "securityContext": {"privileged": True}},
+            "acquire",
+            {"runAsUser": 0},
+            {"privileged": True},
+            id="loop-wide overrides replace the defaults",
+        ),
+        pytest.param(
+            {"stages": {"optimize": {"securityContext": {"capabilities": {"add": ["IPC_LOCK"]}}}}},
+            "optimize",
+            {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            {"capabilities": {"add": ["IPC_LOCK"]}},
+            id="a stage override replaces the container default for that stage only",
+        ),
+        pytest.param(
+            {"podSecurityContext": {}, "securityContext": {}}, "select", {}, {}, id="empty objects remove them"
+        ),
+    ],
+)
+def test_security_contexts_from_the_runtime_replace_the_defaults(
+    runtime: dict[str, Any], stage: str, pod: dict[str, Any], stage_container: dict[str, Any]
+) -> None:
+    job = job_for(stage, **runtime)
+    assert pod_spec(job)["securityContext"] == pod
+    assert container(job)["securityContext"] == stage_container
 
 
 def test_a_stage_override_replaces_only_the_fields_it_sets() -> None:
@@ -429,8 +526,41 @@ def test_a_complete_job_is_a_succeeded_stage_with_its_manifest_metrics() -> None
 
 
 def test_a_complete_job_after_a_failed_pod_counts_that_attempt() -> None:
-    seen = observe_job(k8s_job(status={**COMPLETE, "failed": 1}), None)
+    seen = observe_job(k8s_job(status={**COMPLETE, "failed": 1}), {})
     assert (seen.phase, seen.attempts, dict(seen.metrics)) == (StagePhase.SUCCEEDED, 1, {})
+
+
+def test_a_complete_job_without_its_manifest_is_a_failed_attempt_that_names_the_manifest() -> None:
+    uri = "file:///runs/demo/iterations/1/acquire/_manifest.json"
+    seen = observe_job(k8s_job(status={**COMPLETE, "failed": 1}), None, manifest=uri)
+    assert (seen.phase, seen.attempts, seen.reason, seen.permanent) == (StagePhase.FAILED, 2, "ManifestMissing", False)
+    assert seen.message == (f"the stage exited 0 without writing {uri}; the contract says the manifest is written last")
+
+
+def test_a_complete_job_whose_manifest_cannot_be_read_is_not_decided_yet() -> None:
+    """A store that is down says nothing about the stage: it stays Running and is looked at again soon."""
+    seen = observe_job(k8s_job(status=COMPLETE), UNREADABLE)
+    assert (seen.phase, seen.attempts, seen.reason) == (StagePhase.RUNNING, 0, None)
+    assert seen.recheck_after is not None and seen.recheck_after <= 60
+    assert not seen.blocked
+
+
+def test_a_job_failed_by_the_pod_failure_policy_is_a_permanent_failure_with_the_stages_last_words() -> None:
+    """Exit code 2: the stage rejected its input. One pod failed; the Job's backoffLimit does not matter."""
+    status = {
+        "failed": 1,
+        "conditions": [
+            condition("FailureTarget", "PodFailurePolicy"),
+            condition(
+                "Failed", "PodFailurePolicy", "Container stage for pod ml/demo-1-select-x failed with exit code 2"
+            ),
+        ],
+    }
+    said = Finding(message="select.scorer.verifier: cannot import 'nope'; fix spec.select.scorer.verifier")
+    seen = observe_job(k8s_job(1, "select", status=status, backoff_limit=3), None, finding=said)
+    assert (seen.phase, seen.attempts, seen.reason, seen.permanent) == (StagePhase.FAILED, 1, "InputRejected", True)
+    assert seen.message is not None
+    assert "exit code 2" in seen.message and "fix spec.select.scorer.verifier" in seen.message
 
 
 @pytest.mark.parametrize(
@@ -484,6 +614,107 @@ def test_a_job_neither_complete_nor_failed_is_a_running_stage(job: dict[str, Any
     assert seen.phase is StagePhase.RUNNING
     assert seen.attempts == attempts
     assert seen.started_at is not None, "startTime, else the creation time"
+    assert not seen.blocked
+
+
+@pytest.mark.parametrize(
+    ("job", "recheck"),
+    [
+        pytest.param(k8s_job(status={"active": 1, "ready": 1}), False, id="a ready pod: its changes wake the runner"),
+        pytest.param(k8s_job(status={"active": 1, "ready": 0}), True, id="a pod, not ready"),
+        pytest.param(k8s_job(status={}), True, id="no pod: no Job event comes if none can be created"),
+        pytest.param(k8s_job(suspend=True), False, id="suspended: waiting for Kueue is not being stuck"),
+    ],
+)
+def test_a_running_job_without_a_ready_pod_is_looked_at_again_within_a_minute(
+    job: dict[str, Any], recheck: bool
+) -> None:
+    seen = observe_job(job, None)
+    assert (seen.recheck_after is not None) is recheck
+    if recheck:
+        assert seen.recheck_after is not None and seen.recheck_after <= 60
+
+
+def test_a_running_job_with_a_finding_is_a_blocked_stage() -> None:
+    found = Finding("FailedCreate", 'pods "demo-1-acquire-x" is forbidden: exceeded quota: pods, requested: pods=1')
+    seen = observe_job(k8s_job(status={}), None, finding=found)
+    assert seen.phase is StagePhase.RUNNING
+    assert seen.blocked
+    assert (seen.reason, seen.message) == (found.reason, found.message)
+
+
+AT = datetime(2026, 1, 1, 0, 0, 30, tzinfo=UTC)  # 30 s after k8s_job's creationTimestamp
+
+
+@pytest.mark.parametrize(
+    ("job", "now", "expected"),
+    [
+        pytest.param(k8s_job(status={}), AT, True, id="no pod for 30 s"),
+        pytest.param(k8s_job(status={"active": 1}), AT, True, id="a pod, never ready, for 30 s"),
+        pytest.param(k8s_job(status={}), datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC), False, id="just created"),
+        pytest.param(k8s_job(status={"active": 1, "ready": 1}), AT, False, id="running"),
+        pytest.param(k8s_job(suspend=True), AT, False, id="suspended"),
+        pytest.param(k8s_job(status=COMPLETE), AT, False, id="complete"),
+    ],
+)
+def test_only_jobs_without_a_ready_pod_for_a_while_are_looked_into(
+    job: dict[str, Any], now: datetime, expected: bool
+) -> None:
+    assert needs_diagnosis(job, now) is expected
+
+
+def event(reason: str, message: str, at: str, kind: str = "Warning") -> dict[str, Any]:
+    return {"type": kind, "reason": reason, "message": message, "lastTimestamp": at}
+
+
+def test_the_newest_failed_create_event_says_why_a_job_has_no_pod() -> None:
+    events = [
+        event("FailedCreate", "error looking up service account ml/trainer: not found", "2026-01-01T00:00:10Z"),
+        event(
+            "FailedCreate", 'pods "x" is forbidden: violates PodSecurity "restricted:latest"', "2026-01-01T00:00:20Z"
+        ),
+        event("SuccessfulCreate", "Created pod: x", "2026-01-01T00:00:30Z", kind="Normal"),
+    ]
+    assert finding_from_events(events) == Finding(
+        "FailedCreate", 'pods "x" is forbidden: violates PodSecurity "restricted:latest"'
+    )
+    assert finding_from_events([events[2]]) is None
+    assert finding_from_events([]) is None
+
+
+def pod(name: str, state: dict[str, Any], container_name: str = "stage") -> dict[str, Any]:
+    return {"metadata": {"name": name}, "status": {"containerStatuses": [{"name": container_name, "state": state}]}}
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        pytest.param(
+            {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "private/stage:v1"'}},
+            Finding("ImagePullBackOff", 'pod p: ImagePullBackOff: Back-off pulling image "private/stage:v1"'),
+            id="image pull",
+        ),
+        pytest.param(
+            {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s3" not found'}},
+            Finding("CreateContainerConfigError", 'pod p: CreateContainerConfigError: secret "s3" not found'),
+            id="missing Secret",
+        ),
+        pytest.param({"waiting": {"reason": "ContainerCreating"}}, None, id="still starting"),
+        pytest.param({"running": {"startedAt": "2026-01-01T00:00:01Z"}}, None, id="running"),
+    ],
+)
+def test_a_pod_waiting_for_a_reason_that_waiting_will_not_fix_blocks_its_stage(
+    state: dict[str, Any], expected: Finding | None
+) -> None:
+    assert finding_from_pods([pod("p", state)]) == expected
+
+
+def test_the_termination_message_of_the_failed_stage_container_is_its_last_log_line() -> None:
+    failed = {"terminated": {"exitCode": 2, "message": "Traceback ...\nselect.keep.minScore: fix it"}}
+    assert termination_message([pod("a", {"terminated": {"exitCode": 0}}), pod("b", failed)]) == Finding(
+        message="select.keep.minScore: fix it"
+    )
+    assert termination_message([pod("c", failed, container_name="sidecar")]) is None
 
 
 class MetricsSpy:
@@ -536,3 +767,46 @@ def test_observe_jobs_without_jobs_observes_the_status_iteration_and_passes_meas
     observed = observe_jobs([], status_iteration=1, metrics=MetricsSpy(), measurements=measured)
     assert (observed.iteration, dict(observed.stages)) == (1, {})
     assert observed.measurements_of(1, "improves") == measured[(1, "improves")]
+
+
+def run_job(run: int, status: dict[str, Any], backoff_limit: int = 2) -> dict[str, Any]:
+    job = k8s_job(1, "select", status=status, backoff_limit=backoff_limit)
+    if run > 1:
+        job["metadata"]["name"] += f"-r{run}"
+        job["metadata"]["annotations"] = {"selfimprove.dev/run": str(run)}
+    return job
+
+
+FAILED_3 = {"failed": 3, "conditions": [condition("Failed", "BackoffLimitExceeded")]}
+
+
+def test_the_newest_run_of_a_stage_is_observed_with_the_failed_attempts_of_all_its_runs() -> None:
+    """Run 1 failed 3 pods, run 2 completed without its manifest (1 more), run 3 runs after 1 failed pod."""
+    jobs = [run_job(3, {"active": 1, "ready": 1, "failed": 1}), run_job(1, FAILED_3), run_job(2, COMPLETE)]
+    observed = observe_jobs(jobs, 1, lambda iteration, stage: None)
+    seen = observed.stages["select"]
+    assert (seen.phase, seen.run, seen.run_name, seen.attempts) == (StagePhase.RUNNING, 3, "demo-1-select-r3", 5)
+
+
+def test_a_job_without_a_run_annotation_is_the_first_run() -> None:
+    observed = observe_jobs([run_job(1, FAILED_3), run_job(2, COMPLETE)], 1, lambda iteration, stage: {"kept": 1.0})
+    seen = observed.stages["select"]
+    assert (seen.phase, seen.run, seen.attempts, dict(seen.metrics)) == (StagePhase.SUCCEEDED, 2, 3, {"kept": 1.0})
+
+
+def test_observe_jobs_names_the_missing_manifest_by_its_uri_and_attaches_findings_to_their_job() -> None:
+    blocked = run_job(1, {})
+    found = Finding("FailedCreate", "exceeded quota")
+    observed = observe_jobs(
+        [blocked, k8s_job(1, "acquire", status=COMPLETE)],
+        1,
+        lambda iteration, stage: None,
+        findings={"demo-1-select": found, "other": Finding("X", "y")},
+        storage_uri="s3://bucket/runs/demo",
+    )
+    assert observed.stages["select"].reason == "FailedCreate"
+    acquire = observed.stages["acquire"]
+    assert acquire.reason == "ManifestMissing"
+    assert (
+        acquire.message is not None and "s3://bucket/runs/demo/iterations/1/acquire/_manifest.json" in acquire.message
+    )

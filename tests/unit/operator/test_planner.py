@@ -418,6 +418,97 @@ def test_a_stage_that_fails_for_good_fails_the_loop_naming_the_stage_and_run() -
     assert world.plan(status).actions == ()
 
 
+def test_each_retry_by_the_planner_is_a_new_run_under_a_new_name() -> None:
+    """The failed run's Job still exists: reusing its name would be a 409 and a Running/Failed flip forever."""
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": 2}), scores={1: (0.5, 0.4)})
+    world.failing[(1, "select")] = 2
+    names: list[str] = []
+    status = LoopStatus()
+    for _ in range(12):
+        result = world.plan(status)
+        names += [a.run_name for a in result.actions if isinstance(a, StartStage) and a.stage == "select"]
+        world.apply(result)
+        world.finish_running()
+        status = result.status
+    assert names == ["demo-1-select", "demo-1-select-r2", "demo-1-select-r3"]
+    select = status.iterations[0].stage("select")
+    assert select is not None and (select.runs, select.phase) == (3, StagePhase.SUCCEEDED)
+
+
+def test_raising_backoff_limit_while_a_stage_runs_retries_its_failed_job_as_a_new_run() -> None:
+    """The Job was created with backoffLimit 2 and fails after 3 pods; the spec now allows 5: one more run."""
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": 2}))
+    status, _ = world.step(LoopStatus())  # acquire done
+    result = world.plan(status)
+    world.apply(result)  # select running
+    world.spec = make_spec(maxIterations=1, runtime={"backoffLimit": 5})
+    world.loop = replace(world.loop, generation=2)
+    world.runs[(1, "select")] = StageObservation(
+        StagePhase.FAILED, attempts=3, run_name="demo-1-select", message="BackoffLimitExceeded"
+    )
+    retried = world.plan(result.status)
+    assert retried.status.phase is LoopPhase.RUNNING
+    action = next(a for a in retried.actions if isinstance(a, StartStage))
+    assert (action.run_name, action.run, action.attempt) == ("demo-1-select-r2", 2, 4)
+    world.apply(retried)
+    assert started(world.plan(retried.status).actions) == [], "the new run is observed running"
+
+
+@pytest.mark.parametrize("backoff", [0, 3])
+def test_a_stage_that_rejects_its_input_fails_the_loop_at_once_whatever_the_backoff_limit(backoff: int) -> None:
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": backoff}))
+    status, _ = world.step(LoopStatus())
+    result = world.plan(status)
+    world.apply(result)
+    world.runs[(1, "select")] = StageObservation(
+        StagePhase.FAILED,
+        attempts=1,
+        run_name="demo-1-select",
+        reason="InputRejected",
+        permanent=True,
+        message="exit code 2: select.scorer.verifier: no module 'nope'; fix the spec",
+    )
+    failed = world.plan(result.status)
+    assert started(failed.actions) == []
+    assert failed.status.phase is LoopPhase.FAILED
+    assert condition(failed.status, "Failed") == ("True", "StageRejectedInput")
+    assert failed.status.message is not None
+    assert "rejected its input" in failed.status.message and "no module 'nope'" in failed.status.message
+    select = failed.status.iterations[0].stage("select")
+    assert select is not None and select.reason == "InputRejected"
+
+
+def test_a_stage_that_cannot_run_shows_its_cause_once_and_is_rechecked() -> None:
+    world = FakeWorld(make_spec(maxIterations=1))
+    result = world.plan(LoopStatus())
+    world.apply(result)
+    blocked = StageObservation(
+        StagePhase.RUNNING,
+        run_name="demo-1-acquire",
+        reason="FailedCreate",
+        message='pods "demo-1-acquire-x" is forbidden: exceeded quota: none',
+        recheck_after=30.0,
+    )
+    world.runs[(1, "acquire")] = blocked
+    first = world.plan(result.status)
+    assert first.status.phase is LoopPhase.RUNNING
+    assert condition(first.status, "Progressing") == ("False", "FailedCreate")
+    assert all(condition(first.status, kind)[0] == "False" for kind in ("Failed", "Complete", "Suspended"))
+    assert first.status.message is not None and "exceeded quota" in first.status.message
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "StageBlocked")]
+    assert first.requeue_after == 30.0
+    assert first.actions == ()
+    world.runs[(1, "acquire")] = replace(blocked, message='pods "demo-1-acquire-y" is forbidden: exceeded quota')
+    second = world.plan(first.status)
+    assert second.events == (), "the Warning is posted when the stage becomes blocked, not on every look"
+    assert second.requeue_after == 30.0
+    world.runs[(1, "acquire")] = replace(blocked, reason=None, message=None, recheck_after=None)
+    unblocked = world.plan(second.status)
+    assert condition(unblocked.status, "Progressing") == ("True", "StageRunning")
+    assert unblocked.status.message is None
+    assert unblocked.requeue_after is None
+
+
 # -- suspend and resume -----------------------------------------------------------------------------------
 
 
@@ -542,3 +633,17 @@ def test_a_rejected_event_says_why_in_numbers() -> None:
     (warning,) = [e for e in events if e.reason == "LowYield"]
     assert warning.type == "Warning"
     assert warning.message.startswith("iteration 1: select kept 4 of 400 samples (1.0%)")
+
+
+def test_a_runner_condition_survives_every_plan() -> None:
+    from sil_operator.api.status import Condition
+
+    world = FakeWorld(make_spec())
+    degraded = Condition(
+        type="Degraded", status="True", reason="StoreError", message="no answer", last_transition_time=T0
+    )
+    status = world.plan(LoopStatus()).status
+    status = status.model_copy(update={"conditions": [*status.conditions, degraded]})
+    for _ in range(3):
+        status, _result = world.step(status)
+        assert degraded in status.conditions
