@@ -27,8 +27,8 @@ from sil_operator.failures import PromotionCheckFailed
 from sil_operator.manifests import read_manifest
 from sil_operator.planner import Promote
 from sil_stages.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
-from sil_stages.store import Store, StoreError, join
-from sil_stages.verify import verify_tree
+from sil_stages.store import Store, StoreError
+from sil_stages.verify import check_sizes, verify_tree
 
 _RERUN_HINT = "delete the optimize stage's _manifest.json of this iteration to train and evaluate it again"
 
@@ -65,12 +65,7 @@ def check_candidate(store: Store, storage_uri: str, iteration: int) -> None:
             f"{uri}: changed after evaluate verified the candidate (sha256 {digest}, evaluate checked {verified}); "
             f"nothing is promoted; {_RERUN_HINT}"
         )
-    for entry in checkpoint:
-        file_uri = join(optimize_dir, entry.path)
-        size = store.size(file_uri)
-        if size is None:
-            raise PromotionCheckFailed(f"{file_uri}: missing, although the optimize manifest lists it; {_RERUN_HINT}")
-        if size != entry.size:
-            raise PromotionCheckFailed(
-                f"{file_uri}: {size} bytes where the optimize manifest says {entry.size}; {_RERUN_HINT}"
-            )
+    try:
+        check_sizes(store, optimize_dir, checkpoint, "the optimize manifest", _RERUN_HINT)
+    except StoreError as error:
+        raise PromotionCheckFailed(str(error)) from error

@@ -26,6 +26,18 @@ def entries_under(manifest: Manifest | Iterable[FileEntry], folder: str) -> list
     ]
 
 
+def check_sizes(store: Store, stage_dir_uri: str, entries: Iterable[FileEntry], listed_by: str, hint: str) -> None:
+    """Every entry exists under `stage_dir_uri` with its listed size (one HEAD each, no content read); else a
+    StoreError naming the first bad file, `listed_by` (which manifest lists it) and `hint` (what to do)."""
+    for entry in entries:
+        uri = join(stage_dir_uri, entry.path)
+        size = store.size(uri)
+        if size is None:
+            raise StoreError(f"{uri}: missing, although {listed_by} lists it; {hint}")
+        if size != entry.size:
+            raise StoreError(f"{uri}: wrong size, {size} bytes where {listed_by} says {entry.size}; {hint}")
+
+
 def verify_tree(store: Store, stage_dir_uri: str, manifest: Manifest | Iterable[FileEntry]) -> None:
     """Every listed file exists under `stage_dir_uri` with its size and sha256; else a StoreError on the first bad one.
 
@@ -33,16 +45,7 @@ def verify_tree(store: Store, stage_dir_uri: str, manifest: Manifest | Iterable[
     checkpoint bytes; then each file is read back in full and hashed.
     """
     entries = list(manifest.files if isinstance(manifest, Manifest) else manifest)
-    for entry in entries:
-        uri = join(stage_dir_uri, entry.path)
-        size = store.size(uri)
-        if size is None:
-            raise StoreError(f"{uri}: missing, although the manifest of {stage_dir_uri} lists it; {_RERUN_HINT}")
-        if size != entry.size:
-            raise StoreError(
-                f"{uri}: wrong size, {size} bytes where the manifest of {stage_dir_uri} says {entry.size}; "
-                f"{_RERUN_HINT}"
-            )
+    check_sizes(store, stage_dir_uri, entries, f"the manifest of {stage_dir_uri}", _RERUN_HINT)
     for entry in entries:
         uri = join(stage_dir_uri, entry.path)
         digest = store.sha256(uri)

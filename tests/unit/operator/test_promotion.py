@@ -139,7 +139,7 @@ def test_a_tampered_optimize_manifest_is_refused_and_nothing_is_promoted(
     ("change", "message"),
     [
         ("missing", r"model.safetensors: missing, although the optimize manifest lists it"),
-        ("resized", r"model.safetensors: 10 bytes where the optimize manifest says 300000"),
+        ("resized", r"model.safetensors: wrong size, 10 bytes where the optimize manifest says 300000"),
     ],
 )
 def test_a_missing_or_resized_checkpoint_file_is_refused(
