@@ -42,15 +42,24 @@ def exposition(series: Iterable[MetricSample]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def group_url(address: str, grouping: Mapping[str, str]) -> str:
-    """`<address>/metrics/job/selfimprove_eval/<key>/<value>...`, each path part URL-escaped."""
+def group_url(address: str, grouping: Mapping[str, str], job: str = JOB) -> str:
+    """`<address>/metrics/job/<job>/<key>/<value>...`, each path part URL-escaped."""
     path = "".join(f"/{quote(key, safe='')}/{quote(value, safe='')}" for key, value in grouping.items())
-    return f"{address.rstrip('/')}/metrics/job/{JOB}{path}"
+    return f"{address.rstrip('/')}/metrics/job/{quote(job, safe='')}{path}"
 
 
-def push(address: str, series: Iterable[MetricSample], grouping: Mapping[str, str], timeout: float = 30.0) -> None:
-    """PUTs the series (replacing the group's previous push); raises `ConnectionError` when that fails."""
-    url = group_url(address, grouping)
+def push(
+    address: str,
+    series: Iterable[MetricSample],
+    grouping: Mapping[str, str],
+    timeout: float = 30.0,
+    job: str = JOB,
+) -> None:
+    """PUTs the series (replacing the group's previous push); raises `ConnectionError` when that fails.
+
+    Each stage pushes under its own `job` (a PUT replaces the whole group, so evaluate and optimize must not share
+    one)."""
+    url = group_url(address, grouping, job)
     request = urllib.request.Request(
         url,
         data=exposition(series).encode("utf-8"),
