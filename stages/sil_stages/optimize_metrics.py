@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 JOB = "selfimprove_optimize"
 PREFIX = "selfimprove_optimize_"
 _NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9_]")
+HELP = "Optimize stage metric of a self-improvement loop: the trainer's last logged value, or a stage summary."
 
 
 def series_name(metric: str) -> str:
@@ -42,5 +43,5 @@ def push_metrics(config: OptimizeConfig, metrics: dict[str, float]) -> None:
         return
     grouping = {"namespace": config.namespace, "loop": config.loop, "iteration": str(config.iteration)}
     series = optimize_series(config, metrics)
-    push(config.pushgateway, series, grouping, job=JOB)
+    push(config.pushgateway, series, grouping, job=JOB, default_help=HELP)
     log.info("pushed %d series to %s", len(series), config.pushgateway)

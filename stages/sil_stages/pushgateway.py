@@ -27,14 +27,17 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def exposition(series: Iterable[MetricSample]) -> str:
+DEFAULT_HELP = "Evaluation metric of a self-improvement loop."
+
+
+def exposition(series: Iterable[MetricSample], default_help: str = DEFAULT_HELP) -> str:
     """The Prometheus text format of `series`: every metric a gauge, samples grouped under one TYPE line."""
     by_name: dict[str, list[MetricSample]] = {}
     for sample in series:
         by_name.setdefault(sample.name, []).append(sample)
     lines: list[str] = []
     for name, samples in by_name.items():
-        lines.append(f"# HELP {name} {HELP.get(name, 'Evaluation metric of a self-improvement loop.')}")
+        lines.append(f"# HELP {name} {HELP.get(name, default_help)}")
         lines.append(f"# TYPE {name} gauge")
         for sample in samples:
             labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(sample.labels.items()))
@@ -54,6 +57,7 @@ def push(
     grouping: Mapping[str, str],
     timeout: float = 30.0,
     job: str = JOB,
+    default_help: str = DEFAULT_HELP,
 ) -> None:
     """PUTs the series (replacing the group's previous push); raises `ConnectionError` when that fails.
 
@@ -62,7 +66,7 @@ def push(
     url = group_url(address, grouping, job)
     request = urllib.request.Request(
         url,
-        data=exposition(series).encode("utf-8"),
+        data=exposition(series, default_help).encode("utf-8"),
         method="PUT",
         headers={"Content-Type": "text/plain; version=0.0.4"},
     )

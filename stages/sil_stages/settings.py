@@ -27,7 +27,6 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
-    field_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
@@ -276,37 +275,7 @@ class Lora(Settings):
     )
 
 
-class Dpo(Settings):
-    """Iterative DPO on the pairs select built (TRL DPOTrainer)."""
-
-    beta: float = Field(
-        default=0.1, gt=0.0, le=10.0, description="Strength of the pull towards the reference model. Default: 0.1."
-    )
-    loss_type: list[str] = Field(
-        default_factory=lambda: ["sigmoid", "sft"],
-        min_length=1,
-        max_length=4,
-        description="TRL DPO loss types, summed: [sigmoid] is plain DPO, [sigmoid, sft] is RPO (DPO plus the "
-        "likelihood of the chosen completion; plain DPO on self-generated pairs mostly pushes the rejected "
-        "likelihood down and can lower accuracy). Others: hinge, ipo, robust, apo_zero, ... "
-        "Default: [sigmoid, sft].",
-    )
-    reference: Literal["champion", "base"] = Field(
-        default="champion",
-        description="The reference model of the DPO loss. champion: the model this iteration starts from. base: "
-        "spec.model, fixed across iterations (more stable over many rounds). Default: champion.",
-    )
-
-    @field_validator("loss_type")
-    @classmethod
-    def _known_losses(cls, value: list[str]) -> list[str]:
-        unknown = [loss for loss in value if loss not in DPO_LOSSES]
-        if unknown:
-            raise ValueError(f"unknown loss type {unknown[0]!r}; expected some of {', '.join(DPO_LOSSES)}")
-        return value
-
-
-DPO_LOSSES = (
+DpoLoss = Literal[
     "sigmoid",
     "hinge",
     "ipo",
@@ -322,8 +291,30 @@ DPO_LOSSES = (
     "discopop",
     "sft",
     "sigmoid_norm",
-)
+]
 """TRL 1.x `DPOConfig.loss_type` values."""
+
+
+class Dpo(Settings):
+    """Iterative DPO on the pairs select built (TRL DPOTrainer)."""
+
+    beta: float = Field(
+        default=0.1, gt=0.0, le=10.0, description="Strength of the pull towards the reference model. Default: 0.1."
+    )
+    loss_type: list[DpoLoss] = Field(
+        default_factory=lambda: ["sigmoid", "sft"],
+        min_length=1,
+        max_length=4,
+        description="TRL DPO loss types, summed: [sigmoid] is plain DPO, [sigmoid, sft] is RPO (DPO plus the "
+        "likelihood of the chosen completion; plain DPO on self-generated pairs mostly pushes the rejected "
+        "likelihood down and can lower accuracy). Others: hinge, ipo, robust, apo_zero, ... "
+        "Default: [sigmoid, sft].",
+    )
+    reference: Literal["champion", "base"] = Field(
+        default="champion",
+        description="The reference model of the DPO loss. champion: the model this iteration starts from. base: "
+        "spec.model, fixed across iterations (more stable over many rounds). Default: champion.",
+    )
 
 
 class Grpo(Settings):
