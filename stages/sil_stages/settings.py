@@ -295,6 +295,10 @@ DpoLoss = Literal[
 """TRL 1.x `DPOConfig.loss_type` values."""
 
 
+def _rpo() -> list[DpoLoss]:
+    return ["sigmoid", "sft"]
+
+
 class Dpo(Settings):
     """Iterative DPO on the pairs select built (TRL DPOTrainer)."""
 
@@ -302,7 +306,7 @@ class Dpo(Settings):
         default=0.1, gt=0.0, le=10.0, description="Strength of the pull towards the reference model. Default: 0.1."
     )
     loss_type: list[DpoLoss] = Field(
-        default_factory=lambda: ["sigmoid", "sft"],
+        default_factory=_rpo,
         min_length=1,
         max_length=4,
         description="TRL DPO loss types, summed: [sigmoid] is plain DPO, [sigmoid, sft] is RPO (DPO plus the "
