@@ -199,11 +199,11 @@ class SelectSpec(ApiModel):
     scorer: Scorer = Field(default_factory=Scorer, description="How completions are scored.")
     keep: Keep = Field(
         default_factory=Keep,
-        description="Which scored completions become training data (methods that train on completions, e.g. sft).",
+        description="Which scored completions become training data. Used by methods that train on completions (sft).",
     )
     pairs: Pairs = Field(
         default_factory=Pairs,
-        description="How scored completions become preference pairs (methods that train on pairs, e.g. dpo).",
+        description="How scored completions become preference pairs. Used by methods that train on pairs (dpo).",
     )
 
 

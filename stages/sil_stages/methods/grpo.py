@@ -76,7 +76,8 @@ METHOD = Method(
     train=train,
     checks=(
         CelCheck(
-            rule="self.method != 'grpo' || "
+            # has(): the API server also checks the rule against the CRD's `default: {}` of spec.optimize.
+            rule="!has(self.method) || self.method != 'grpo' || "
             f"(self.hyperparameters.batchSize * self.hyperparameters.gradientAccumulationSteps) % {_GROUPS} == 0",
             message="method grpo: hyperparameters.batchSize x gradientAccumulationSteps (completions per optimizer "
             "step) must be divisible by grpo.numGenerations (default "
