@@ -46,15 +46,18 @@ def run(config: OptimizeConfig, store: Store) -> Manifest:
     if not records and method.empty_data is not None:
         raise StageInputError(method.empty_data)
     model_path = resolve_model(store, config.init_model_uri, field="init_model_uri")
-    reference_path = None
-    if config.base_model_uri is not None and config.base_model_uri != config.init_model_uri:
-        reference_path = resolve_model(store, config.base_model_uri, field="base_model_uri")
+
+    def base_model() -> str:
+        if config.base_model_uri is None:
+            raise StageInputError("base_model_uri: this method needs the base model (spec.model); set base_model_uri")
+        return resolve_model(store, config.base_model_uri, field="base_model_uri")
+
     seed = derive_seed(config.seed + config.hyperparameters.seed, config.iteration, "optimize")
     with tempfile.TemporaryDirectory(prefix="sil-optimize-") as tmp:
         job = TrainingJob(
             config=config,
             model_path=model_path,
-            reference_path=reference_path or model_path,
+            base_model=base_model,
             records=records,
             workdir=Path(tmp),
             seed=seed,

@@ -56,8 +56,9 @@ class TrainingJob:
     config: Any
     """The `OptimizeConfig` (typed Any here: contract imports this module)."""
     model_path: str
-    reference_path: str | None
-    """spec.model resolved, for methods whose reference can be the base model."""
+    base_model: Callable[[], str]
+    """spec.model resolved to a local path (or hub id) when called: for methods whose reference can be the base
+    model. Lazy, so that no other method downloads it."""
     records: list[Record]
     workdir: Path
     seed: int

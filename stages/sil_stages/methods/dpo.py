@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sil_stages.errors import StageInputError
 from sil_stages.methods.base import Method, TrainingJob
 from sil_stages.methods.training import common_arguments, finish, load_policy, peft_config, snapshot
 from sil_stages.settings import Dpo
@@ -27,11 +26,9 @@ def reference_model(job: TrainingJob, settings: Dpo) -> Any:
     """None lets TRL copy the init model (or disable the LoRA adapter) as the reference; `base` loads spec.model."""
     if settings.reference == "champion":
         return None
-    if job.reference_path is None:
-        raise StageInputError("base_model_uri: dpo.reference base needs the base model's URI in the optimize config")
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(job.reference_path)
+    return AutoModelForCausalLM.from_pretrained(job.base_model())
 
 
 def train(job: TrainingJob) -> dict[str, float]:

@@ -104,6 +104,23 @@ def test_dpo_with_the_base_model_as_reference_trains(
     assert _manifest(config)["metrics"]["param_delta_l2"] > 0
 
 
+def test_dpo_with_lora_and_the_base_model_as_reference_trains(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    config = _config(
+        tmp_path,
+        stage_config,
+        tiny_model,
+        "dpo",
+        dpo={"reference": "base"},
+        base_model_uri=tiny_model.as_uri(),
+        lora={"r": 4, "alpha": 8},
+    )
+    assert _run(config) == 0
+    assert _manifest(config)["metrics"]["param_delta_l2"] > 0
+    assert (output_dir(config) / "adapter" / "adapter_config.json").is_file()
+
+
 def test_grpo_is_rewarded_by_the_loop_verifier_and_logs_reward_statistics(
     tmp_path: Path, stage_config: StageConfig, tiny_model: Path
 ) -> None:
