@@ -79,6 +79,9 @@ MAJORITY = "select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2
 NO_CONDITION = "a gate needs successCondition, failureCondition or both"
 REGEX = "the API server cannot compile a regular expression given as a value"
 CEL = "the API server cannot compile a CEL expression given as a value"
+DPO_BLOCK = "optimize.dpo holds the settings of method dpo"
+GRPO_BLOCK = "optimize.grpo holds the settings of method grpo"
+GRPO_GROUPS = "must be divisible by grpo.numGenerations"
 
 INVALID: list[Invalid] = [
     # bounds and types
@@ -119,10 +122,39 @@ INVALID: list[Invalid] = [
     Invalid("unknown scorer type", {"spec.select.scorer.type": "reward-model"}, "spec.select.scorer.type"),
     Invalid("unknown optimize method", {"spec.optimize": {"method": "ppo"}}, "spec.optimize.method"),
     Invalid(
+        "unknown grpo loss type",
+        {"spec.optimize": {"method": "grpo", "grpo": {"lossType": "ppo"}}},
+        "spec.optimize.grpo.lossType",
+    ),
+    Invalid(
+        "unknown dpo reference",
+        {"spec.optimize": {"method": "dpo", "dpo": {"reference": "sft"}}},
+        "spec.optimize.dpo.reference",
+    ),
+    Invalid(
         "unknown lr scheduler",
         {"spec.optimize": {"hyperparameters": {"lrScheduler": "warmup"}}},
         "spec.optimize.hyperparameters.lrScheduler",
     ),
+    # method settings: bounds
+    Invalid("dpo beta 0", {"spec.optimize": {"method": "dpo", "dpo": {"beta": 0}}}, "spec.optimize.dpo.beta"),
+    Invalid(
+        "an empty dpo loss type list",
+        {"spec.optimize": {"method": "dpo", "dpo": {"lossType": []}}},
+        "spec.optimize.dpo.lossType",
+    ),
+    Invalid(
+        "grpo with one generation per prompt",
+        {"spec.optimize": {"method": "grpo", "grpo": {"numGenerations": 1}}},
+        "spec.optimize.grpo.numGenerations",
+    ),
+    Invalid("lora rank 0", {"spec.optimize": {"lora": {"r": 0}}}, "spec.optimize.lora.r"),
+    Invalid(
+        "lora without target modules",
+        {"spec.optimize": {"lora": {"targetModules": []}}},
+        "spec.optimize.lora.targetModules",
+    ),
+    Invalid("a negative pair margin", {"spec.select.pairs": {"minMargin": -1}}, "spec.select.pairs.minMargin"),
     # unknown and missing fields
     Invalid("an unknown field", {"spec.maxIteration": 3}, "spec.maxIteration"),
     Invalid("an unknown nested field", {"spec.runtime.backoffLimits": 1}, "spec.runtime.backoffLimits"),
@@ -213,6 +245,30 @@ INVALID: list[Invalid] = [
         },
         "spec.acquire.samplesPerPrompt",
         says=MAJORITY,
+    ),
+    Invalid(
+        "a dpo block with method sft",
+        {"spec.optimize": {"dpo": {"beta": 0.2}}},
+        "spec.optimize.dpo",
+        says=DPO_BLOCK,
+    ),
+    Invalid(
+        "a grpo block with method dpo",
+        {"spec.optimize": {"method": "dpo", "grpo": {"numGenerations": 4}}},
+        "spec.optimize.grpo",
+        says=GRPO_BLOCK,
+    ),
+    Invalid(
+        "grpo whose batch does not hold whole groups",
+        {"spec.optimize": {"method": "grpo", "grpo": {"numGenerations": 6}, "hyperparameters": {"batchSize": 16}}},
+        "spec.optimize.hyperparameters.batchSize",
+        says=GRPO_GROUPS,
+    ),
+    Invalid(
+        "grpo with the default 8 generations and a batch of 12",
+        {"spec.optimize": {"method": "grpo", "hyperparameters": {"batchSize": 12}}},
+        "spec.optimize.hyperparameters.batchSize",
+        says=GRPO_GROUPS,
     ),
     Invalid(
         "a gate without any condition",

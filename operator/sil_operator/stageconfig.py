@@ -21,6 +21,8 @@ from sil_stages.contract import (
     StorageOptions,
     stage_uri,
 )
+from sil_stages.methods import get_method
+from sil_stages.optimization import Optimization
 from sil_stages.store import join
 
 AnyStageConfig = AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig
@@ -86,6 +88,8 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             samples_uri=samples_uri(storage, iteration),
             scorer=select.scorer,
             keep=select.keep,
+            data=get_method(spec.optimize.method).data,
+            pairs=select.pairs,
         )
     if stage == "optimize":
         optimize = spec.optimize
@@ -93,8 +97,12 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             **common,
             train_uri=train_uri(storage, iteration),
             init_model_uri=champion_uri if optimize.init_from == "champion" else spec.model.uri,
-            method=optimize.method,
-            hyperparameters=optimize.hyperparameters,
+            base_model_uri=spec.model.uri,
+            # The training settings as they are: method, its block, lora, hyperparameters (one model, both sides).
+            **{name: getattr(optimize, name) for name in Optimization.model_fields},
+            scorer=spec.select.scorer,
+            engine=spec.acquire.engine,
+            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
         )
     if stage == "evaluate":
         evaluate = spec.evaluate

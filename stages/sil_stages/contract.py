@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sil_stages import settings
+from sil_stages.methods.base import DataShape
+from sil_stages.optimization import Optimization
 
 STAGES: tuple[str, ...] = ("acquire", "select", "optimize", "evaluate")
 """The stage order of one iteration."""
@@ -58,6 +60,7 @@ KeepConfig = settings.Keep
 Hyperparameters = settings.Hyperparameters
 EvalDatasetConfig = settings.EvalDataset
 RefinementConfig = settings.Refinement
+PairsConfig = settings.Pairs
 
 
 class MetricLabels(_Frozen):
@@ -96,14 +99,26 @@ class SelectConfig(_StageConfigBase):
     samples_uri: str
     scorer: ScorerConfig = ScorerConfig()
     keep: KeepConfig = KeepConfig()
+    data: DataShape = "prompt-completion"
+    """The shape of `train.jsonl`: the one the optimize method consumes (`sil_stages.methods`)."""
+    pairs: PairsConfig = PairsConfig()
 
 
-class OptimizeConfig(_StageConfigBase):
+class OptimizeConfig(_StageConfigBase, Optimization):
+    """spec.optimize's settings as they are (`Optimization`), plus where to read and what the methods need."""
+
+    model_config = _OWN_NAMES
     stage: Literal["optimize"] = "optimize"
     train_uri: str
     init_model_uri: str
-    method: Literal["sft"] = "sft"
-    hyperparameters: Hyperparameters = Hyperparameters()
+    base_model_uri: str | None = None
+    """spec.model: the reference of `dpo.reference: base`."""
+    scorer: ScorerConfig = ScorerConfig()
+    """select's scorer: the reward of methods that generate their own rollouts (grpo)."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """acquire's engine: grpo rolls out with vLLM (colocated) when it is vllm and a GPU is there."""
+    pushgateway: str | None = None
+    """Pushgateway URL to push the trainer's metrics to (grouped by namespace, loop, iteration); None: don't."""
 
 
 class EvaluateConfig(_StageConfigBase, settings.Judging):

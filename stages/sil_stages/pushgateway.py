@@ -58,14 +58,17 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def exposition(series: Iterable[MetricSample]) -> str:
+DEFAULT_HELP = "Evaluation metric of a self-improvement loop."
+
+
+def exposition(series: Iterable[MetricSample], default_help: str = DEFAULT_HELP) -> str:
     """The Prometheus text format of `series`: every metric a gauge, samples grouped under one TYPE line."""
     by_name: dict[str, list[MetricSample]] = {}
     for sample in series:
         by_name.setdefault(sample.name, []).append(sample)
     lines: list[str] = []
     for name, samples in by_name.items():
-        lines.append(f"# HELP {name} {HELP.get(name, 'Evaluation metric of a self-improvement loop.')}")
+        lines.append(f"# HELP {name} {HELP.get(name, default_help)}")
         lines.append(f"# TYPE {name} gauge")
         for sample in samples:
             labels = ",".join(f'{key}="{_escape(value)}"' for key, value in sorted(sample.labels.items()))
@@ -73,18 +76,28 @@ def exposition(series: Iterable[MetricSample]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def group_url(address: str, grouping: Mapping[str, str]) -> str:
-    """`<address>/metrics/job/selfimprove_eval/<key>/<value>...`, each path part URL-escaped."""
+def group_url(address: str, grouping: Mapping[str, str], job: str = JOB) -> str:
+    """`<address>/metrics/job/<job>/<key>/<value>...`, each path part URL-escaped."""
     path = "".join(f"/{quote(key, safe='')}/{quote(value, safe='')}" for key, value in grouping.items())
-    return f"{address.rstrip('/')}/metrics/job/{JOB}{path}"
+    return f"{address.rstrip('/')}/metrics/job/{quote(job, safe='')}{path}"
 
 
-def push(address: str, series: Iterable[MetricSample], grouping: Mapping[str, str], timeout: float = 30.0) -> None:
-    """PUTs the series (replacing the group's previous push); raises `ConnectionError` when that fails."""
-    url = group_url(address, grouping)
+def push(
+    address: str,
+    series: Iterable[MetricSample],
+    grouping: Mapping[str, str],
+    timeout: float = 30.0,
+    job: str = JOB,
+    default_help: str = DEFAULT_HELP,
+) -> None:
+    """PUTs the series (replacing the group's previous push); raises `ConnectionError` when that fails.
+
+    Each stage pushes under its own `job` (a PUT replaces the whole group, so evaluate and optimize must not share
+    one)."""
+    url = group_url(address, grouping, job)
     request = urllib.request.Request(
         url,
-        data=exposition(series).encode("utf-8"),
+        data=exposition(series, default_help).encode("utf-8"),
         method="PUT",
         headers={"Content-Type": "text/plain; version=0.0.4"},
     )

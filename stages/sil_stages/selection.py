@@ -35,3 +35,26 @@ def keep(prompt_samples: Sequence[Scored], rules: KeepConfig) -> list[Scored]:
     if rules.max_per_prompt is not None:
         ranked = ranked[: max(0, rules.max_per_prompt)]
     return ranked
+
+
+@dataclass(frozen=True)
+class Pair:
+    prompt: str
+    chosen: str
+    rejected: str
+    margin: float
+
+
+def pair(prompt_samples: Sequence[Scored], min_margin: float) -> Pair | None:
+    """One preference pair of a prompt: its best-scored completion over its worst, or None when their score margin
+    is below `min_margin` (or zero: a prompt whose completions all score the same teaches no preference).
+
+    Ties go to sample order (the first best, the first worst), so reruns agree."""
+    if len(prompt_samples) < 2:
+        return None
+    best = max(prompt_samples, key=lambda item: item.score)
+    worst = min(prompt_samples, key=lambda item: item.score)
+    margin = best.score - worst.score
+    if margin <= 0 or margin < min_margin or best.completion == worst.completion:
+        return None
+    return Pair(prompt=best.prompt, chosen=best.completion, rejected=worst.completion, margin=margin)

@@ -20,7 +20,14 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
@@ -283,3 +290,110 @@ class StorageOptions(Settings):
         "AWS_ENDPOINT_URL environment variable.",
     )
     region: str | None = Field(default=None, description="S3 region. Default: us-east-1 or AWS_DEFAULT_REGION.")
+
+
+class Pairs(Settings):
+    """How select builds preference pairs (for methods that train on pairs, e.g. dpo)."""
+
+    min_margin: float = Field(
+        default=0.5,
+        ge=0.0,
+        description="A prompt gives one pair (chosen = its best-scored completion, rejected = its worst) only when "
+        "their score difference is at least this; prompts whose completions all score the same give none. "
+        "Default: 0.5.",
+    )
+
+
+class Lora(Settings):
+    """Parameter-efficient training with peft LoRA, for any method. The candidate is the merged full model."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices. Default: 16.")
+    alpha: int = Field(
+        default=32, ge=1, description="LoRA scaling numerator (the update is scaled by alpha/r). Default: 32."
+    )
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input. Default: 0.05.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"],
+        min_length=1,
+        description="Module names (or name suffixes) to adapt, e.g. [q_proj, v_proj]; all-linear adapts every "
+        "linear layer but the output head. A list matching no module of the model fails the optimize stage "
+        "with the candidate names. Default: [all-linear].",
+    )
+
+
+DpoLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+]
+"""TRL 1.x `DPOConfig.loss_type` values."""
+
+
+def _rpo() -> list[DpoLoss]:
+    return ["sigmoid", "sft"]
+
+
+class Dpo(Settings):
+    """Iterative DPO on the pairs select built (TRL DPOTrainer)."""
+
+    beta: float = Field(
+        default=0.1, gt=0.0, le=10.0, description="Strength of the pull towards the reference model. Default: 0.1."
+    )
+    loss_type: list[DpoLoss] = Field(
+        default_factory=_rpo,
+        min_length=1,
+        max_length=4,
+        description="TRL DPO loss types, summed: [sigmoid] is plain DPO, [sigmoid, sft] is RPO (DPO plus the "
+        "likelihood of the chosen completion; plain DPO on self-generated pairs mostly pushes the rejected "
+        "likelihood down and can lower accuracy). Others: hinge, ipo, robust, apo_zero, ... "
+        "Default: [sigmoid, sft].",
+    )
+    reference: Literal["champion", "base"] = Field(
+        default="champion",
+        description="The reference model of the DPO loss. champion: the model this iteration starts from. base: "
+        "spec.model, fixed across iterations (more stable over many rounds). Default: champion.",
+    )
+
+
+class Grpo(Settings):
+    """GRPO (RL with verifiable rewards, TRL GRPOTrainer); the reward is select.scorer."""
+
+    num_generations: int = Field(
+        default=8,
+        ge=2,
+        le=256,
+        description="Completions sampled per prompt (one group). hyperparameters.batchSize x "
+        "gradientAccumulationSteps (completions per optimizer step) must be divisible by it. Default: 8.",
+    )
+    beta: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="KL coefficient towards the reference (the iteration's init model); 0 loads no reference "
+        "model (TRL's default). Default: 0.",
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo"] = Field(
+        default="dapo", description="TRL loss aggregation: grpo, dr_grpo, dapo, bnpo, cispo, sapo. Default: dapo."
+    )
+    max_completion_length: int = Field(
+        default=32, ge=1, le=32768, description="Tokens generated per rollout. Default: 32."
+    )
+    temperature: float = Field(
+        default=1.0, gt=0.0, le=5.0, description="Sampling temperature of the rollouts. Default: 1.0."
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        default="group",
+        description="Advantage scaling: group (divide by the group's reward std), batch, or none (Dr. GRPO). "
+        "Default: group.",
+    )

@@ -129,6 +129,7 @@ def test_a_valid_loop_is_stored_with_the_schema_defaults_filled_in(control_plane
     assert spec["select"] == {
         "scorer": {"type": "verifier", "verifier": "exact-match", "minVoteShare": 0},
         "keep": {"minScore": 1, "dedupe": True},
+        "pairs": {"minMargin": 0.5},
     }
     assert spec["evaluate"]["verifier"] == "exact-match"
     assert spec["evaluate"]["batchSize"] == 64
@@ -172,6 +173,24 @@ def test_a_loop_at_the_limits_is_accepted(control_plane: ControlPlane, namespace
     assert code == 0, answer
 
 
+@pytest.mark.parametrize(
+    "optimize",
+    [
+        {"method": "dpo", "dpo": {"lossType": ["sigmoid", "sft"], "reference": "base"}, "lora": {"r": 8}},
+        {"method": "grpo", "grpo": {"numGenerations": 4}, "hyperparameters": {"batchSize": 12}},
+        {"method": "grpo", "hyperparameters": {"batchSize": 16, "gradientAccumulationSteps": 2}},
+        {"method": "sft", "lora": {"targetModules": ["q_proj", "v_proj"]}},
+    ],
+    ids=["dpo with its block and lora", "grpo with 3 groups a step", "grpo with the default groups", "sft with lora"],
+)
+def test_each_method_with_its_own_settings_is_accepted(
+    control_plane: ControlPlane, loops_namespace: str, optimize: dict[str, Any]
+) -> None:
+    document = patched(shared_valid_loop("method", loops_namespace), {"spec.optimize": optimize})
+    code, answer = apply(control_plane, document, "--dry-run=server")
+    assert code == 0 and "created (server dry run)" in answer, answer
+
+
 def test_kubectl_get_shows_the_printer_columns_filled_from_the_status(
     control_plane: ControlPlane, namespace: str
 ) -> None:
@@ -212,6 +231,9 @@ def test_kubectl_get_shows_the_printer_columns_filled_from_the_status(
             ["CEL expression over `result` and `champion`", "result >= champion + 0.01"],
         ),
         ("selfimprovementloop.spec.acquire.samplesPerPrompt", ["Completions per prompt. Default: 4."]),
+        ("sil.spec.optimize.method", ["trl.SFTTrainer", "trl.DPOTrainer", "trl.GRPOTrainer", "Default: sft."]),
+        ("sil.spec.optimize.grpo.numGenerations", ["must be divisible by it. Default: 8."]),
+        ("sil.spec.select.pairs.minMargin", ["at least this", "Default: 0.5."]),
     ],
 )
 def test_kubectl_explain_shows_the_field_documentation(

@@ -20,16 +20,18 @@ from pydantic.alias_generators import to_camel
 
 from sil_operator.api.rules import CelRule, CelValidated, add_rules_to_schema
 from sil_operator.gates.cel import check_condition
+from sil_stages.methods import REGISTRY
+from sil_stages.optimization import Optimization
 from sil_stages.settings import (
     DataUri,
     DnsLabel,
     EvalDataset,
     Generation,
-    Hyperparameters,
     Judging,
     Keep,
     Matching,
     ModelUri,
+    Pairs,
     Scorer,
     StorageOptions,
 )
@@ -206,21 +208,43 @@ class AcquireSpec(Generation):
 
 class SelectSpec(ApiModel):
     scorer: Scorer = Field(default_factory=Scorer, description="How completions are scored.")
-    keep: Keep = Field(default_factory=Keep, description="Which scored completions become training data.")
-
-
-class OptimizeSpec(ApiModel):
-    method: Literal["sft"] = Field(
-        default="sft",
-        description="sft: supervised fine-tuning on the selected completions with TRL's SFTTrainer "
-        "(rejection sampling / STaR / ReST-EM). Default: sft.",
+    keep: Keep = Field(
+        default_factory=Keep,
+        description="Which scored completions become training data. Used by methods that train on completions (sft).",
     )
+    pairs: Pairs = Field(
+        default_factory=Pairs,
+        description="How scored completions become preference pairs. Used by methods that train on pairs (dpo).",
+    )
+
+
+def method_rules() -> tuple[CelRule, ...]:
+    """From the method registry: each method's settings block only with that method, and each method's checks."""
+    rules: list[CelRule] = []
+    for method in REGISTRY.values():
+        if method.settings is not None:
+            rules.append(
+                CelRule(
+                    rule=f"!has(self.{method.name}) || self.method == '{method.name}'",
+                    message=f"optimize.{method.name} holds the settings of method {method.name}; set method: "
+                    f"{method.name} or remove the block",
+                    field_path=f".{method.name}",
+                )
+            )
+        rules.extend(CelRule(rule=c.rule, message=c.message, field_path=c.field_path) for c in method.checks)
+    return tuple(rules)
+
+
+class OptimizeSpec(ApiModel, Optimization):
+    """The training settings the optimize stage is given as they are (sil_stages.optimization), plus init."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = method_rules()
+
     init_from: Literal["base", "champion"] = Field(
         default="champion",
         description="champion: continue from the current champion. base: train the base model on this "
         "iteration's data (ReST-EM style). Default: champion.",
     )
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="TRL settings.")
 
 
 class EvaluateSpec(ApiModel, Judging):

@@ -8,7 +8,9 @@ optimize test checks that training moves them.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,26 @@ def stage_config(tmp_path: Path) -> StageConfig:
 
 def output_dir(config: dict[str, Any]) -> Path:
     return Path(str(config["output_uri"]).removeprefix("file://"))
+
+
+@pytest.fixture
+def pushgateway() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
+    """A fake Pushgateway: its address, and the (method, path, body) of every request it received."""
+    received: list[tuple[str, str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            received.append((self.command, self.path, body))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", received
+    server.shutdown()
+    server.server_close()

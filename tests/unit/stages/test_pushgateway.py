@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
 import pytest
 
 from sil_stages.contract import MetricSample
@@ -33,28 +29,6 @@ def test_group_url_groups_by_namespace_loop_and_iteration() -> None:
     """One group per iteration: a retried evaluate replaces its own numbers and nobody else's."""
     url = group_url("http://pg:9091/", {"namespace": "ml", "loop": "arith", "iteration": "3"})
     assert url == "http://pg:9091/metrics/job/selfimprove_eval/namespace/ml/loop/arith/iteration/3"
-
-
-@pytest.fixture
-def pushgateway() -> Iterator[tuple[str, list[tuple[str, str, str]]]]:
-    received: list[tuple[str, str, str]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-            received.append((self.command, self.path, body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}", received
-    server.shutdown()
-    server.server_close()
 
 
 def test_push_puts_the_series_to_the_group(pushgateway: tuple[str, list[tuple[str, str, str]]]) -> None:
