@@ -145,3 +145,33 @@ def test_a_majority_vote_loop_shows_the_gap_between_its_pseudo_labels_and_the_tr
         )
         assert _series(manifest, "selfimprove_eval_proxy_agreement", model) < 0.9
     assert status["iterations"][0]["decision"] in ("Promoted", "Rejected")
+
+
+def test_evaluation_items_in_the_training_data_fail_the_contamination_gate_which_names_them(
+    tmp_path: Path, base_model: Path
+) -> None:
+    """The loop trains on 48 prompts that are also in its evaluation set: evaluate.contamination.maxOverlap 0 rejects
+    the iteration, and the manifest, the status, the Rejected event and the end-of-run table name the items."""
+    train = [json.loads(line) for line in (EXAMPLE / "data" / "train_prompts.jsonl").read_text().splitlines()[:48]]
+    heldout = [json.loads(line) for line in (EXAMPLE / "data" / "heldout.jsonl").read_text().splitlines()[:40]]
+    leaked = [{"prompt": r["prompt"], "answer": str(sum(map(int, r["prompt"].rstrip("=").split("+"))))} for r in train]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout + leaked))
+    status, manifest, stdout = _run_one_iteration(
+        tmp_path,
+        base_model,
+        acquire={"prompts": {"uri": str(tmp_path / "prompts.jsonl"), "perIteration": 48}},
+        evaluate={
+            "datasets": [{"name": "heldout", "uri": str(tmp_path / "eval.jsonl")}],
+            "contamination": {"maxOverlap": 0},
+        },
+    )
+    (iteration,) = status["iterations"]
+    gates = {gate["name"]: gate["phase"] for gate in iteration["gates"]}
+    assert (iteration["decision"], gates["evaluate-contamination"]) == ("Rejected", "Failed")
+    named = manifest["findings"]["heldout/contaminated"]
+    leaked_items = {f"{40 + n}: {r['prompt']}" for n, r in enumerate(train, start=1)}
+    assert named and set(named) <= leaked_items, named
+    (evaluate,) = [stage for stage in iteration["stages"] if stage["stage"] == "evaluate"]
+    assert evaluate["findings"] == manifest["findings"]
+    assert f"(items {named[0]}" in " ".join(stdout.split()), "the Rejected event and the table name them: " + stdout
