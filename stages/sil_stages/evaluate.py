@@ -34,7 +34,8 @@ champion are the same URI (iteration 1 before any training, or a no-op), the mod
 Writes `results.json` and a manifest whose `series` are the labelled `selfimprove_eval_*` samples (what the
 stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
 flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy), `delta`,
-`delta_ci_low`, `delta_ci_high`, `p_value`, `kl_candidate_champion` and `candidate_<guard>` (first dataset) and
+`delta_ci_low`, `delta_ci_high`, `p_value`, `kl_candidate_champion`, `proxy_gap_change`, `proxy_gap_growth_streak`
+and `candidate_<guard>` (first dataset) and
 `contamination_max`, for tables. Before the candidate is measured, each of its files is checked (size and sha256)
 against the optimize manifest, and the manifest's own sha256 is recorded as `verified_manifest_sha256`: a promotion
 promotes only that checkpoint.
