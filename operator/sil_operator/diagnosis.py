@@ -14,6 +14,8 @@ from sil_operator.api.status import IterationStatus
 
 LOW_YIELD = 0.05
 """Below this share of samples kept, select's success comes with a LowYield warning while the loop runs."""
+NAMED_ITEMS = 5
+"""Contaminated items named in one line; the evaluate manifest's findings name up to 50 per dataset."""
 
 
 def _metrics(iteration: IterationStatus, stage: str) -> Mapping[str, float]:
@@ -38,6 +40,15 @@ def low_yield(select: Mapping[str, float]) -> str | None:
 
 def _signed(value: float) -> str:
     return f"{value:+.3f}"
+
+
+def _items(named: list[str]) -> str:
+    """The first NAMED_ITEMS of a dataset's contaminated items, so the user can find them in the data."""
+    if not named:
+        return ""
+    shown = "; ".join(named[:NAMED_ITEMS])
+    more = len(named) - NAMED_ITEMS
+    return f" (items {shown}" + (f"; and {more} more in the evaluate manifest's findings)" if more > 0 else ")")
 
 
 def why_not_improved(iteration: IterationStatus) -> str:
@@ -71,6 +82,9 @@ def why_not_improved(iteration: IterationStatus) -> str:
             interval += " (better, but not beyond chance: more evaluation items narrow the interval)"
         parts.append(interval)
     contaminated = {k: v for k, v in evaluate.items() if k.endswith("/contamination") and v > 0}
+    stage = iteration.stage("evaluate")
+    named = stage.findings if stage else {}
     for key, share in sorted(contaminated.items()):
-        parts.append(f"{key.split('/')[0]} contamination {share:.1%}")
+        dataset = key.split("/")[0]
+        parts.append(f"{dataset} contamination {share:.1%}{_items(named.get(f'{dataset}/contaminated', []))}")
     return "; ".join(parts) if parts else "no stage metrics recorded"

@@ -77,6 +77,8 @@ class StageObservation:
     recheck_after: float | None = None
     """Seconds after which the runner should look again although no event will say so (a stage waiting for
     pods, a manifest that could not be read)."""
+    findings: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """The manifest's named items (evaluate: `<dataset>/contaminated` -> the evaluation items in the training data)."""
 
     @property
     def blocked(self) -> bool:
@@ -270,6 +272,7 @@ class _Planner:
                     "message": seen.message,
                     "reason": seen.reason,
                     "metrics": dict(seen.metrics) or before.metrics,
+                    "findings": {key: list(items) for key, items in seen.findings.items()} or before.findings,
                 }
             )
             if after.phase is not before.phase and after.phase in (StagePhase.SUCCEEDED, StagePhase.FAILED):

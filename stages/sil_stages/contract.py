@@ -189,6 +189,9 @@ class Manifest(_Frozen):
     verified_manifest_sha256: str | None = None
     """Evaluate only: the sha256 of the optimize manifest (its bytes as stored) that the candidate checkpoint was
     checked against, file by file, before it was measured. A promotion promotes only that checkpoint."""
+    findings: dict[str, list[str]] = {}
+    """Named items behind a metric, by `<dataset>/<guard>` (evaluate: `<dataset>/contaminated` -> `<item number>:
+    <prompt>` for the evaluation items found in the training data). Empty in manifests written before it existed."""
 
 
 class ChampionPointer(_Frozen):

@@ -20,10 +20,13 @@ And the evaluation layer around those scores (see `significance`, `guards`):
 - reward-hacking guard, when the training scorer is not the held-out verifier: `proxy_score` (the sampled answers,
   else the greedy ones, judged by the training scorer as select judges them: for a majority vote, agreement with
   the prompt's majority answer), `proxy_agreement` with the held-out verifier on the same answers and `proxy_gap`
-  = proxy_score minus the held-out accuracy of those same answers;
+  = proxy_score minus the held-out accuracy of those same answers; and its trend across iterations, per dataset
+  (see `gaptrend`): `proxy_gap_change` (the candidate's gap minus the previous iteration's candidate's) and
+  `proxy_gap_growth_streak` (consecutive iterations, ending with this one, in which it grew);
 - contamination, per dataset: the share of items whose prompt overlaps the selected training data
   (`contamination`, `contaminated_items`, and `contamination_max` over datasets, what the evaluate-contamination
-  gate reads); the items are in results.json and named (`<dataset>/contaminated/<item>`) in the manifest metrics.
+  gate reads); the items are in results.json and named in the manifest's `findings` (`<dataset>/contaminated`:
+  `<item number>: <prompt>`), which the Rejected event and the end-of-run table show.
 
 Both models see the same sampling seed, so their difference is the weights, not the dice. When candidate and
 champion are the same URI (iteration 1 before any training, or a no-op), the model is evaluated once.
@@ -31,7 +34,8 @@ champion are the same URI (iteration 1 before any training, or a no-op), the mod
 Writes `results.json` and a manifest whose `series` are the labelled `selfimprove_eval_*` samples (what the
 stage pushes to the Pushgateway named by `pushgateway`, and what local gates read) and whose `metrics` are
 flat scalars, including `candidate_score` and `champion_score` (first dataset, greedy), `delta`,
-`delta_ci_low`, `delta_ci_high`, `p_value`, `kl_candidate_champion` and `candidate_<guard>` (first dataset) and
+`delta_ci_low`, `delta_ci_high`, `p_value`, `kl_candidate_champion`, `proxy_gap_change`, `proxy_gap_growth_streak`
+and `candidate_<guard>` (first dataset) and
 `contamination_max`, for tables. Before the candidate is measured, each of its files is checked (size and sha256)
 against the optimize manifest, and the manifest's own sha256 is recorded as `verified_manifest_sha256`: a promotion
 promotes only that checkpoint.
@@ -48,6 +52,7 @@ from typing import Any
 
 from sil_stages.contract import EvalDatasetConfig, EvaluateConfig, Manifest, MetricSample, ScorerConfig
 from sil_stages.errors import StageInputError
+from sil_stages.gaptrend import GapTrend, read_previous_gaps, trend
 from sil_stages.generation import GenerationEngine, SamplingRequest, TokenScorer, TokenStats, make_engine
 from sil_stages.guards import (
     ContaminatedItem,
@@ -79,7 +84,9 @@ METRIC_PREFIX = "selfimprove_eval_"
 ACQUIRE_PREFIX = "selfimprove_acquire_"
 MODELS = ("candidate", "champion")
 NAMED_ITEMS_LIMIT = 50
-"""Contaminated items named in the manifest metrics per dataset (results.json lists them all)."""
+"""Contaminated items named in the manifest findings per dataset (results.json lists them all)."""
+NAMED_PROMPT_CHARS = 80
+"""A named item's prompt is cut to this many characters in the findings."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,7 @@ class DatasetGuards:
     output_length_drift: float | None = None
     contamination: float | None = None
     contaminated: list[ContaminatedItem] = field(default_factory=list)
+    proxy_gap_trend: GapTrend | None = None
 
 
 def _mean(values: list[float]) -> float:
@@ -324,7 +332,23 @@ def _dataset_values(guard: DatasetGuards) -> dict[str, float]:
     if guard.contamination is not None:
         values["contamination"] = guard.contamination
         values["contaminated_items"] = float(len(guard.contaminated))
+    if guard.proxy_gap_trend is not None:
+        if guard.proxy_gap_trend.change is not None:
+            values["proxy_gap_change"] = guard.proxy_gap_trend.change
+        values["proxy_gap_growth_streak"] = float(guard.proxy_gap_trend.growth_streak)
     return values
+
+
+def findings_for(guards: dict[str, DatasetGuards]) -> dict[str, list[str]]:
+    """The manifest's named items: `<dataset>/contaminated` -> `<item number>: <prompt>` (at most
+    NAMED_ITEMS_LIMIT per dataset)."""
+    findings: dict[str, list[str]] = {}
+    for dataset, guard in guards.items():
+        if guard.contaminated:
+            findings[f"{dataset}/contaminated"] = [
+                f"{item.item}: {item.prompt[:NAMED_PROMPT_CHARS]}" for item in guard.contaminated[:NAMED_ITEMS_LIMIT]
+            ]
+    return findings
 
 
 def flat_metrics(
@@ -347,10 +371,9 @@ def flat_metrics(
             metrics[f"{dataset}/{name}"] = value
         if dataset == first:
             metrics.update({name: values[name] for name in COMPARISON_SERIES})
-            if "kl_candidate_champion" in values:
-                metrics["kl_candidate_champion"] = values["kl_candidate_champion"]
-        for item in guard.contaminated[:NAMED_ITEMS_LIMIT]:
-            metrics[f"{dataset}/contaminated/{item.item}"] = 1.0
+            for name in ("kl_candidate_champion", "proxy_gap_change", "proxy_gap_growth_streak"):
+                if name in values:
+                    metrics[name] = values[name]
     for name in PRIMARY_GUARDS:
         value = getattr(results[first]["candidate"], name)
         if value is not None:
@@ -427,6 +450,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     base_lengths = base_output_lengths(store, config, datasets, runs)
 
     index = training_index(store, config)
+    previous_gaps = read_previous_gaps(store, config.output_uri, config.iteration)
     guards: dict[str, DatasetGuards] = {}
     for name, by_model in runs.items():
         candidate, champion = by_model["candidate"], by_model["champion"]
@@ -442,6 +466,9 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
             guard.kl_candidate_champion = _kl(candidate, champion_stats[name])
         if name in base_lengths:
             guard.output_length_drift = mean_length(candidate.greedy) - base_lengths[name]
+        gap = candidate.scores.proxy_gap
+        if gap is not None:
+            guard.proxy_gap_trend = trend(gap, previous_gaps.get(name))
         if index is not None:
             guard.contaminated = contaminated_items(index, [str(r["prompt"]) for r in datasets[name]])
             guard.contamination = len(guard.contaminated) / len(datasets[name])
@@ -476,6 +503,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
                 "base_output_length": base_lengths.get(name),
                 "contamination": guard.contamination,
                 "contaminated_items": [asdict(item) for item in guard.contaminated],
+                "proxy_gap_trend": asdict(guard.proxy_gap_trend) if guard.proxy_gap_trend else None,
             }
             for name, guard in guards.items()
         },
@@ -495,6 +523,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
         metrics=flat_metrics(results, guards, acquire),
         series=series,
         verified_manifest_sha256=verified,
+        findings=findings_for(guards),
     )
 
 

@@ -52,6 +52,7 @@ class StageOutputs:
         metrics: dict[str, float],
         series: tuple[MetricSample, ...] = (),
         verified_manifest_sha256: str | None = None,
+        findings: dict[str, list[str]] | None = None,
     ) -> Manifest:
         """Writes the manifest; call it once, after every output is written."""
         manifest = Manifest(
@@ -65,6 +66,7 @@ class StageOutputs:
             finished_at=utcnow(),
             duration_seconds=round(time.monotonic() - self._started, 3),
             verified_manifest_sha256=verified_manifest_sha256,
+            findings=findings or {},
         )
         self._store.write_text(manifest_uri(self._output_uri), manifest.model_dump_json(indent=2) + "\n")
         return manifest

@@ -42,6 +42,10 @@ HELP = {
     "selfimprove_eval_proxy_agreement": "Share of held-out answers where the training scorer agrees with the truth.",
     "selfimprove_eval_proxy_gap": "Training-scorer accuracy minus true accuracy of the same held-out answers "
     "(reward-hacking guard: grows when the training signal drifts from the objective).",
+    "selfimprove_eval_proxy_gap_change": "The candidate's proxy gap minus the previous iteration's candidate's "
+    "(reward-hacking trend; absent in the first iteration).",
+    "selfimprove_eval_proxy_gap_growth_streak": "Consecutive iterations, ending with this one, in which the "
+    "candidate's proxy gap grew (0: it did not grow this iteration).",
     # contamination
     "selfimprove_eval_contamination": "Share of evaluation items whose prompt overlaps this iteration's training data.",
     "selfimprove_eval_contaminated_items": "Evaluation items whose prompt overlaps this iteration's training data.",

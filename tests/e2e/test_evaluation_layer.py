@@ -1,8 +1,9 @@
-"""The evaluation layer on real `sil run` loops: a guard gate rejects a collapsed candidate, and a label-free loop
-shows the gap between its training signal (the majority vote) and the held-out truth.
+"""The evaluation layer on real `sil run` loops: a guard gate rejects a collapsed candidate (also one whose point
+score rose), and a label-free loop shows the gap between its training signal (the majority vote) and the held-out
+truth.
 
-One iteration each on the shrunk demo loop of test_local_loop (tiny model, ~100 prompts), so each takes well under
-two minutes on a laptop CPU.
+One iteration each on the shrunk demo loop of test_local_loop (tiny model, ~100 prompts; the sharpening loop draws
+the demo's 4000), so each takes well under two minutes on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.test_local_loop import SIL, base_model, small_loop
+from tests.e2e.test_local_loop import EXAMPLE, HELDOUT_SCORE, SIL, base_model, small_loop
 
 __all__ = ["base_model"]  # the session fixture, re-exported for this module's tests
 
@@ -78,6 +79,53 @@ def test_an_optimize_that_destroys_diversity_is_rejected_by_the_diversity_gate(
     assert "why:" in stdout and "candidate - champion" in stdout
 
 
+DISTINCT_ANSWERS = 'selfimprove_eval_distinct_answers{iteration="{{iteration}}",dataset="heldout",model="{{model}}"}'
+SHARPENING = {
+    # The demo's first iteration (4000 prompts, 4 samples each), then SFT for 8 epochs on one kept correct completion
+    # per prompt: greedy accuracy rises, and the sampling distribution sharpens onto one answer per prompt.
+    "acquire": {
+        "prompts": {"uri": str(EXAMPLE / "data" / "train_prompts.jsonl"), "perIteration": 4000},
+        "samplesPerPrompt": 4,
+        "batchSize": 256,
+        "sampling": {"temperature": 1.0, "maxNewTokens": 8},
+    },
+    "select": {"keep": {"minScore": 1.0, "maxPerPrompt": 1}},
+    "optimize": {
+        "hyperparameters": {"learningRate": 1.0e-3, "warmupRatio": 0.1, "epochs": 8, "batchSize": 32, "maxLength": 32}
+    },
+    "evaluate": {"maxNewTokens": 8, "refinement": {"method": "self-consistency", "samples": 8, "temperature": 0.7}},
+}
+
+
+def test_a_collapse_of_sampled_diversity_is_rejected_by_the_guard_gate_while_the_point_gate_passes(
+    tmp_path: Path, base_model: Path
+) -> None:
+    """Training many epochs on the model's own kept answers collapses its sampling distribution: per prompt, its 8
+    samples at temperature 0.7 hold less than half as many distinct answers as the champion's, while its greedy
+    accuracy rises. The point gate alone would promote it; the guard gate on distinct answers rejects it. (Measured:
+    greedy 0.865 vs 0.545; distinct answers 2.05 vs 4.48; token entropy 0.44 vs 1.00 nats.)"""
+    gates = [
+        {"name": "heldout-improves", "query": HELDOUT_SCORE, "successCondition": "result > champion"},
+        {"name": "diversity-holds", "query": DISTINCT_ANSWERS, "successCondition": "result >= 0.8 * champion"},
+    ]
+    status, manifest, stdout = _run_one_iteration(tmp_path, base_model, **SHARPENING, promotion={"gates": gates})
+    (iteration,) = status["iterations"]
+    phases = {gate["name"]: gate["phase"] for gate in iteration["gates"]}
+    candidate = _series(manifest, "selfimprove_eval_distinct_answers", "candidate")
+    champion = _series(manifest, "selfimprove_eval_distinct_answers", "champion")
+    scores = f"score {iteration['candidateScore']} vs {iteration['championScore']}"
+    assert iteration["candidateScore"] >= iteration["championScore"], f"the point score is not lower: {scores}"
+    assert phases == {"heldout-improves": "Successful", "diversity-holds": "Failed"}, (
+        f"{scores}; distinct answers {candidate} vs {champion}"
+    )
+    assert iteration["decision"] == "Rejected"
+    assert candidate < 0.8 * champion
+    assert _series(manifest, "selfimprove_eval_token_entropy", "candidate") < _series(
+        manifest, "selfimprove_eval_token_entropy", "champion"
+    ), "the next-token distribution sharpened too"
+    assert "rejected (diversity-holds Failed)" in stdout, stdout
+
+
 def test_a_majority_vote_loop_shows_the_gap_between_its_pseudo_labels_and_the_truth(
     tmp_path: Path, base_model: Path
 ) -> None:
@@ -97,3 +145,33 @@ def test_a_majority_vote_loop_shows_the_gap_between_its_pseudo_labels_and_the_tr
         )
         assert _series(manifest, "selfimprove_eval_proxy_agreement", model) < 0.9
     assert status["iterations"][0]["decision"] in ("Promoted", "Rejected")
+
+
+def test_evaluation_items_in_the_training_data_fail_the_contamination_gate_which_names_them(
+    tmp_path: Path, base_model: Path
+) -> None:
+    """The loop trains on 48 prompts that are also in its evaluation set: evaluate.contamination.maxOverlap 0 rejects
+    the iteration, and the manifest, the status, the Rejected event and the end-of-run table name the items."""
+    train = [json.loads(line) for line in (EXAMPLE / "data" / "train_prompts.jsonl").read_text().splitlines()[:48]]
+    heldout = [json.loads(line) for line in (EXAMPLE / "data" / "heldout.jsonl").read_text().splitlines()[:40]]
+    leaked = [{"prompt": r["prompt"], "answer": str(sum(map(int, r["prompt"].rstrip("=").split("+"))))} for r in train]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in heldout + leaked))
+    status, manifest, stdout = _run_one_iteration(
+        tmp_path,
+        base_model,
+        acquire={"prompts": {"uri": str(tmp_path / "prompts.jsonl"), "perIteration": 48}},
+        evaluate={
+            "datasets": [{"name": "heldout", "uri": str(tmp_path / "eval.jsonl")}],
+            "contamination": {"maxOverlap": 0},
+        },
+    )
+    (iteration,) = status["iterations"]
+    gates = {gate["name"]: gate["phase"] for gate in iteration["gates"]}
+    assert (iteration["decision"], gates["evaluate-contamination"]) == ("Rejected", "Failed")
+    named = manifest["findings"]["heldout/contaminated"]
+    leaked_items = {f"{40 + n}: {r['prompt']}" for n, r in enumerate(train, start=1)}
+    assert named and set(named) <= leaked_items, named
+    (evaluate,) = [stage for stage in iteration["stages"] if stage["stage"] == "evaluate"]
+    assert evaluate["findings"] == manifest["findings"]
+    assert f"(items {named[0]}" in " ".join(stdout.split()), "the Rejected event and the table name them: " + stdout

@@ -135,7 +135,8 @@ GUARDS = {  # the evaluation layer's series of every iteration: healthy values (
     "per_model": {"distinct_1": 0.4, "distinct_2": 0.5, "self_bleu": 0.3, "output_length": 3.0, "token_entropy": 1.2}
     | {"proxy_score": 0.6, "proxy_agreement": 0.9, "proxy_gap": 0.02},
     "per_dataset": {"delta": 0.06, "delta_ci_low": 0.01, "delta_ci_high": 0.11, "p_value": 0.02}
-    | {"kl_candidate_champion": 0.3, "output_length_drift": 0.1, "contamination": 0.0, "contaminated_items": 0.0},
+    | {"kl_candidate_champion": 0.3, "output_length_drift": 0.1, "contamination": 0.0, "contaminated_items": 0.0}
+    | {"proxy_gap_change": -0.01, "proxy_gap_growth_streak": 0.0},
     "acquire": {"distinct_1": 0.45, "distinct_2": 0.55, "self_bleu": 0.25},
 }
 

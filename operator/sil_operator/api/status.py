@@ -73,6 +73,11 @@ class StageStatus(ApiModel):
         "BackoffLimitExceeded, DeadlineExceeded, FailedCreate, ImagePullBackOff, ...",
     )
     metrics: dict[str, float] = Field(default_factory=dict)
+    findings: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Named items from the stage's manifest, by <dataset>/<guard>: evaluate names the evaluation "
+        "items found in the training data (<dataset>/contaminated: '<item number>: <prompt>').",
+    )
 
 
 class Measurement(ApiModel):

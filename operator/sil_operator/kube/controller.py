@@ -140,6 +140,7 @@ class Controller:
             memory.measurements,
             findings=findings,
             storage_uri=loop.spec.storage.uri,
+            named=lambda iteration, stage: self._named(memory, iteration, stage),
         )
         result = plan(loop.spec, ref, status, observation, self.clock())
         memory.measurements = {}
@@ -170,6 +171,11 @@ class Controller:
         """Runs in an offload thread; a StoreError fails the reconcile, so the loop shows it (Degraded)."""
         manifest = memory.manifests.get(iteration, stage)
         return manifest.metrics if manifest else None
+
+    def _named(self, memory: LoopMemory, iteration: int, stage: str) -> Mapping[str, list[str]]:
+        """The manifest's named items; read after its metrics, so from the cache."""
+        manifest = memory.manifests.get(iteration, stage)
+        return manifest.findings if manifest else {}
 
     # -- failures -------------------------------------------------------------------------------------------
     async def record_failure(self, namespace: str, name: str, error: BaseException) -> float | None:

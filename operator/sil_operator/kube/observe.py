@@ -38,6 +38,8 @@ UNREADABLE: Final = Unreadable()
 
 MetricsLookup = Callable[[int, str], Mapping[str, float] | Unreadable | None]
 """(iteration, stage) → the manifest's metrics, None when there is no manifest, UNREADABLE on a store error."""
+FindingsLookup = Callable[[int, str], Mapping[str, Sequence[str]]]
+"""(iteration, stage) → the manifest's named items (called only once its metrics were read)."""
 
 DIAGNOSE_AFTER_SECONDS = 10.0
 """A Job without a ready pod this long after its creation is looked into (events or pods)."""
@@ -169,6 +171,7 @@ def observe_job(
     earlier_attempts: int = 0,
     finding: Finding | None = None,
     manifest: str | None = None,
+    named: Mapping[str, Sequence[str]] | None = None,
 ) -> StageObservation:
     """One run of a stage. `earlier_attempts`: failed attempts of the stage's earlier runs; `manifest`: its URI,
     for the message when it is missing."""
@@ -210,6 +213,7 @@ def observe_job(
             started_at=started,
             finished_at=finished,
             metrics=dict(metrics),
+            findings=dict(named or {}),
         )
     failed = _condition(job, "Failed")
     if failed is not None:
@@ -249,6 +253,7 @@ def observe_jobs(
     *,
     findings: Mapping[str, Finding] | None = None,
     storage_uri: str | None = None,
+    named: FindingsLookup | None = None,
 ) -> Observation:
     """The latest iteration with Jobs (never behind the status), and the newest run of each of its stages."""
     jobs = [job for job in jobs if job_iteration(job) is not None]
@@ -264,12 +269,14 @@ def observe_jobs(
         newest = ordered[-1]
         earlier = sum(_failed_attempts(job) + _missing_manifest(job) for job in ordered[:-1])
         done = _condition(newest, "Complete") is not None
+        read = metrics(iteration, stage) if done else None
         stages[stage] = observe_job(
             newest,
-            metrics(iteration, stage) if done else None,
+            read,
             earlier_attempts=earlier,
             finding=(findings or {}).get(str(_meta(newest).get("name"))),
             manifest=manifest_uri(stage_uri(storage_uri, iteration, stage)) if storage_uri else None,
+            named=named(iteration, stage) if named is not None and isinstance(read, Mapping) else None,
         )
     return Observation(iteration=iteration, stages=stages, measurements=dict(measurements or {}))
 

@@ -182,6 +182,7 @@ class LocalRunner:
                 started_at=running.started_at if running else manifest.started_at,
                 finished_at=manifest.finished_at,
                 metrics=manifest.metrics,
+                findings=manifest.findings,
             )
         if running is None:
             return None

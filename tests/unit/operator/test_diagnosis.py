@@ -54,3 +54,22 @@ def test_low_yield_warns_below_five_percent_kept(select: dict[str, float], warns
     assert (message is not None) is warns
     if message:
         assert message.startswith("select kept 24 of 2000 samples (1.2%); 480 of 500 prompts have no passing sample")
+
+
+def test_a_contaminated_rejection_names_the_items_the_evaluate_manifest_found() -> None:
+    named = [f"{n}: {n}+1=" for n in range(1, 8)]
+    iteration = IterationStatus(
+        index=2,
+        stages=[
+            StageStatus(
+                stage="evaluate",
+                phase=StagePhase.SUCCEEDED,
+                metrics={"heldout/contamination": 0.035},
+                findings={"heldout/contaminated": named},
+            )
+        ],
+    )
+    assert why_not_improved(iteration) == (
+        "heldout contamination 3.5% (items 1: 1+1=; 2: 2+1=; 3: 3+1=; 4: 4+1=; 5: 5+1=; and 2 more in the evaluate "
+        "manifest's findings)"
+    )

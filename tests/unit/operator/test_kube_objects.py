@@ -794,6 +794,16 @@ def test_a_job_without_a_run_annotation_is_the_first_run() -> None:
     assert (seen.phase, seen.run, seen.attempts, dict(seen.metrics)) == (StagePhase.SUCCEEDED, 2, 3, {"kept": 1.0})
 
 
+def test_a_completed_stage_carries_its_manifests_named_items() -> None:
+    observed = observe_jobs(
+        [run_job(1, COMPLETE)],
+        1,
+        lambda iteration, stage: {"heldout/contamination": 0.5},
+        named=lambda iteration, stage: {"heldout/contaminated": ["2: 3+4="]},
+    )
+    assert observed.stages["select"].findings == {"heldout/contaminated": ["2: 3+4="]}
+
+
 def test_observe_jobs_names_the_missing_manifest_by_its_uri_and_attaches_findings_to_their_job() -> None:
     blocked = run_job(1, {})
     found = Finding("FailedCreate", "exceeded quota")

@@ -635,6 +635,34 @@ def test_a_rejected_event_says_why_in_numbers() -> None:
     assert warning.message.startswith("iteration 1: select kept 4 of 400 samples (1.0%)")
 
 
+def test_a_rejected_event_names_the_contaminated_items_of_the_evaluate_manifest() -> None:
+    world = FakeWorld(make_spec(maxIterations=1), scores={1: (0.4, 0.5)})
+    status = LoopStatus()
+    events = []
+    for _ in range(20):
+        result = world.plan(status)
+        world.apply(result)
+        evaluate = world.runs.get((1, "evaluate"))
+        if evaluate is not None and evaluate.phase is StagePhase.RUNNING:
+            world.runs[(1, "evaluate")] = replace(
+                evaluate,
+                phase=StagePhase.SUCCEEDED,
+                metrics={"candidate_score": 0.4, "champion_score": 0.5, "heldout/contamination": 0.01},
+                findings={"heldout/contaminated": ["17: 12+30=", "88: 7+7="]},
+            )
+        world.finish_running()
+        status = result.status
+        events += result.events
+        if status.phase is LoopPhase.SUCCEEDED:
+            break
+    (rejected,) = [e for e in events if e.reason == "Rejected"]
+    assert "heldout contamination 1.0% (items 17: 12+30=; 88: 7+7=)" in rejected.message
+    evaluate_status = status.iterations[0].stage("evaluate")
+    assert evaluate_status is not None and evaluate_status.findings == {
+        "heldout/contaminated": ["17: 12+30=", "88: 7+7="]
+    }
+
+
 def test_a_runner_condition_survives_every_plan() -> None:
     from sil_operator.api.status import Condition
 

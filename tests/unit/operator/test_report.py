@@ -70,3 +70,18 @@ def test_report_files_hold_the_interval_per_iteration(tmp_path: Path) -> None:
     report = json.loads(json_path.read_text())
     assert [row["delta_ci"] for row in report["iterations"]] == [[0.05, 0.15], [-0.02, 0.04]]
     assert png_path.stat().st_size > 0
+
+
+def test_the_table_names_the_contaminated_items_of_a_rejected_iteration() -> None:
+    evaluate = StageStatus(
+        stage="evaluate",
+        phase=StagePhase.SUCCEEDED,
+        metrics={"candidate_score": 0.7, "champion_score": 0.6, "heldout/contamination": 0.01},
+        findings={"heldout/contaminated": ["17: 12+30=", "88: 7+7="]},
+    )
+    status = LoopStatus(
+        iteration=1, iterations=[IterationStatus(index=1, decision=Decision.REJECTED, stages=[evaluate])]
+    )
+    console = Console(width=200, record=True)
+    console.print(iteration_table(status))
+    assert "heldout contamination 1.0% (items 17: 12+30=; 88: 7+7=)" in console.export_text()

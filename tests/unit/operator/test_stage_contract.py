@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sil_operator.api.loader import parse_loop
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.contract import EvaluateConfig, SelectConfig, parse_stage_config
+from sil_stages.contract import EvaluateConfig, Manifest, SelectConfig, parse_stage_config
 from tests.invalid_specs import valid_loop
 
 SELECT: dict[str, Any] = {
@@ -57,3 +57,11 @@ def test_the_stage_rejects_a_verifier_the_spec_would_reject() -> None:
     raw = json.loads(evaluate.model_dump_json()) | {"verifier": "verify.py"}
     with pytest.raises(ValidationError, match="expected exact-match, or a Python function"):
         parse_stage_config(raw)
+
+
+def test_a_manifest_written_before_findings_existed_still_parses_with_none_named() -> None:
+    old = (
+        '{"stage": "evaluate", "iteration": 1, "loop": "l", "metrics": {"heldout/contaminated/2": 1.0}, '
+        '"started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:00:01Z", "duration_seconds": 1.0}'
+    )
+    assert Manifest.model_validate_json(old).findings == {}

@@ -242,15 +242,67 @@ def test_evaluate_reports_significance_guards_proxy_and_contamination_for_two_mo
         assert 0.0 <= series[("selfimprove_eval_proxy_agreement", model)] <= 1.0
     assert ("selfimprove_eval_kl_candidate_champion", None) in series
     assert series[("selfimprove_eval_token_entropy", "champion")] > 0.0
-    # The training data holds the second held-out prompt: 1 of 3 items, named in the manifest.
+    # The training data holds the second held-out prompt: 1 of 3 items, named in the manifest's findings.
     assert series[("selfimprove_eval_contamination", None)] == pytest.approx(1 / 3)
     assert series[("selfimprove_eval_contamination_max", None)] == pytest.approx(1 / 3)
-    assert metrics["heldout/contaminated/2"] == 1.0
+    assert manifest["findings"] == {"heldout/contaminated": ["2: 3+4="]}
+    assert not [key for key in metrics if "/contaminated/" in key], "metrics stay scalars, not item names"
+    # The first iteration has no previous gap: a streak of 0 and no change.
+    assert series[("selfimprove_eval_proxy_gap_growth_streak", None)] == 0
+    assert ("selfimprove_eval_proxy_gap_change", None) not in series
     # The acquire samples are one answer repeated: no diversity.
     assert series[("selfimprove_acquire_distinct_1", None)] == pytest.approx(1 / 3)
     assert series[("selfimprove_acquire_self_bleu", None)] == pytest.approx(1.0)
     results = json.loads((output_dir(config) / "results.json").read_text())
     assert results["guards"]["heldout"]["contaminated_items"] == [{"item": 2, "prompt": "3+4="}]
+
+
+def test_evaluate_reports_the_proxy_gaps_change_since_the_previous_iteration_and_its_growth_streak(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    """Iteration 2 reads iteration 1's evaluate manifest from the store: there the candidate's gap was -1 (the
+    lowest a gap can be) after growing once, so any larger gap now is a second iteration of growth."""
+    heldout = write_jsonl(tmp_path / "heldout.jsonl", PROMPTS).as_uri()
+    config = stage_config(
+        "evaluate",
+        iteration=2,
+        candidate_uri=tiny_model.as_uri(),
+        champion_uri=tiny_model.as_uri(),
+        training_scorer={"type": "majority-vote"},
+        datasets=[{"name": "heldout", "uri": heldout}],
+        refinement={"samples": 3, "temperature": 1.0},
+        significance={"resamples": 200},
+        max_new_tokens=4,
+    )
+    previous = output_dir(config).parent.parent / "1" / "evaluate" / "_manifest.json"
+    previous.parent.mkdir(parents=True)
+    labels = {"namespace": "test-ns", "loop": "test-loop", "iteration": "1", "dataset": "heldout"}
+    previous.write_text(
+        json.dumps(
+            {
+                "stage": "evaluate",
+                "iteration": 1,
+                "loop": "test-loop",
+                "series": [
+                    {"name": "selfimprove_eval_proxy_gap", "labels": {**labels, "model": "candidate"}, "value": -1.0},
+                    {"name": "selfimprove_eval_proxy_gap_growth_streak", "labels": labels, "value": 1},
+                ],
+                "started_at": "2026-12-01T00:00:00Z",
+                "finished_at": "2026-12-01T00:00:01Z",
+                "duration_seconds": 1.0,
+            }
+        )
+    )
+    assert _run("evaluate", config) == 0
+    manifest = _manifest(config)
+    series = _series(manifest)
+    gap = series[("selfimprove_eval_proxy_gap", "candidate")]
+    change = series[("selfimprove_eval_proxy_gap_change", None)]
+    assert change == pytest.approx(gap + 1.0)
+    assert series[("selfimprove_eval_proxy_gap_growth_streak", None)] == (2 if change > 0 else 0)
+    assert manifest["metrics"]["proxy_gap_change"] == pytest.approx(change)
+    assert manifest["metrics"]["proxy_gap_growth_streak"] == series[("selfimprove_eval_proxy_gap_growth_streak", None)]
+    assert manifest["findings"] == {}, "no training data, nothing named"
 
 
 def test_vllm_engine_generates_n_completions_per_prompt(tiny_model: Path) -> None:
