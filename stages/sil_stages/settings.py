@@ -313,7 +313,7 @@ class Lora(Settings):
     )
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input. Default: 0.05.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["all-linear"],
+        default=["all-linear"],
         min_length=1,
         description="Module names (or name suffixes) to adapt, e.g. [q_proj, v_proj]; all-linear adapts every "
         "linear layer but the output head. A list matching no module of the model fails the optimize stage "
@@ -341,10 +341,6 @@ DpoLoss = Literal[
 """TRL 1.x `DPOConfig.loss_type` values."""
 
 
-def _rpo() -> list[DpoLoss]:
-    return ["sigmoid", "sft"]
-
-
 class Dpo(Settings):
     """Iterative DPO on the pairs select built (TRL DPOTrainer)."""
 
@@ -352,7 +348,7 @@ class Dpo(Settings):
         default=0.1, gt=0.0, le=10.0, description="Strength of the pull towards the reference model. Default: 0.1."
     )
     loss_type: list[DpoLoss] = Field(
-        default_factory=_rpo,
+        default=["sigmoid", "sft"],
         min_length=1,
         max_length=4,
         description="TRL DPO loss types, summed: [sigmoid] is plain DPO, [sigmoid, sft] is RPO (DPO plus the "
