@@ -539,7 +539,9 @@ class PodRunner:
 def local_mounts(pod: Pod, container: dict[str, Any], pod_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
     """emptyDir volumes become folders under the pod dir. There is no mount namespace, so an env value that is a
     mount path (or lies under one) is pointed at that folder instead: HOME=/scratch reaches the process as
-    <pod dir>/volumes/scratch. Other volume types are ignored."""
+    <pod dir>/volumes/scratch. A value that names something existing on this machine is left alone (e.g. a
+    PYTHONPATH entry of a checkout under /tmp, where a stage's /tmp is mounted): the pod's processes run on the
+    host, not in an image, and need the host's files. Other volume types are ignored."""
     empty_dirs = {v["name"] for v in pod["spec"].get("volumes") or [] if "emptyDir" in v}
     mounts: dict[str, Path] = {}
     for mount in container.get("volumeMounts") or []:
@@ -550,7 +552,7 @@ def local_mounts(pod: Pod, container: dict[str, Any], pod_dir: Path, env: Mappin
     resolved = dict(env)
     for key, value in env.items():
         for path, folder in mounts.items():
-            if value == path or value.startswith(path + "/"):
+            if (value == path or value.startswith(path + "/")) and not Path(value).exists():
                 resolved[key] = str(folder) + value[len(path) :]
     return resolved
 
