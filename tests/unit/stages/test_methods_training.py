@@ -202,6 +202,23 @@ def test_optimize_pushes_its_metrics_under_its_own_job_before_the_manifest(
     [(verb, path, body)] = received
     assert (verb, path) == ("PUT", "/metrics/job/selfimprove_optimize/namespace/test-ns/loop/test-loop/iteration/1")
     labels = '{iteration="1",loop="test-loop",method="dpo",namespace="test-ns"}'
-    assert f"selfimprove_optimize_train_rewards_margins{labels} " in body
+    assert f"selfimprove_optimize_trainer_rewards_margins{labels} " in body
     assert f"selfimprove_optimize_param_delta_l2{labels} " in body
     assert "# TYPE selfimprove_optimize_train_loss gauge" in body
+    assert f"selfimprove_optimize_trainer_loss{labels} " in body, "the trainer's train/loss, apart from train_loss"
+    names = [line.split("{")[0] for line in body.splitlines() if line and not line.startswith("#")]
+    assert len(names) == len(set(names)), "a Pushgateway refuses an exposition that names a series twice"
+
+
+def test_metrics_that_would_share_a_series_name_are_pushed_once(stage_config: StageConfig, tmp_path: Path) -> None:
+    from sil_stages.contract import OptimizeConfig, parse_stage_config
+    from sil_stages.optimize_metrics import optimize_series
+
+    config = parse_stage_config(_config(tmp_path, stage_config, tmp_path, "sft"))
+    assert isinstance(config, OptimizeConfig)
+    series = optimize_series(config, {"train_loss": 1.0, "train/loss": 2.0, "train/x.y": 3.0, "train/x_y": 4.0})
+    assert [(s.name, s.value) for s in series] == [
+        ("selfimprove_optimize_train_loss", 1.0),
+        ("selfimprove_optimize_trainer_loss", 2.0),
+        ("selfimprove_optimize_trainer_x_y", 3.0),
+    ]
