@@ -90,6 +90,10 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             keep=select.keep,
             data=get_method(spec.optimize.method).data,
             pairs=select.pairs,
+            accumulate=select.accumulate,
+            earlier_select_uris=tuple(stage_uri(storage, k, "select") for k in range(1, iteration)),
+            champion_uri=champion_uri,
+            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
         )
     if stage == "optimize":
         optimize = spec.optimize
