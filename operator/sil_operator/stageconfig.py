@@ -93,6 +93,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             accumulate=select.accumulate,
             earlier_select_uris=tuple(stage_uri(storage, k, "select") for k in range(1, iteration)),
             champion_uri=champion_uri,
+            engine=spec.acquire.engine,
             pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
         )
     if stage == "optimize":

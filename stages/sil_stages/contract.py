@@ -109,6 +109,8 @@ class SelectConfig(_StageConfigBase):
     `accumulate` and `keep.dedupe.across_iterations` (an iteration without a select manifest is skipped)."""
     champion_uri: str | None = None
     """The iteration's champion: the default judge model of `llm-judge` (self-rewarding)."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """acquire's engine: the judge of `llm-judge` generates with it."""
     pushgateway: str | None = None
     """Pushgateway URL to push the selection report to (grouped by namespace, loop, iteration); None: don't."""
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sil_stages.settings import Scorer as ScorerSettings
 
@@ -61,6 +61,8 @@ class ScorerContext:
     champion_uri: str | None = None
     """The iteration's champion: the default model of scorers that need one (llm-judge)."""
     seed: int = 0
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """The generation engine (acquire's) of scorers that generate (llm-judge)."""
 
 
 ScorerFactory = Callable[[ScorerContext], Scorer]
