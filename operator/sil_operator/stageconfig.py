@@ -129,5 +129,6 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             samples_uri=samples_uri(storage, iteration),
             train_uri=train_uri(storage, iteration),
             training_scorer=training_scorer(spec),
+            training_min_score=spec.select.keep.min_score,
         )
     raise ValueError(f"unknown stage {stage!r}")

@@ -151,6 +151,8 @@ class EvaluateConfig(_StageConfigBase, settings.Judging):
     training_scorer: ScorerConfig | None = None
     """The select stage's scorer when it is not the held-out verifier: it also scores the held-out answers
     (reward-hacking guard). None: the training scorer is the held-out verifier."""
+    training_min_score: float = 1.0
+    """select.keep.minScore: a held-out answer passes the training scorer when it scores at least this."""
 
 
 StageConfig = Annotated[AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig, Field(discriminator="stage")]

@@ -248,8 +248,10 @@ class Scorer(Settings):
         "the iteration's champion).",
     )
     batch_size: int = Field(
-        default=64, ge=1, description="Completions per forward pass (reward-model) or judgments per generation "
-        "batch (llm-judge). Default: 64."
+        default=64,
+        ge=1,
+        description="Completions per forward pass (reward-model) or judgments per generation "
+        "batch (llm-judge). Default: 64.",
     )
     judge: Judge = Field(default_factory=Judge, description="For llm-judge: the judge prompt and its parsing.")
 
@@ -281,8 +283,10 @@ class Dedupe(Settings):
         "Default: exact.",
     )
     threshold: float = Field(
-        default=0.85, gt=0.0, le=1.0, description="For minhash: the Jaccard similarity that makes two examples "
-        "duplicates. Default: 0.85."
+        default=0.85,
+        gt=0.0,
+        le=1.0,
+        description="For minhash: the Jaccard similarity that makes two examples duplicates. Default: 0.85.",
     )
     ngram: int = Field(default=5, ge=1, le=64, description="For minhash: character n-gram size. Default: 5.")
     num_perm: int = Field(
@@ -300,8 +304,7 @@ class Keep(Settings):
     top_k: int | None = Field(
         default=None,
         ge=1,
-        description="Keep at most this many completions per prompt, the highest-scored (best-of-n). Default: no "
-        "limit.",
+        description="Keep at most this many completions per prompt, the highest-scored (best-of-n). Default: no limit.",
     )
     difficulty: Difficulty = Field(
         default_factory=Difficulty, description="Keep only prompts whose pass rate is in a band. Default: all."

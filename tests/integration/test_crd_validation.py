@@ -128,7 +128,7 @@ def test_a_valid_loop_is_stored_with_the_schema_defaults_filled_in(control_plane
     assert spec["acquire"]["batchSize"] == 64
     assert spec["select"] == {
         "scorer": {"type": "verifier", "verifier": "exact-match", "minVoteShare": 0},
-        "keep": {"minScore": 1, "dedupe": True},
+        "keep": {"minScore": 1, "dedupe": {"method": "exact"}},
         "pairs": {"minMargin": 0.5},
     }
     assert spec["evaluate"]["verifier"] == "exact-match"

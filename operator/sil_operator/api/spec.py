@@ -456,6 +456,14 @@ class LoopSpec(ApiModel):
             field_path=".select.scorer.model",
         ),
         CelRule(
+            rule="!has(self.select.scorer.judge) || !has(self.select.scorer.judge.template) || "
+            "(self.select.scorer.judge.template.contains('{prompt}') && "
+            "self.select.scorer.judge.template.contains('{completion}'))",
+            message="select.scorer.judge.template must contain {prompt} and {completion} (the question and the "
+            "answer judged)",
+            field_path=".select.scorer.judge.template",
+        ),
+        CelRule(
             rule="!has(self.select.keep) || !has(self.select.keep.difficulty) || "
             "self.select.keep.difficulty.minPassRate <= self.select.keep.difficulty.maxPassRate",
             message="select.keep.difficulty: minPassRate must not be above maxPassRate",

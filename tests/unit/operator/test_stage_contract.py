@@ -21,7 +21,7 @@ SELECT: dict[str, Any] = {
     "output_uri": "file:///runs/demo/iterations/1/select",
     "samples_uri": "file:///runs/demo/iterations/1/acquire/samples.jsonl",
     "scorer": {"type": "majority-vote", "verifier": "exact-match", "answer_pattern": "(\\d+)", "min_vote_share": 0.5},
-    "keep": {"min_score": 0.5, "max_per_prompt": 2, "dedupe": False},
+    "keep": {"min_score": 0.5, "top_k": 2, "dedupe": {"method": "none"}},
 }
 
 
@@ -29,7 +29,7 @@ def test_a_config_written_with_snake_case_names_parses() -> None:
     config = parse_stage_config(json.dumps(SELECT))
     assert isinstance(config, SelectConfig)
     assert (config.scorer.min_vote_share, config.scorer.answer_pattern) == (0.5, "(\\d+)")
-    assert (config.keep.min_score, config.keep.max_per_prompt, config.keep.dedupe) == (0.5, 2, False)
+    assert (config.keep.min_score, config.keep.top_k, config.keep.dedupe.method) == (0.5, 2, "none")
 
 
 @pytest.mark.parametrize("stage", ["acquire", "select", "optimize", "evaluate"])
