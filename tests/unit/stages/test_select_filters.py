@@ -110,9 +110,7 @@ def _iteration(
     samples = _samples(tmp_path, records, name=f"samples-{iteration}.jsonl")
     storage = stage_config("select")["storage"]["uri"]
     earlier = [f"{storage}/iterations/{k}/select" for k in range(1, iteration)]
-    config = stage_config(
-        "select", iteration=iteration, samples_uri=samples, earlier_select_uris=earlier, **fields
-    )
+    config = stage_config("select", iteration=iteration, samples_uri=samples, earlier_select_uris=earlier, **fields)
     assert _run(config) == 0
     return config
 
@@ -123,9 +121,7 @@ def test_accumulate_trains_on_every_iterations_kept_data_and_caps_the_oldest_fir
     """Accumulating instead of replacing data avoids model collapse; the cap drops the oldest examples."""
     accumulate = {"enabled": True, "max_examples": 3}
     _iteration(tmp_path, stage_config, 1, [{"prompt": "a", "completions": ["1", "2"], "answer": "1"}])
-    _iteration(
-        tmp_path, stage_config, 2, [{"prompt": "b", "completions": ["2"], "answer": "2"}], accumulate=accumulate
-    )
+    _iteration(tmp_path, stage_config, 2, [{"prompt": "b", "completions": ["2"], "answer": "2"}], accumulate=accumulate)
     third = _iteration(
         tmp_path,
         stage_config,
