@@ -65,3 +65,18 @@ def test_a_manifest_written_before_findings_existed_still_parses_with_none_named
         '"started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:00:01Z", "duration_seconds": 1.0}'
     )
     assert Manifest.model_validate_json(old).findings == {}
+
+
+def test_select_is_given_the_earlier_iterations_select_folders_the_champion_and_the_engine() -> None:
+    """What accumulate, cross-iteration dedupe and a self-rewarding judge need, decided by the runner, not the stage."""
+    document = valid_loop()
+    document["spec"]["evaluate"]["pushgateway"] = {"address": "http://pushgateway:9091"}
+    spec = parse_loop(document).spec
+    config = build_stage_config(spec, LoopRef("demo", "ml"), 3, "select", "s3://runs/demo/iterations/2/optimize/model")
+    assert isinstance(config, SelectConfig)
+    storage = spec.storage.uri.rstrip("/")
+    assert config.earlier_select_uris == (f"{storage}/iterations/1/select", f"{storage}/iterations/2/select")
+    assert config.champion_uri == "s3://runs/demo/iterations/2/optimize/model"
+    assert (config.engine, config.pushgateway) == ("transformers", "http://pushgateway:9091")
+    first = build_stage_config(spec, LoopRef("demo", "ml"), 1, "select", "file:///m")
+    assert isinstance(first, SelectConfig) and first.earlier_select_uris == ()
