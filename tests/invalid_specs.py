@@ -82,6 +82,7 @@ CEL = "the API server cannot compile a CEL expression given as a value"
 DPO_BLOCK = "optimize.dpo holds the settings of method dpo"
 GRPO_BLOCK = "optimize.grpo holds the settings of method grpo"
 GRPO_GROUPS = "must be divisible by grpo.numGenerations"
+PASS_AT_K = "every k must be at most evaluate.refinement.samples"
 
 INVALID: list[Invalid] = [
     # bounds and types
@@ -267,6 +268,29 @@ INVALID: list[Invalid] = [
         },
         "spec.acquire.samplesPerPrompt",
         says=MAJORITY,
+    ),
+    Invalid(
+        "a pass@k whose k is above the samples drawn",
+        {"spec.evaluate.refinement": {"samples": 4, "passAtK": [1, 8]}},
+        "spec.evaluate.refinement.passAtK",
+        says=PASS_AT_K,
+    ),
+    Invalid(
+        "a pass@k above the default 8 samples",
+        {"spec.evaluate.refinement": {"passAtK": [16]}},
+        "spec.evaluate.refinement.passAtK",
+        says=PASS_AT_K,
+    ),
+    Invalid(
+        "a self-refine template without the {answer} placeholder",
+        {"spec.evaluate.refinement": {"selfRefine": {"rounds": 1, "template": "Improve: {prompt}"}}},
+        "spec.evaluate.refinement.selfRefine.template",
+    ),
+    Invalid("a pass@k of 0", {"spec.evaluate.refinement": {"passAtK": [0]}}, "spec.evaluate.refinement.passAtK.0"),
+    Invalid(
+        "negative self-refine rounds",
+        {"spec.evaluate.refinement": {"selfRefine": {"rounds": -1}}},
+        "spec.evaluate.refinement.selfRefine.rounds",
     ),
     Invalid(
         "a dpo block with method sft",

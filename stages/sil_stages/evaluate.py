@@ -65,7 +65,8 @@ from sil_stages.manifest import StageOutputs
 from sil_stages.models import resolve_model, resolve_verified
 from sil_stages.pushgateway import push
 from sil_stages.records import Record, read_jsonl, require_field
-from sil_stages.scorers import PromptSamples, Scorer, ScorerContext, make_scorer
+from sil_stages.refinement import best_index, needs_samples, pass_at_k, pass_at_ks, self_refine
+from sil_stages.scorers import PromptSamples, Score, Scorer, ScorerContext, make_scorer
 from sil_stages.scoring import (
     CORRECT,
     Verifier,
@@ -75,6 +76,7 @@ from sil_stages.scoring import (
     make_verifier,
 )
 from sil_stages.seeding import derive_seed, seed_everything
+from sil_stages.settings import Scorer as ScorerSettings
 from sil_stages.significance import PairedComparison, compare
 from sil_stages.store import Store
 
@@ -98,6 +100,7 @@ class Scores:
     self_consistency_score: float | None = None
     distinct_answers: float | None = None
     pass_at_k: float | None = None
+    best_of_n_score: float | None = None
     distinct_1: float | None = None
     distinct_2: float | None = None
     self_bleu: float | None = None
@@ -106,9 +109,15 @@ class Scores:
     proxy_score: float | None = None
     proxy_agreement: float | None = None
     proxy_gap: float | None = None
+    pass_at: dict[int, float] = field(default_factory=dict)
+    """k -> unbiased pass@k on the refinement samples: series `selfimprove_eval_pass_at_k{k}`."""
+    self_refine: tuple[float, ...] = ()
+    """The accuracy after each self-refine round, round 1 first: series `selfimprove_eval_self_refine_score{round}`."""
 
 
-NOT_SERIES = frozenset({"pass_at_k"})
+LABELLED = frozenset({"pass_at", "self_refine"})
+"""Scores with one value per k or per round: an extra label on the series, a suffix on the flat metrics."""
+NOT_SERIES = frozenset({"pass_at_k"}) | LABELLED
 SERIES = tuple(f.name for f in fields(Scores) if f.name not in NOT_SERIES)
 """The per-model scores that become labelled series (`selfimprove_eval_<name>`, label model)."""
 COMPARISON_SERIES = ("delta", "delta_ci_low", "delta_ci_high", "p_value")
@@ -158,28 +167,50 @@ class Proxy:
 
     def verdicts(self, prompts: list[str], answers: list[list[str]], records: list[Record]) -> list[float] | None:
         """One verdict per answer, flattened in prompt order; None when the scorer scores none of them (no vote)."""
-        groups = [
-            PromptSamples(prompt, tuple(samples), record)
-            for prompt, samples, record in zip(prompts, answers, records, strict=True)
-        ]
-        scores = [score.value for group in self.scorer.score(groups) for score in group]
+        return self.judge(self.scorer.score(_groups(prompts, answers, records)))
+
+    def judge(self, scored: list[list[Score]]) -> list[float] | None:
+        """The verdicts of scores this scorer gave (best-of-N shares them: the samples are scored once)."""
+        scores = [score.value for group in scored for score in group]
         if all(value is None for value in scores):
             return None
         return [float(value is not None and value >= self.min_score) for value in scores]
 
 
-def make_proxy(config: EvaluateConfig, store: Store) -> Proxy | None:
-    if config.training_scorer is None:
-        return None
-    context = ScorerContext(
-        settings=config.training_scorer,
-        field="training_scorer",
+def _groups(prompts: list[str], answers: list[list[str]], records: list[Record]) -> list[PromptSamples]:
+    return [
+        PromptSamples(prompt, tuple(samples), record)
+        for prompt, samples, record in zip(prompts, answers, records, strict=True)
+    ]
+
+
+def _scorer_context(config: EvaluateConfig, store: Store, settings: ScorerSettings, field: str) -> ScorerContext:
+    return ScorerContext(
+        settings=settings,
+        field=field,
         store=store,
         champion_uri=config.champion_uri,
         seed=derive_seed(config.seed, config.iteration, "proxy"),
         engine=config.engine,
     )
+
+
+def make_proxy(config: EvaluateConfig, store: Store) -> Proxy | None:
+    if config.training_scorer is None:
+        return None
+    context = _scorer_context(config, store, config.training_scorer, "training_scorer")
     return Proxy(make_scorer(context), config.training_min_score)
+
+
+def make_selector(config: EvaluateConfig, store: Store, proxy: Proxy | None) -> Scorer | None:
+    """Best-of-N's scorer: the loop's select scorer (the proxy's, so the samples are scored once), or, when that is
+    the held-out verifier, the verifier itself: then best-of-N is an oracle and equals pass@samples."""
+    if not config.refinement.best_of_n:
+        return None
+    if proxy is not None:
+        return proxy.scorer
+    settings = ScorerSettings(type="verifier", verifier=config.verifier, answer_pattern=config.answer_pattern)
+    return make_scorer(_scorer_context(config, store, settings, "evaluate"))
 
 
 def score_dataset(
@@ -191,19 +222,26 @@ def score_dataset(
     seed: int,
     proxy: Proxy | None = None,
     probe: bool = False,
+    selector: Scorer | None = None,
 ) -> ModelRun:
-    """Greedy accuracy, the sampled scores with self-consistency, and the guards of one model on one dataset."""
+    """Greedy accuracy, the refinement scores (self-consistency, pass@k, best-of-N by `selector`, self-refine) and
+    the guards of one model on one dataset."""
     prompts = [str(record["prompt"]) for record in records]
     greedy_request = SamplingRequest(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     greedy = [outs[0] for outs in engine.generate(prompts, greedy_request)]
-    correct = [
-        float(verifier(prompt, text, record) >= CORRECT)
-        for prompt, text, record in zip(prompts, greedy, records, strict=True)
-    ]
+
+    def accuracy(answers: list[str]) -> list[float]:
+        return [
+            float(verifier(prompt, text, record) >= CORRECT)
+            for prompt, text, record in zip(prompts, answers, records, strict=True)
+        ]
+
+    correct = accuracy(greedy)
     refinement = config.refinement
     sampled: list[list[str]] | None = None
-    extra: dict[str, float | None] = {}
-    if refinement.method == "self-consistency" and refinement.samples >= 1:
+    verdicts: list[list[bool]] = []
+    extra: dict[str, Any] = {}
+    if needs_samples(refinement):
         request = SamplingRequest(
             n=refinement.samples,
             temperature=refinement.temperature,
@@ -212,21 +250,23 @@ def score_dataset(
         )
         seed_everything(seed)
         sampled = engine.generate(prompts, request)
-        consistent: list[float] = []
-        distinct: list[float] = []
-        any_correct: list[float] = []
-        for prompt, completions, record in zip(prompts, sampled, records, strict=True):
-            answers = [extract_answer(completion, pattern) for completion in completions]
-            vote = majority_vote(answers)
-            distinct.append(float(vote.distinct))
-            verdicts = [verifier(prompt, completion, record) >= CORRECT for completion in completions]
-            any_correct.append(float(any(verdicts)))
-            # The majority answer is judged through one completion that gave it, so user verifiers work too.
-            voted = next((c for c, a in zip(completions, answers, strict=True) if a == vote.answer), None)
-            consistent.append(float(voted is not None and verifier(prompt, voted, record) >= CORRECT))
-        extra.update(
-            self_consistency_score=_mean(consistent), distinct_answers=_mean(distinct), pass_at_k=_mean(any_correct)
+        verdicts = [
+            [verifier(prompt, completion, record) >= CORRECT for completion in completions]
+            for prompt, completions, record in zip(prompts, sampled, records, strict=True)
+        ]
+        extra["pass_at"] = {k: _mean([pass_at_k(len(v), sum(v), k) for v in verdicts]) for k in pass_at_ks(refinement)}
+        if refinement.method == "self-consistency":
+            extra.update(_self_consistency(prompts, sampled, records, verdicts, verifier, pattern))
+    scored: list[list[Score]] | None = None
+    if selector is not None and sampled is not None:
+        scored = selector.score(_groups(prompts, sampled, records))
+        picked = [best_index(scores) for scores in scored]
+        extra["best_of_n_score"] = _mean(
+            [float(index is not None and v[index]) for index, v in zip(picked, verdicts, strict=True)]
         )
+    if refinement.self_refine.rounds:
+        rounds = self_refine(engine, prompts, greedy, refinement, config.max_new_tokens)
+        extra["self_refine"] = tuple(_mean(accuracy(answers)) for answers in rounds)
     generations = [text for samples in sampled for text in samples] if sampled is not None else greedy
     spread = diversity(generations, seed=seed)
     extra.update(
@@ -237,7 +277,11 @@ def score_dataset(
     )
     if proxy is not None:
         judged = sampled if sampled is not None else [[text] for text in greedy]
-        proxy_verdicts = proxy.verdicts(prompts, judged, records)
+        shared = scored is not None and selector is proxy.scorer
+        proxy_scores = (
+            scored if shared and scored is not None else proxy.scorer.score(_groups(prompts, judged, records))
+        )
+        proxy_verdicts = proxy.judge(proxy_scores)
         if proxy_verdicts is not None:
             truth = [
                 float(verifier(prompt, text, record) >= CORRECT)
@@ -259,6 +303,32 @@ def score_dataset(
         extra["token_entropy"] = _token_entropy(run.probe_stats)
     run.scores = Scores(score=run.scores.score, **extra)
     return run
+
+
+def _self_consistency(
+    prompts: list[str],
+    sampled: list[list[str]],
+    records: list[Record],
+    verdicts: list[list[bool]],
+    verifier: Verifier,
+    pattern: re.Pattern[str] | None,
+) -> dict[str, float]:
+    """Self-consistency@k (the majority answer's accuracy), distinct answers, and the share of prompts with a
+    correct sample (`pass_at_k`, that is pass@samples)."""
+    consistent: list[float] = []
+    distinct: list[float] = []
+    for prompt, completions, record in zip(prompts, sampled, records, strict=True):
+        answers = [extract_answer(completion, pattern) for completion in completions]
+        vote = majority_vote(answers)
+        distinct.append(float(vote.distinct))
+        # The majority answer is judged through one completion that gave it, so user verifiers work too.
+        voted = next((c for c, a in zip(completions, answers, strict=True) if a == vote.answer), None)
+        consistent.append(float(voted is not None and verifier(prompt, voted, record) >= CORRECT))
+    return {
+        "self_consistency_score": _mean(consistent),
+        "distinct_answers": _mean(distinct),
+        "pass_at_k": _mean([float(any(v)) for v in verdicts]),
+    }
 
 
 def _token_entropy(stats: list[TokenStats]) -> float:
@@ -298,6 +368,16 @@ def series_for(
                 value = getattr(scores, name)
                 if value is not None and (model != "base" or name == "output_length"):
                     samples.append(MetricSample(name=f"{METRIC_PREFIX}{name}", labels=labels, value=value))
+            for k, value in scores.pass_at.items():
+                samples.append(
+                    MetricSample(name=f"{METRIC_PREFIX}pass_at_k", labels={**labels, "k": str(k)}, value=value)
+                )
+            for round_, value in enumerate(scores.self_refine, start=1):
+                samples.append(
+                    MetricSample(
+                        name=f"{METRIC_PREFIX}self_refine_score", labels={**labels, "round": str(round_)}, value=value
+                    )
+                )
     for dataset, guard in (guards or {}).items():
         labels = _labels(config, dataset=dataset)
         for name, value in _dataset_values(guard).items():
@@ -358,8 +438,12 @@ def flat_metrics(
     for dataset, by_model in results.items():
         for model, scores in by_model.items():
             for name, value in asdict(scores).items():
-                if value is not None and (model != "base" or name == "output_length"):
+                if name not in LABELLED and value is not None and (model != "base" or name == "output_length"):
                     metrics[f"{dataset}/{model}/{name}"] = float(value)
+            for k, value in scores.pass_at.items():
+                metrics[f"{dataset}/{model}/pass_at_{k}"] = value
+            for round_, value in enumerate(scores.self_refine, start=1):
+                metrics[f"{dataset}/{model}/self_refine_round_{round_}"] = value
     for dataset, guard in (guards or {}).items():
         values = _dataset_values(guard)
         for name, value in values.items():
@@ -410,7 +494,9 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     datasets = load_datasets(store, config.datasets)
     pattern = compile_pattern(config.answer_pattern, field="answer_pattern")
     verifier = make_verifier(config.verifier, config.answer_pattern, field="verifier", pattern_field="answer_pattern")
+    pass_at_ks(config.refinement)  # a k above the samples fails here, before any model is loaded
     proxy = make_proxy(config, store)
+    selector = make_selector(config, store, proxy)
     uris = {"candidate": config.candidate_uri, "champion": config.champion_uri}
     models = ["candidate"] if config.candidate_uri == config.champion_uri else list(MODELS)
 
@@ -427,7 +513,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
         for name, records in datasets.items():
             seed = derive_seed(config.seed, config.iteration, f"evaluate:{name}")
             runs[name][model] = score_dataset(
-                engine, records, config, verifier, pattern, seed, proxy, probe=model == "candidate"
+                engine, records, config, verifier, pattern, seed, proxy, probe=model == "candidate", selector=selector
             )
             probes = runs[name]["candidate"].probes
             if model == "champion" and probes and isinstance(engine, TokenScorer):

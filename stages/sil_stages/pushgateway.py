@@ -20,6 +20,13 @@ HELP = {
     "selfimprove_eval_score": "Held-out accuracy with greedy decoding, by dataset and model (candidate|champion).",
     "selfimprove_eval_self_consistency_score": "Held-out accuracy of the majority answer of k samples.",
     "selfimprove_eval_distinct_answers": "Mean number of distinct answers among the k samples of a prompt.",
+    # inference refinement (what sampling more, or revising, gets without new weights)
+    "selfimprove_eval_pass_at_k": "Unbiased pass@k (Chen et al. 2021) on the refinement samples, by dataset, model "
+    "and k: the chance that one of k samples is correct by the held-out verifier.",
+    "selfimprove_eval_best_of_n_score": "Held-out accuracy of the sample the select scorer ranks first among the "
+    "refinement samples (best-of-N; an oracle equal to pass@n when that scorer is the held-out verifier).",
+    "selfimprove_eval_self_refine_score": "Held-out accuracy after self-refine round `round` (the model revises its "
+    "greedy answer with evaluate.refinement.selfRefine.template), by dataset and model.",
     # paired significance (candidate minus champion on the same prompts; no model label)
     "selfimprove_eval_delta": "Candidate minus champion greedy accuracy on the same prompts, by dataset.",
     "selfimprove_eval_delta_ci_low": "Lower bound of the paired bootstrap interval of candidate minus champion "

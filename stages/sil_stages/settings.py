@@ -353,14 +353,82 @@ class EvalDataset(Settings):
     )
 
 
+SELF_REFINE_PLACEHOLDERS = ("{prompt}", "{answer}")
+SELF_REFINE_TEMPLATE = """Question:
+{prompt}
+
+Proposed answer:
+{answer}
+
+Check the proposed answer step by step. If it is correct, give it again; if it is wrong, give the corrected \
+answer. Answer in the same form as the proposed answer, with nothing else.
+
+{prompt}"""
+"""The default critique-and-revise prompt of self-refine (Madaan et al. 2023, with feedback and revision in one
+prompt): the question and the previous answer as `{prompt}` and `{answer}`. It ends with the question itself, so
+the revised answer continues the prompt exactly as the first answer did and the answer pattern reads it the same
+way (also for a base model, or a character-level one that knows little more than digits)."""
+
+
+def _self_refine_template(value: str | None) -> str | None:
+    if value is not None:
+        missing = [p for p in SELF_REFINE_PLACEHOLDERS if p not in value]
+        if missing:
+            raise ValueError(f"the template lacks the placeholder(s) {', '.join(missing)}")
+    return value
+
+
+SelfRefineTemplate = Annotated[str | None, AfterValidator(_self_refine_template)]
+
+
+class SelfRefine(Settings):
+    """Self-refine at evaluation (Madaan et al. 2023): the model revises its own greedy answer, round by round."""
+
+    rounds: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Critique-and-revise rounds after the greedy answer, each greedy; the accuracy after round r "
+        "is selfimprove_eval_self_refine_score{round=r}. Default: 0 (off).",
+    )
+    template: SelfRefineTemplate = Field(
+        default=None,
+        description="The revision prompt; {prompt} and {answer} are replaced by the question and the previous "
+        "answer (both required). Default: a prompt asking to check the answer and give it again or corrected, "
+        "ending with the question so the revision has the first answer's form.",
+    )
+
+
 class Refinement(Settings):
+    """Inference-time refinement measured at evaluation, what the trained model is compared against: sampling
+    more (self-consistency, pass@k, best-of-N) and revising (self-refine). The sampled metrics share one set of
+    `samples` samples per prompt."""
+
     method: Literal["none", "self-consistency"] = Field(
         default="self-consistency",
         description="Inference refinement measured at evaluation: self-consistency@k (majority answer of "
         "`samples` samples). Default: self-consistency.",
     )
-    samples: int = Field(default=8, ge=1, le=256, description="k for self-consistency@k. Default: 8.")
+    samples: int = Field(
+        default=8, ge=1, le=256, description="k for self-consistency@k; n for pass@k and best-of-N. Default: 8."
+    )
     temperature: float = Field(default=0.7, ge=0.0, le=5.0, description="Sampling temperature. Default: 0.7.")
+    pass_at_k: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
+        default=None,
+        max_length=16,
+        description="The k of pass@k (unbiased estimator of Chen et al. 2021 on the `samples` samples, correct by "
+        "the held-out verifier), each at most samples: selfimprove_eval_pass_at_k{k}. [] turns it off. Default: "
+        "[1, samples] whenever samples are drawn.",
+    )
+    best_of_n: bool = Field(
+        default=False,
+        description="true: the select scorer scores the `samples` samples of each prompt and the top-scored one "
+        "(the first on ties) is the answer: selfimprove_eval_best_of_n_score. When the select scorer is the "
+        "held-out verifier itself, best-of-N is an oracle and equals pass@samples. Default: false.",
+    )
+    self_refine: SelfRefine = Field(
+        default_factory=SelfRefine, description="Self-refine rounds on the greedy answer. Default: off."
+    )
 
 
 class Generation(Settings):

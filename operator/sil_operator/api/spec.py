@@ -255,7 +255,25 @@ class OptimizeSpec(ApiModel, Optimization):
 class EvaluateSpec(ApiModel, Judging):
     """The datasets, and the judging settings the evaluate stage is given as they are (sil_stages.settings)."""
 
-    cel_rules: ClassVar[tuple[CelRule, ...]] = (unique_names_rule("datasets", "dataset"),)
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        unique_names_rule("datasets", "dataset"),
+        CelRule(
+            rule="!has(self.refinement) || !has(self.refinement.passAtK) || "
+            "self.refinement.passAtK.all(k, k <= self.refinement.samples)",
+            message="evaluate.refinement.passAtK: every k must be at most evaluate.refinement.samples (pass@k "
+            "draws k of those samples); lower k or raise samples",
+            field_path=".refinement.passAtK",
+        ),
+        CelRule(
+            rule="!has(self.refinement) || !has(self.refinement.selfRefine) || "
+            "!has(self.refinement.selfRefine.template) || "
+            "(self.refinement.selfRefine.template.contains('{prompt}') && "
+            "self.refinement.selfRefine.template.contains('{answer}'))",
+            message="evaluate.refinement.selfRefine.template must contain {prompt} and {answer} (the question and "
+            "the answer to revise)",
+            field_path=".refinement.selfRefine.template",
+        ),
+    )
 
     datasets: list[EvalDataset] = Field(
         min_length=1,

@@ -63,5 +63,6 @@ def test_every_series_evaluate_pushes_has_its_own_help_text() -> None:
 
     per_dataset = (*COMPARISON_SERIES, "kl_candidate_champion", "output_length_drift", "contamination")
     names = [f"{METRIC_PREFIX}{name}" for name in (*SERIES, *per_dataset, "contaminated_items", "contamination_max")]
+    names += [f"{METRIC_PREFIX}{name}" for name in ("pass_at_k", "self_refine_score")]
     names += [f"{ACQUIRE_PREFIX}{name}" for name in ("distinct_1", "distinct_2", "self_bleu")]
     assert [name for name in names if name not in HELP] == []

@@ -148,6 +148,7 @@ PER_MODEL = (
     "score",
     "self_consistency_score",
     "distinct_answers",
+    "pass_at_k",  # by default pass@1 and pass@samples, one series each (label k)
     "distinct_1",
     "distinct_2",
     "self_bleu",
