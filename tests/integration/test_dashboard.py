@@ -139,6 +139,28 @@ GUARDS = {  # the evaluation layer's series of every iteration: healthy values (
     | {"proxy_gap_change": -0.01, "proxy_gap_growth_streak": 0.0},
     "acquire": {"distinct_1": 0.45, "distinct_2": 0.55, "self_bleu": 0.25},
 }
+REFINEMENT = {  # iteration → (pass@1, pass@8, best-of-N, self-refine rounds 1 and 2), both models alike
+    1: (0.5, 0.8, 0.7, (0.58, 0.6)),
+    2: (0.6, 0.85, 0.78, (0.71, 0.69)),
+}
+
+
+def refinement_series(grouping: dict[str, str], iteration: int) -> list[MetricSample]:
+    """Evaluate's inference-refinement series: pass@k by k, best-of-N, self-refine by round."""
+    pass_1, pass_8, best_of_n, rounds = REFINEMENT[iteration]
+    series: list[MetricSample] = []
+    for model in ("candidate", "champion"):
+        labels = {**grouping, "dataset": DATASET, "model": model}
+        series += [
+            MetricSample(name="selfimprove_eval_pass_at_k", labels={**labels, "k": "1"}, value=pass_1),
+            MetricSample(name="selfimprove_eval_pass_at_k", labels={**labels, "k": "8"}, value=pass_8),
+            MetricSample(name="selfimprove_eval_best_of_n_score", labels=labels, value=best_of_n),
+        ]
+        series += [
+            MetricSample(name="selfimprove_eval_self_refine_score", labels={**labels, "round": str(r)}, value=v)
+            for r, v in enumerate(rounds, start=1)
+        ]
+    return series
 
 
 def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
@@ -165,6 +187,7 @@ def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
             for name, v in GUARDS["per_dataset"].items()
         ]
         series.append(MetricSample(name="selfimprove_eval_contamination_max", labels=grouping, value=0.0))
+        series += refinement_series(grouping, iteration)
         series += [
             MetricSample(name=f"selfimprove_acquire_{name}", labels=grouping, value=v)
             for name, v in GUARDS["acquire"].items()
@@ -289,7 +312,7 @@ def test_the_template_variables_find_the_loop(scenario: Scenario) -> None:
 def test_the_per_iteration_panels_show_candidate_and_champion_of_every_iteration(scenario: Scenario) -> None:
     scores = re.compile(r"selfimprove_eval_(score|self_consistency_score|distinct_answers)\{")
     per_iteration = [(n, t) for n, t in targets() if "by (iteration)" in t["expr"] and scores.search(t["expr"])]
-    assert len(per_iteration) == 6, "score, self-consistency and distinct answers, candidate and champion"
+    assert len(per_iteration) == 7, "score, self-consistency and distinct answers, candidate and champion; greedy again"
     for name, target in per_iteration:
         result = query(scenario.prometheus, substitute(target["expr"], scenario.variables))["result"]
         by_iteration = {int(s["metric"]["iteration"]): float(s["value"][1]) for s in result}
@@ -308,6 +331,24 @@ def test_the_evaluation_layer_panels_show_the_interval_and_guards_of_every_itera
     for name, target in guard_targets:
         result = query(scenario.prometheus, substitute(target["expr"], scenario.variables))["result"]
         assert {int(s["metric"]["iteration"]) for s in result} == set(ITERATIONS), name
+
+
+def test_the_refinement_panel_shows_pass_at_1_the_largest_k_best_of_n_and_the_best_self_refine_round(
+    scenario: Scenario,
+) -> None:
+    panel = next(p for p in dashboard()["panels"] if p["title"].startswith("Inference refinement"))
+    expected = {
+        "greedy": {i: SCORES[i]["candidate"][0] for i in ITERATIONS},
+        "pass@1": {i: REFINEMENT[i][0] for i in ITERATIONS},
+        "pass@k, largest k": {i: REFINEMENT[i][1] for i in ITERATIONS},
+        "best-of-N": {i: REFINEMENT[i][2] for i in ITERATIONS},
+        "self-refine, best round": {i: max(REFINEMENT[i][3]) for i in ITERATIONS},
+    }
+    shown: dict[str, dict[int, float]] = {}
+    for target in panel["targets"]:
+        result = query(scenario.prometheus, substitute(target["expr"], scenario.variables))["result"]
+        shown[target["legendFormat"]] = {int(s["metric"]["iteration"]): float(s["value"][1]) for s in result}
+    assert shown == expected
 
 
 def test_the_alert_expressions_run_on_the_live_metrics_and_the_failed_loop_alerts(scenario: Scenario) -> None:
