@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from sil_operator.api.spec import SelectSpec
+from sil_stages.settings import Refinement
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import kwok_loop
@@ -158,7 +159,9 @@ def test_objects_left_out_entirely_are_stored_with_their_defaults(control_plane:
     assert spec["optimize"]["initFrom"] == "champion"
     assert spec["optimize"]["hyperparameters"]["learningRate"] == pytest.approx(1e-4)
     assert spec["acquire"]["sampling"]["temperature"] == 1
-    assert spec["evaluate"]["refinement"] == {"method": "self-consistency", "samples": 8, "temperature": 0.7}
+    assert spec["evaluate"]["refinement"] == Refinement().model_dump(by_alias=True, exclude_none=True)
+    assert spec["evaluate"]["refinement"]["selfRefine"] == {"rounds": 0}, "self-refine is off, its template unset"
+    assert "passAtK" not in spec["evaluate"]["refinement"], "unset: pass@1 and pass@samples"
 
 
 def test_a_loop_at_the_limits_is_accepted(control_plane: ControlPlane, namespace: str) -> None:
