@@ -5,7 +5,13 @@ For each dataset (JSONL with `prompt` and `answer`) and each model:
 - `self_consistency_score`: accuracy of the majority answer of `refinement.samples` samples at
   `refinement.temperature` (self-consistency@k, inference-time refinement without new weights);
 - `distinct_answers`: mean number of distinct answers among those samples;
-- `pass_at_k`: share of prompts with at least one correct sample (in `metrics` only).
+- `pass_at_k`: share of prompts with at least one correct sample (in `metrics` only; the same as pass@samples);
+- inference refinement (`sil_stages.refinement`), on the same samples: `pass_at_k{k}`, the unbiased pass@k of
+  Chen et al. for each k of `refinement.pass_at_k` (default 1 and `samples`; flat metrics `<dataset>/<model>/
+  pass_at_<k>`); with `refinement.best_of_n`, `best_of_n_score`, the accuracy of the sample the select scorer ranks
+  first (an oracle equal to pass@samples when that scorer is the held-out verifier); and with
+  `refinement.self_refine.rounds`, `self_refine_score{round}`, the accuracy after each greedy critique-and-revise
+  round (flat metrics `<dataset>/<model>/self_refine_round_<r>`).
 
 And the evaluation layer around those scores (see `significance`, `guards`):
 - paired significance, per dataset: `delta` (candidate minus champion greedy accuracy on the same prompts), its

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sil_operator.gates.providers import ManifestProvider
 from sil_stages.cli import main
-from sil_stages.contract import EvaluateConfig
+from sil_stages.contract import EvaluateConfig, Manifest
 from sil_stages.errors import StageInputError
-from sil_stages.evaluate import Scores, flat_metrics, make_selector, score_dataset, series_for
+from sil_stages.evaluate import Scores, flat_metrics, make_proxy, make_selector, score_dataset, series_for
 from sil_stages.generation import SamplingRequest
 from sil_stages.refinement import best_index, needs_samples, pass_at_k, pass_at_ks, refine_prompt, self_refine
 from sil_stages.scorers import Score
@@ -130,8 +132,6 @@ def _config(stage_config: StageConfig, **fields: Any) -> EvaluateConfig:
 
 
 def _score(config: EvaluateConfig, engine: ScriptedEngine, tmp_path: Path) -> Scores:
-    from sil_stages.evaluate import make_proxy
-
     store = Store(tmp_path.as_uri())
     proxy = make_proxy(config, store)
     verifier = make_verifier(config.verifier, None, field="verifier", pattern_field="answer_pattern")
@@ -165,14 +165,19 @@ def test_a_grading_select_scorer_makes_best_of_n_beat_self_consistency(
     assert scores.proxy_score == pytest.approx(0.25)
 
 
+def any_number(prompt: str, completion: str, record: dict[str, Any]) -> float:
+    """A coarse user verifier: 1 for any number at all, so right and wrong numbers tie."""
+    return float(any(char.isdigit() for char in completion))
+
+
 def test_best_of_n_takes_the_first_of_equally_scored_samples(stage_config: StageConfig, tmp_path: Path) -> None:
-    """4 and 2 are both one off: the first in sample order (4, wrong) is the answer, however many are right."""
+    """5 and 3 tie for the coarse scorer: the first in sample order (5, wrong) is the answer, not the right 3."""
     config = _config(
         stage_config,
         refinement={"samples": 3, "temperature": 1.0, "best_of_n": True, "method": "none"},
-        training_scorer={"verifier": f"{__name__}:closeness"},
+        training_scorer={"verifier": f"{__name__}:any_number"},
     )
-    scores = _score(config, ScriptedEngine("5", ["4", "2", "9"]), tmp_path)
+    scores = _score(config, ScriptedEngine("5", ["x", "5", "3"]), tmp_path)
     assert scores.best_of_n_score == 0.0
     assert scores.self_consistency_score is None, "method none: no self-consistency, yet samples for best-of-N"
 
@@ -302,3 +307,30 @@ def test_evaluate_on_the_tiny_model_reports_pass_at_k_best_of_n_and_a_self_refin
     assert metrics["heldout/candidate/pass_at_1"] <= metrics["heldout/candidate/pass_at_2"]
     # The held-out verifier ranks the samples: best-of-N is the oracle, pass@samples.
     assert metrics["heldout/candidate/best_of_n_score"] == metrics["heldout/candidate/pass_at_k"]
+
+
+def test_a_local_gate_reads_pass_at_k_of_one_k_from_the_evaluate_manifest(
+    stage_config: StageConfig, tmp_path: Path
+) -> None:
+    """Series usable in gates: without Prometheus, the gate's selector is answered from the manifest's series."""
+    config = _config(stage_config)
+    scores = Scores(score=0.5, pass_at={1: 0.5, 8: 0.9}, self_refine=(0.5, 0.625))
+    series = series_for(config, {"heldout": {"candidate": scores, "champion": Scores(score=0.25)}})
+    now = datetime.now(UTC)
+    manifest = Manifest(
+        stage="evaluate",
+        iteration=1,
+        loop="test-loop",
+        series=series,
+        started_at=now,
+        finished_at=now,
+        duration_seconds=0,
+    )
+    storage = str(config.storage.uri)
+    store = Store()
+    store.write_text(f"{storage}/iterations/1/evaluate/_manifest.json", manifest.model_dump_json())
+    provider = ManifestProvider(store, storage)
+    query = 'selfimprove_eval_pass_at_k{iteration="1",dataset="heldout",model="candidate",k="8"}'
+    assert [sample.value for sample in provider.query(query)] == [0.9]
+    last_round = 'selfimprove_eval_self_refine_score{iteration="1",model="candidate",round="2"}'
+    assert [sample.value for sample in provider.query(last_round)] == [0.625]
