@@ -91,7 +91,8 @@ class LlmJudgeScorer:
         self._engine = make_engine(context.engine, path, batch_size=settings.batch_size, progress="judge")
         self._judged = 0
         self._scores: list[float] = []
-        self._first_judgment: str | None = None
+        self._first_unparsed: str | None = None
+        """What the judge wrote the first time the pattern found no score: what the error message shows."""
 
     def score(self, groups: Sequence[PromptSamples]) -> list[list[Score]]:
         pairs = flat(groups)
@@ -102,8 +103,15 @@ class LlmJudgeScorer:
         ]
         judgments = self._engine.generate(prompts, self._request)
         scores = [self._score(samples) for samples in judgments]
-        if self._first_judgment is None and judgments and judgments[0]:
-            self._first_judgment = judgments[0][0]
+        if self._first_unparsed is None:
+            self._first_unparsed = next(
+                (
+                    samples[0]
+                    for samples, score in zip(judgments, scores, strict=True)
+                    if score.value is None and samples
+                ),
+                None,
+            )
         self._judged += len(scores)
         self._scores.extend(score.value for score in scores if score.value is not None)
         self._check_parse_rate()
@@ -124,13 +132,14 @@ class LlmJudgeScorer:
         rate = self._parse_rate()
         if rate >= self._min_parse_rate:
             return
-        first = _shown(self._first_judgment or "")
+        first = _shown(self._first_unparsed or "")
+        field = self._field
         raise StageInputError(
-            f"{self._field}.judge: only {rate:.0%} of the answers judged got a parseable score ({len(self._scores)} "
-            f"of {self._judged}; judge.minParseRate is {self._min_parse_rate:g}); the first judgment was {first!r}. "
-            f"Make {self._field}.judge.template ask for the score in the form {self._field}.judge.scorePattern "
-            f"matches, give it more room with {self._field}.judge.maxNewTokens, or use a stronger judge model "
-            f"({self._field}.model)"
+            f"{field}.judge: only {rate:.0%} of the answers judged got a parseable score ({len(self._scores)} of "
+            f"{self._judged}; {field}.judge.minParseRate is {self._min_parse_rate:g}); the first judgment without "
+            f"one was {first!r}. Make {field}.judge.template ask for the score in the form "
+            f"{field}.judge.scorePattern matches, give it more room with {field}.judge.maxNewTokens, or use a "
+            f"stronger judge model ({field}.model)"
         )
 
     def report(self) -> dict[str, float]:

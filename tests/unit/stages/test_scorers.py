@@ -26,6 +26,17 @@ GROUPS = [
 ]
 
 
+def _batch_tolerance() -> float:
+    """float32 on CPU: batching changes nothing but summation order. bf16 on CUDA (what the scorer uses there):
+    kernels chosen by shape round differently, so only a looser bound holds (this bound has not been run on a GPU)."""
+    import torch
+
+    return 2e-2 if torch.cuda.is_available() else 1e-5
+
+
+BATCH_TOLERANCE = _batch_tolerance()
+
+
 def _save_reward_model(
     directory: Path, tokenizer_dir: Path, *, num_labels: int = 1, pad_token_id: int | None = None
 ) -> Any:
@@ -97,7 +108,7 @@ def test_reward_model_scores_do_not_depend_on_the_batch_size(reward_model: Path)
     one = make_scorer(_context(type="reward-model", model=str(reward_model), batch_size=1)).score(GROUPS)
     many = make_scorer(_context(type="reward-model", model=str(reward_model), batch_size=64)).score(GROUPS)
     for single, batched in zip(_values(one), _values(many), strict=True):
-        assert batched == pytest.approx(single, abs=1e-5)
+        assert batched == pytest.approx(single, abs=BATCH_TOLERANCE)
 
 
 def test_a_config_pad_id_other_than_the_tokenizers_does_not_move_scores(tiny_model: Path, tmp_path: Path) -> None:
@@ -110,7 +121,7 @@ def test_a_config_pad_id_other_than_the_tokenizers_does_not_move_scores(tiny_mod
     one = make_scorer(_context(type="reward-model", model=str(tmp_path / "rm"), batch_size=1)).score(GROUPS)
     many = make_scorer(_context(type="reward-model", model=str(tmp_path / "rm"), batch_size=64)).score(GROUPS)
     for single, batched in zip(_values(one), _values(many), strict=True):
-        assert batched == pytest.approx(single, abs=1e-5)
+        assert batched == pytest.approx(single, abs=BATCH_TOLERANCE)
 
 
 def test_reward_model_reads_the_conversation_in_its_chat_template(reward_model: Path, tmp_path: Path) -> None:
@@ -302,7 +313,7 @@ def test_a_judge_whose_output_never_matches_fails_with_the_parse_rate_and_first_
         scorer.score(GROUPS)
     message = str(raised.value)
     assert "0%" in message and "0 of 6" in message
-    assert "first judgment was '" in message
+    assert "first judgment without one was '" in message
     assert "select.scorer.judge.template" in message and "select.scorer.judge.scorePattern" in message
     assert "select.scorer.judge.maxNewTokens" in message
 
