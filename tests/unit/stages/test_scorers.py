@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
+from sil_stages.cli import main
 from sil_stages.errors import StageInputError
 from sil_stages.scorers import REGISTRY, PromptSamples, Score, ScorerContext, make_scorer
 from sil_stages.scorers.llm_judge import DEFAULT_SCORE_PATTERN, judge_prompt, parse_judgment
 from sil_stages.settings import SCORER_TYPES, Judge
 from sil_stages.settings import Scorer as ScorerSettings
+from tests.unit.stages.conftest import StageConfig, output_dir, read_jsonl, write_jsonl
 
 GROUPS = [
     PromptSamples("1+1=", ("2", "3", "two, obviously"), {"answer": "2"}),
@@ -390,3 +392,53 @@ def test_a_user_class_returning_the_wrong_shape_is_a_clear_error(user_module: st
         StageInputError, match=r"select\.scorer\.type: .*OneListPerAnswer.*one list of scores per prompt"
     ):
         scorer.score(GROUPS)
+
+
+# through the select stage
+
+
+def _select(tmp_path: Path, stage_config: StageConfig, scorer: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    samples = write_jsonl(
+        tmp_path / "samples.jsonl",
+        [{"prompt": "1+1=", "completions": ["2", "3", "zz"]}, {"prompt": "q", "completions": ["a"]}],
+    )
+    return stage_config("select", samples_uri=samples.as_uri(), scorer=scorer, keep={"min_score": -1e9}, **fields)
+
+
+def test_select_scores_with_a_reward_model_given_as_a_uri(
+    reward_model: Path, tmp_path: Path, stage_config: StageConfig
+) -> None:
+    """The stage resolves the URI through its store, writes each logit to scored.jsonl and the reward stats to its
+    manifest."""
+    config = _select(tmp_path, stage_config, {"type": "reward-model", "model": reward_model.as_uri()})
+    assert main(["select", "--config", json.dumps(config)]) == 0
+    scored = read_jsonl(output_dir(config) / "scored.jsonl")
+    assert len(scored) == 4 and all(isinstance(row["score"], float) for row in scored)
+    metrics = json.loads((output_dir(config) / "_manifest.json").read_text())["metrics"]
+    assert metrics["reward_max"] == max(row["score"] for row in scored)
+
+
+def test_select_with_a_causal_lm_as_reward_model_exits_2(
+    tiny_model: Path, tmp_path: Path, stage_config: StageConfig
+) -> None:
+    """A bad input, not a crash: retrying the stage would not help."""
+    config = _select(tmp_path, stage_config, {"type": "reward-model", "model": tiny_model.as_uri()})
+    assert main(["select", "--config", json.dumps(config)]) == 2
+
+
+def test_select_judges_with_the_champion_and_shows_the_judgment(
+    tiny_model: Path, tmp_path: Path, stage_config: StageConfig
+) -> None:
+    judge = {
+        "template": "Q {prompt} A {completion} S ",
+        "scorePattern": "[0-9]",
+        "temperature": 1.0,
+        "maxNewTokens": 16,
+        "minParseRate": 0,
+    }
+    config = _select(tmp_path, stage_config, {"type": "llm-judge", "judge": judge}, champion_uri=tiny_model.as_uri())
+    assert main(["select", "--config", json.dumps(config)]) == 0
+    scored = read_jsonl(output_dir(config) / "scored.jsonl")
+    assert len(scored) == 4 and all(isinstance(row["judgment"], str) for row in scored)
+    metrics = json.loads((output_dir(config) / "_manifest.json").read_text())["metrics"]
+    assert 0.0 <= metrics["judge_parse_rate"] <= 1.0
