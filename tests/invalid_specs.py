@@ -119,7 +119,29 @@ INVALID: list[Invalid] = [
     ),
     # enums
     Invalid("unknown engine", {"spec.acquire.engine": "llama.cpp"}, "spec.acquire.engine"),
-    Invalid("unknown scorer type", {"spec.select.scorer.type": "reward-model"}, "spec.select.scorer.type"),
+    Invalid("unknown scorer type", {"spec.select.scorer.type": "bandit"}, "spec.select.scorer.type"),
+    Invalid(
+        "a reward-model scorer without a model",
+        {"spec.select.scorer.type": "reward-model"},
+        "spec.select.scorer.model",
+        says="needs select.scorer.model",
+    ),
+    Invalid(
+        "a judge template without the {completion} placeholder",
+        {"spec.select.scorer": {"type": "llm-judge", "judge": {"template": "Rate {prompt}. Score:"}}},
+        "spec.select.scorer.judge.template",
+    ),
+    Invalid(
+        "a difficulty band whose minimum is above its maximum",
+        {"spec.select.keep": {"difficulty": {"minPassRate": 0.8, "maxPassRate": 0.2}}},
+        "spec.select.keep.difficulty",
+        says="minPassRate must not be above maxPassRate",
+    ),
+    Invalid(
+        "an unknown dedupe method",
+        {"spec.select.keep": {"dedupe": {"method": "simhash"}}},
+        "spec.select.keep.dedupe.method",
+    ),
     Invalid("unknown optimize method", {"spec.optimize": {"method": "ppo"}}, "spec.optimize.method"),
     Invalid(
         "unknown grpo loss type",

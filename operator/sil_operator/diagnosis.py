@@ -55,7 +55,9 @@ def why_not_improved(iteration: IterationStatus) -> str:
     """One line: the yield of select, the training loss, the candidate-champion interval, and the guards that fired."""
     parts: list[str] = []
     select = _metrics(iteration, "select")
-    if "mean_score" in select:
+    if "mean_pass_rate" in select:  # a reward model's or a judge's mean score is no share; the pass rate is
+        parts.append(f"{select['mean_pass_rate']:.1%} of samples passed select.keep.minScore")
+    elif "mean_score" in select:  # select manifests written before pass rates were reported
         parts.append(f"{select['mean_score']:.1%} of samples scored")
     prompts, with_kept = select.get("prompts"), select.get("prompts_with_kept")
     if prompts and with_kept is not None:

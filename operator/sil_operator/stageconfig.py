@@ -90,6 +90,11 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             keep=select.keep,
             data=get_method(spec.optimize.method).data,
             pairs=select.pairs,
+            accumulate=select.accumulate,
+            earlier_select_uris=tuple(stage_uri(storage, k, "select") for k in range(1, iteration)),
+            champion_uri=champion_uri,
+            engine=spec.acquire.engine,
+            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
         )
     if stage == "optimize":
         optimize = spec.optimize
@@ -124,5 +129,6 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             samples_uri=samples_uri(storage, iteration),
             train_uri=train_uri(storage, iteration),
             training_scorer=training_scorer(spec),
+            training_min_score=spec.select.keep.min_score,
         )
     raise ValueError(f"unknown stage {stage!r}")

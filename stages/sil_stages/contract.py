@@ -61,6 +61,7 @@ Hyperparameters = settings.Hyperparameters
 EvalDatasetConfig = settings.EvalDataset
 RefinementConfig = settings.Refinement
 PairsConfig = settings.Pairs
+AccumulateConfig = settings.Accumulate
 
 
 class MetricLabels(_Frozen):
@@ -102,6 +103,16 @@ class SelectConfig(_StageConfigBase):
     data: DataShape = "prompt-completion"
     """The shape of `train.jsonl`: the one the optimize method consumes (`sil_stages.methods`)."""
     pairs: PairsConfig = PairsConfig()
+    accumulate: AccumulateConfig = AccumulateConfig()
+    earlier_select_uris: tuple[str, ...] = ()
+    """The select directories of this loop's earlier iterations, oldest first: the data they kept feeds
+    `accumulate` and `keep.dedupe.across_iterations` (an iteration without a select manifest is skipped)."""
+    champion_uri: str | None = None
+    """The iteration's champion: the default judge model of `llm-judge` (self-rewarding)."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """acquire's engine: the judge of `llm-judge` generates with it."""
+    pushgateway: str | None = None
+    """Pushgateway URL to push the selection report to (grouped by namespace, loop, iteration); None: don't."""
 
 
 class OptimizeConfig(_StageConfigBase, Optimization):
@@ -140,6 +151,8 @@ class EvaluateConfig(_StageConfigBase, settings.Judging):
     training_scorer: ScorerConfig | None = None
     """The select stage's scorer when it is not the held-out verifier: it also scores the held-out answers
     (reward-hacking guard). None: the training scorer is the held-out verifier."""
+    training_min_score: float = 1.0
+    """select.keep.minScore: a held-out answer passes the training scorer when it scores at least this."""
 
 
 StageConfig = Annotated[AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig, Field(discriminator="stage")]

@@ -50,7 +50,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from sil_stages.contract import EvalDatasetConfig, EvaluateConfig, Manifest, MetricSample, ScorerConfig
+from sil_stages.contract import EvalDatasetConfig, EvaluateConfig, Manifest, MetricSample
 from sil_stages.errors import StageInputError
 from sil_stages.gaptrend import GapTrend, read_previous_gaps, trend
 from sil_stages.generation import GenerationEngine, SamplingRequest, TokenScorer, TokenStats, make_engine
@@ -65,6 +65,7 @@ from sil_stages.manifest import StageOutputs
 from sil_stages.models import resolve_model, resolve_verified
 from sil_stages.pushgateway import push
 from sil_stages.records import Record, read_jsonl, require_field
+from sil_stages.scorers import PromptSamples, Scorer, ScorerContext, make_scorer
 from sil_stages.scoring import (
     CORRECT,
     Verifier,
@@ -148,43 +149,37 @@ class Proxy:
     """The training scorer, applied to held-out answers (reward-hacking guard).
 
     It judges what select would judge: the sampled answers (all k of each prompt) when there are samples, else the
-    greedy ones. A majority vote rewards a sample that agrees with its prompt's majority answer, as select does.
+    greedy ones, with the registered scorer select uses (`sil_stages.scorers`); an answer passes when select would
+    keep it on score (at least `select.keep.minScore`).
     """
 
-    scorer: ScorerConfig
-    verifier: Verifier | None
-    pattern: re.Pattern[str] | None
+    scorer: Scorer
+    min_score: float
 
     def verdicts(self, prompts: list[str], answers: list[list[str]], records: list[Record]) -> list[float] | None:
-        """One verdict per answer, flattened in prompt order; None when the scorer cannot judge them (no vote)."""
-        verdicts: list[float] = []
-        if self.scorer.type == "majority-vote":
-            if all(len(samples) < 2 for samples in answers):
-                return None  # one answer per prompt: no vote
-            for samples in answers:
-                extracted = [extract_answer(s, self.pattern) for s in samples]
-                vote = majority_vote(extracted)
-                won = vote.answer is not None and vote.share >= self.scorer.min_vote_share
-                verdicts.extend(float(won and answer == vote.answer) for answer in extracted)
-            return verdicts
-        assert self.verifier is not None
-        for prompt, samples, record in zip(prompts, answers, records, strict=True):
-            verdicts.extend(float(self.verifier(prompt, s, record) >= CORRECT) for s in samples)
-        return verdicts
+        """One verdict per answer, flattened in prompt order; None when the scorer scores none of them (no vote)."""
+        groups = [
+            PromptSamples(prompt, tuple(samples), record)
+            for prompt, samples, record in zip(prompts, answers, records, strict=True)
+        ]
+        scores = [score.value for group in self.scorer.score(groups) for score in group]
+        if all(value is None for value in scores):
+            return None
+        return [float(value is not None and value >= self.min_score) for value in scores]
 
 
-def make_proxy(scorer: ScorerConfig | None) -> Proxy | None:
-    if scorer is None:
+def make_proxy(config: EvaluateConfig, store: Store) -> Proxy | None:
+    if config.training_scorer is None:
         return None
-    verifier = None
-    if scorer.type == "verifier":
-        verifier = make_verifier(
-            scorer.verifier,
-            scorer.answer_pattern,
-            field="training_scorer.verifier",
-            pattern_field="training_scorer.answer_pattern",
-        )
-    return Proxy(scorer, verifier, compile_pattern(scorer.answer_pattern, field="training_scorer.answer_pattern"))
+    context = ScorerContext(
+        settings=config.training_scorer,
+        field="training_scorer",
+        store=store,
+        champion_uri=config.champion_uri,
+        seed=derive_seed(config.seed, config.iteration, "proxy"),
+        engine=config.engine,
+    )
+    return Proxy(make_scorer(context), config.training_min_score)
 
 
 def score_dataset(
@@ -415,7 +410,7 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     datasets = load_datasets(store, config.datasets)
     pattern = compile_pattern(config.answer_pattern, field="answer_pattern")
     verifier = make_verifier(config.verifier, config.answer_pattern, field="verifier", pattern_field="answer_pattern")
-    proxy = make_proxy(config.training_scorer)
+    proxy = make_proxy(config, store)
     uris = {"candidate": config.candidate_uri, "champion": config.champion_uri}
     models = ["candidate"] if config.candidate_uri == config.champion_uri else list(MODELS)
 

@@ -61,6 +61,7 @@ def run(config: OptimizeConfig, store: Store) -> Manifest:
             records=records,
             workdir=Path(tmp),
             seed=seed,
+            store=store,
         )
         if records:
             seed_everything(seed)

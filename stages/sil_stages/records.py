@@ -22,6 +22,11 @@ def read_jsonl(store: Store, uri: str, *, field: str) -> list[Record]:
         text = store.read_text(uri)
     except StoreError as error:
         raise StageInputError(f"{field}: cannot read {uri} ({error}); check the URI") from error
+    return parse_jsonl(text, uri=uri, field=field)
+
+
+def parse_jsonl(text: str, *, uri: str, field: str) -> list[Record]:
+    """The records of JSONL `text` read from `uri`; an error names the line and the config field."""
     records: list[Record] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -127,12 +127,100 @@ class Sampling(Settings):
     max_new_tokens: int = Field(default=32, ge=1, le=32768, description="Tokens generated per sample. Default: 32.")
 
 
+SCORER_TYPES = ("verifier", "majority-vote", "reward-model", "llm-judge")
+"""The built-in scorers (`sil_stages.scorers.REGISTRY`; a unit test keeps the two equal)."""
+SCORER_TYPE_PATTERN = "^(" + "|".join(SCORER_TYPES) + r"|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+ScorerType = Annotated[
+    str,
+    Matching(
+        SCORER_TYPE_PATTERN,
+        "one of " + ", ".join(SCORER_TYPES) + ", or a Python class as module:Class (e.g. my_scorers:LengthScorer)",
+    ),
+]
+
+JUDGE_PLACEHOLDERS = ("{prompt}", "{completion}")
+SELF_REWARDING_TEMPLATE = """Review the user's question and the corresponding response using the additive 5-point \
+scoring system described below. Points are accumulated based on the satisfaction of each criterion:
+- Add 1 point if the response is relevant and provides some information related to the user's inquiry, even if \
+it is incomplete or contains some irrelevant content.
+- Add another point if the response addresses a substantial portion of the user's question, but does not \
+completely resolve the query or provide a direct answer.
+- Award a third point if the response answers the basic elements of the user's question in a useful way, \
+regardless of whether it seems to have been written by an AI Assistant or if it has elements typically found in \
+blogs or search results.
+- Grant a fourth point if the response is clearly written from an AI Assistant's perspective, addressing the \
+user's question directly and comprehensively, and is well-organized and helpful, even if there is slight room for \
+improvement in clarity, conciseness or focus.
+- Bestow a fifth point for a response that is impeccably tailored to the user's question by an AI Assistant, \
+without extraneous information, reflecting expert knowledge, and demonstrating a high-quality, engaging, and \
+insightful answer.
+
+User: {prompt}
+<response>{completion}</response>
+
+After examining the user's instruction and the response:
+- Briefly justify your total score, up to 100 words.
+- Conclude with the score using the format: "Score: <total points>"
+Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate \
+the response in alignment with this additive scoring model, we'll systematically attribute points based on the \
+outlined criteria.
+"""
+"""The LLM-as-a-judge prompt of Self-Rewarding Language Models (Yuan et al. 2024, figure 2), with the question and
+the response as `{prompt}` and `{completion}`."""
+
+
+def _judge_template(value: str | None) -> str | None:
+    if value is not None:
+        missing = [p for p in JUDGE_PLACEHOLDERS if p not in value]
+        if missing:
+            raise ValueError(f"the template lacks the placeholder(s) {', '.join(missing)}")
+    return value
+
+
+JudgeTemplate = Annotated[str | None, AfterValidator(_judge_template)]
+
+
+class Judge(Settings):
+    """How `llm-judge` asks its model for a score and reads the answer (Self-Rewarding LMs' LLM-as-a-judge)."""
+
+    template: JudgeTemplate = Field(
+        default=None,
+        description="The judge prompt; {prompt} and {completion} are replaced by the question and the answer "
+        "judged (both required). Default: the additive 5-point prompt of Self-Rewarding Language Models.",
+    )
+    score_pattern: AnswerPattern = Field(
+        default=r"Score:\s*([0-9]+(?:\.[0-9]+)?)",
+        description="Regular expression whose first group (else whole match) is the score in the judgment; a "
+        "judgment it does not match is no score (counted in judge_parse_rate). Default: Score: <number>.",
+    )
+    max_new_tokens: int = Field(default=128, ge=1, le=32768, description="Tokens per judgment. Default: 128.")
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=5.0, description="Judge sampling temperature; 0 is greedy. Default: 0."
+    )
+    samples: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Judgments per answer; the score is the mean of the parseable ones (Self-Rewarding samples 3 "
+        "at temperature > 0). Default: 1.",
+    )
+    min_parse_rate: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="The stage fails when a smaller share of the answers gets a parseable score (a broken template "
+        "or judge must not silently empty the dataset). Default: 0.5.",
+    )
+
+
 class Scorer(Settings):
-    type: Literal["verifier", "majority-vote"] = Field(
+    type: ScorerType = Field(
         default="verifier",
         description="verifier: a program checks each completion. majority-vote: label-free, the most common "
         "answer among a prompt's samples is taken as correct (self-consistency); needs samplesPerPrompt >= 2. "
-        "Default: verifier.",
+        "reward-model: a one-label sequence-classification model (scorer.model) scores prompt + completion. "
+        "llm-judge: a judge model (scorer.model, default the champion: self-rewarding) scores each completion "
+        "with a rubric prompt (scorer.judge). module:Class: a user scorer class. Default: verifier.",
     )
     verifier: Verifier = Field(
         default="exact-match",
@@ -153,14 +241,87 @@ class Scorer(Settings):
         "gets no pseudo-label (every completion scores 0; weak majorities are often wrong). Default: 0 (always "
         "vote).",
     )
+    model: ModelUri | None = Field(
+        default=None,
+        description="For reward-model (required): the reward model, a one-label AutoModelForSequenceClassification "
+        "checkpoint. For llm-judge: the judge model. Any model URI the loop accepts. Default: none (llm-judge: "
+        "the iteration's champion).",
+    )
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="Completions per forward pass (reward-model) or judgments per generation "
+        "batch (llm-judge). Default: 64.",
+    )
+    judge: Judge = Field(default_factory=Judge, description="For llm-judge: the judge prompt and its parsing.")
+
+
+class Difficulty(Settings):
+    """Online difficulty filtering (DAPO's dynamic sampling, curriculum by pass rate): a prompt's pass rate is the
+    share of its samples scoring at least keep.minScore; prompts outside [minPassRate, maxPassRate] are dropped."""
+
+    min_pass_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Drop prompts whose pass rate is below this. Default: 0."
+    )
+    max_pass_rate: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Drop prompts whose pass rate is above this. Default: 1."
+    )
+    exclusive: bool = Field(
+        default=False,
+        description="true: the bounds themselves are outside the band (minPassRate 0, maxPassRate 1, exclusive "
+        "keeps exactly the prompts with some right and some wrong samples, DAPO's rule). Default: false.",
+    )
+
+
+class Dedupe(Settings):
+    """Removal of repeated training examples (exact, or near-duplicates by MinHash LSH over character n-grams)."""
+
+    method: Literal["none", "exact", "minhash"] = Field(
+        default="exact",
+        description="none: keep repeats. exact: drop an example identical to one kept before. minhash: drop an "
+        "example whose estimated Jaccard similarity (datasketch MinHash LSH) to a kept one is at least threshold. "
+        "Default: exact.",
+    )
+    threshold: float = Field(
+        default=0.85,
+        gt=0.0,
+        le=1.0,
+        description="For minhash: the Jaccard similarity that makes two examples duplicates. Default: 0.85.",
+    )
+    ngram: int = Field(default=5, ge=1, le=64, description="For minhash: character n-gram size. Default: 5.")
+    num_perm: int = Field(
+        default=128, ge=16, le=1024, description="For minhash: permutations per signature. Default: 128."
+    )
+    across_iterations: bool = Field(
+        default=False,
+        description="true: also drop examples that duplicate data kept in earlier iterations of this loop. "
+        "Default: false (within this iteration).",
+    )
 
 
 class Keep(Settings):
     min_score: float = Field(default=1.0, description="Keep completions scoring at least this. Default: 1.0.")
-    max_per_prompt: int | None = Field(
-        default=None, ge=1, description="Keep at most this many completions per prompt. Default: no limit."
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="Keep at most this many completions per prompt, the highest-scored (best-of-n). Default: no limit.",
     )
-    dedupe: bool = Field(default=True, description="Drop identical completions of the same prompt. Default: true.")
+    difficulty: Difficulty = Field(
+        default_factory=Difficulty, description="Keep only prompts whose pass rate is in a band. Default: all."
+    )
+    dedupe: Dedupe = Field(default_factory=Dedupe, description="Repeated-example removal. Default: exact.")
+
+
+class Accumulate(Settings):
+    """Training on the data kept in every iteration so far instead of this one's only: accumulating real and
+    synthetic data avoids the model collapse that replacing it causes (Gerstgrasser et al. 2024)."""
+
+    enabled: bool = Field(default=False, description="Default: false (train on this iteration's data).")
+    max_examples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Cap on the examples trained on; the oldest iterations' are dropped first. Default: no cap.",
+    )
 
 
 class Hyperparameters(Settings):

@@ -89,7 +89,7 @@ SHARPENING = {
         "batchSize": 256,
         "sampling": {"temperature": 1.0, "maxNewTokens": 8},
     },
-    "select": {"keep": {"minScore": 1.0, "maxPerPrompt": 1}},
+    "select": {"keep": {"minScore": 1.0, "topK": 1}},
     "optimize": {
         "hyperparameters": {"learningRate": 1.0e-3, "warmupRatio": 0.1, "epochs": 8, "batchSize": 32, "maxLength": 32}
     },
@@ -135,7 +135,7 @@ def test_a_majority_vote_loop_shows_the_gap_between_its_pseudo_labels_and_the_tr
         tmp_path,
         base_model,
         acquire={"samplesPerPrompt": 4},
-        select={"scorer": {"type": "majority-vote"}, "keep": {"minScore": 1.0, "maxPerPrompt": 2}},
+        select={"scorer": {"type": "majority-vote"}, "keep": {"minScore": 1.0, "topK": 2}},
     )
     for model in ("candidate", "champion"):
         proxy = _series(manifest, "selfimprove_eval_proxy_score", model)

@@ -52,7 +52,7 @@ def small_loop(tmp_path: Path, base_model: Path, iterations: int = 2) -> Path:
             },
             "select": {
                 "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
-                "keep": {"minScore": 1.0, "maxPerPrompt": 2},
+                "keep": {"minScore": 1.0, "topK": 2},
             },
             "optimize": {"hyperparameters": {"learningRate": 1.0e-3, "epochs": 2, "batchSize": 32, "maxLength": 16}},
             "evaluate": {

@@ -47,7 +47,7 @@ def arithmetic_loop(namespace: str, name: str, model_uri: str, storage: dict[str
             },
             "select": {
                 "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
-                "keep": {"minScore": 1.0, "maxPerPrompt": 2},
+                "keep": {"minScore": 1.0, "topK": 2},
             },
             "optimize": {
                 "hyperparameters": {

@@ -170,6 +170,32 @@ def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
             for name, v in GUARDS["acquire"].items()
         ]
         push(prometheus.pushgateway_url, series, grouping, timeout=10)
+        push(prometheus.pushgateway_url, select_series(grouping), grouping, timeout=10, job="selfimprove_select")
+
+
+def select_series(grouping: dict[str, str]) -> list[MetricSample]:
+    """What the select stage of an iteration pushes: its counts, removals, pass-rate histogram and scores (an
+    llm-judge scorer's, so the judge parse rate is there too)."""
+    labels = {**grouping, "scorer": "llm-judge"}
+    values = {
+        "kept": 120.0,
+        "train_examples": 240.0,
+        "removed_min_score": 300.0,
+        "removed_difficulty": 80.0,
+        "removed_dedupe": 12.0,
+        "removed_top_k": 40.0,
+        "removed_no_pair": 0.0,
+        "score_mean": 3.1,
+        "kept_score_mean": 4.2,
+        "mean_pass_rate": 0.45,
+        "judge_parse_rate": 0.97,
+    }
+    series = [MetricSample(name=f"selfimprove_select_{name}", labels=labels, value=v) for name, v in values.items()]
+    series += [
+        MetricSample(name="selfimprove_select_prompts_by_pass_rate", labels={**labels, "pass_rate": bucket}, value=v)
+        for bucket, v in {"0": 20, "0-0.25": 30, "0.25-0.5": 40, "0.5-0.75": 35, "0.75-1": 25, "1": 50}.items()
+    ]
+    return series
 
 
 @dataclass

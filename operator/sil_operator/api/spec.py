@@ -23,6 +23,7 @@ from sil_operator.gates.cel import check_condition
 from sil_stages.methods import REGISTRY
 from sil_stages.optimization import Optimization
 from sil_stages.settings import (
+    Accumulate,
     DataUri,
     DnsLabel,
     EvalDataset,
@@ -215,6 +216,10 @@ class SelectSpec(ApiModel):
     pairs: Pairs = Field(
         default_factory=Pairs,
         description="How scored completions become preference pairs. Used by methods that train on pairs (dpo).",
+    )
+    accumulate: Accumulate = Field(
+        default_factory=Accumulate,
+        description="Train on the data kept in all iterations so far, not this iteration's only. Default: off.",
     )
 
 
@@ -443,6 +448,26 @@ class LoopSpec(ApiModel):
             rule="self.select.scorer.type != 'majority-vote' || self.acquire.samplesPerPrompt >= 2",
             message="select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2 (a vote needs voters)",
             field_path=".acquire.samplesPerPrompt",
+        ),
+        CelRule(
+            rule="self.select.scorer.type != 'reward-model' || has(self.select.scorer.model)",
+            message="select.scorer.type reward-model needs select.scorer.model: the URI of a one-label "
+            "sequence-classification checkpoint",
+            field_path=".select.scorer.model",
+        ),
+        CelRule(
+            rule="!has(self.select.scorer.judge) || !has(self.select.scorer.judge.template) || "
+            "(self.select.scorer.judge.template.contains('{prompt}') && "
+            "self.select.scorer.judge.template.contains('{completion}'))",
+            message="select.scorer.judge.template must contain {prompt} and {completion} (the question and the "
+            "answer judged)",
+            field_path=".select.scorer.judge.template",
+        ),
+        CelRule(
+            rule="!has(self.select.keep) || !has(self.select.keep.difficulty) || "
+            "self.select.keep.difficulty.minPassRate <= self.select.keep.difficulty.maxPassRate",
+            message="select.keep.difficulty: minPassRate must not be above maxPassRate",
+            field_path=".select.keep.difficulty",
         ),
     )
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from sil_stages.records import Record
+    from sil_stages.store import Store
 
 DataShape = Literal["prompt-completion", "preference", "prompt-only"]
 """The training-data shape select writes to `train.jsonl` for a method (TRL's dataset formats):
@@ -62,6 +63,8 @@ class TrainingJob:
     records: list[Record]
     workdir: Path
     seed: int
+    store: Store | None = None
+    """The loop's store: resolves the model URIs a reward scorer names (select.scorer.model)."""
 
     @property
     def checkpoint(self) -> Path:

@@ -14,6 +14,7 @@ from typing import Any
 from sil_stages.methods.base import CelCheck, Method, TrainingJob
 from sil_stages.methods.rewards import reward_function
 from sil_stages.methods.training import common_arguments, finish, load_policy, peft_config, snapshot
+from sil_stages.scorers import ScorerContext
 from sil_stages.settings import Grpo
 
 DEFAULT_GENERATIONS = Grpo.model_fields["num_generations"].default
@@ -55,7 +56,17 @@ def train(job: TrainingJob) -> dict[str, float]:
     )
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=reward_function(job.config.scorer),
+        reward_funcs=reward_function(
+            job.config.scorer,
+            ScorerContext(
+                settings=job.config.scorer,
+                field="select.scorer",
+                store=job.store,
+                champion_uri=job.config.init_model_uri,
+                seed=job.seed,
+                engine=job.config.engine,
+            ),
+        ),
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,

@@ -76,6 +76,6 @@ def test_a_valid_loop_validates(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_explain_documents_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["explain", "spec.select.keep.maxPerPrompt"]) == 0
+    assert main(["explain", "spec.select.keep.topK"]) == 0
     assert "at most this many completions per prompt" in capsys.readouterr().out.lower()
     assert main(["explain", "spec.select.keep.nope"]) == 2

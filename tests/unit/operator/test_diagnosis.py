@@ -30,6 +30,13 @@ def test_a_rejection_says_the_yield_the_loss_and_the_interval() -> None:
     )
 
 
+def test_with_a_graded_scorer_the_rejection_says_the_pass_rate_not_the_mean_score() -> None:
+    """A reward model's mean score is a logit, no share of samples: the pass rate is what a user can act on."""
+    select = {**SELECT, "mean_score": -3.2, "mean_pass_rate": 0.25}
+    why = why_not_improved(_iteration(select=select))
+    assert why.startswith("25.0% of samples passed select.keep.minScore; 480 of 500 prompts had no passing sample")
+
+
 def test_a_rejection_names_empty_training_data_and_contamination() -> None:
     evaluate = {**EVALUATE, "delta": -0.02, "heldout/contamination": 0.04, "hard/contamination": 0.0}
     why = why_not_improved(_iteration(optimize={"train_examples": 0.0}, evaluate=evaluate))

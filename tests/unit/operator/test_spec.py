@@ -23,7 +23,7 @@ def test_a_minimal_loop_gets_documented_defaults() -> None:
     assert spec.select.scorer.type == "verifier"
     assert spec.select.scorer.verifier == "exact-match"
     assert spec.select.keep.min_score == 1.0
-    assert spec.select.keep.dedupe is True
+    assert spec.select.keep.dedupe.method == "exact"
     assert spec.optimize.method == "sft"
     assert spec.optimize.init_from == "champion"
     assert spec.evaluate.refinement.method == "self-consistency"

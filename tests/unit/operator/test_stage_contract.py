@@ -21,7 +21,7 @@ SELECT: dict[str, Any] = {
     "output_uri": "file:///runs/demo/iterations/1/select",
     "samples_uri": "file:///runs/demo/iterations/1/acquire/samples.jsonl",
     "scorer": {"type": "majority-vote", "verifier": "exact-match", "answer_pattern": "(\\d+)", "min_vote_share": 0.5},
-    "keep": {"min_score": 0.5, "max_per_prompt": 2, "dedupe": False},
+    "keep": {"min_score": 0.5, "top_k": 2, "dedupe": {"method": "none"}},
 }
 
 
@@ -29,7 +29,7 @@ def test_a_config_written_with_snake_case_names_parses() -> None:
     config = parse_stage_config(json.dumps(SELECT))
     assert isinstance(config, SelectConfig)
     assert (config.scorer.min_vote_share, config.scorer.answer_pattern) == (0.5, "(\\d+)")
-    assert (config.keep.min_score, config.keep.max_per_prompt, config.keep.dedupe) == (0.5, 2, False)
+    assert (config.keep.min_score, config.keep.top_k, config.keep.dedupe.method) == (0.5, 2, "none")
 
 
 @pytest.mark.parametrize("stage", ["acquire", "select", "optimize", "evaluate"])
@@ -65,3 +65,18 @@ def test_a_manifest_written_before_findings_existed_still_parses_with_none_named
         '"started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:00:01Z", "duration_seconds": 1.0}'
     )
     assert Manifest.model_validate_json(old).findings == {}
+
+
+def test_select_is_given_the_earlier_iterations_select_folders_the_champion_and_the_engine() -> None:
+    """What accumulate, cross-iteration dedupe and a self-rewarding judge need, decided by the runner, not the stage."""
+    document = valid_loop()
+    document["spec"]["evaluate"]["pushgateway"] = {"address": "http://pushgateway:9091"}
+    spec = parse_loop(document).spec
+    config = build_stage_config(spec, LoopRef("demo", "ml"), 3, "select", "s3://runs/demo/iterations/2/optimize/model")
+    assert isinstance(config, SelectConfig)
+    storage = spec.storage.uri.rstrip("/")
+    assert config.earlier_select_uris == (f"{storage}/iterations/1/select", f"{storage}/iterations/2/select")
+    assert config.champion_uri == "s3://runs/demo/iterations/2/optimize/model"
+    assert (config.engine, config.pushgateway) == ("transformers", "http://pushgateway:9091")
+    first = build_stage_config(spec, LoopRef("demo", "ml"), 1, "select", "file:///m")
+    assert isinstance(first, SelectConfig) and first.earlier_select_uris == ()

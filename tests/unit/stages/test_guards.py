@@ -68,10 +68,10 @@ def test_matching_ignores_case_and_spacing() -> None:
 def test_a_wrong_majority_is_rewarded_by_the_vote_and_not_by_the_truth() -> None:
     """The reward-hacking guard judges sampled answers as select would: a confident wrong majority scores high."""
     from sil_stages.contract import ScorerConfig
-    from sil_stages.evaluate import make_proxy
+    from sil_stages.evaluate import Proxy
+    from sil_stages.scorers import ScorerContext, make_scorer
 
-    proxy = make_proxy(ScorerConfig(type="majority-vote"))
-    assert proxy is not None
+    proxy = Proxy(make_scorer(ScorerContext(settings=ScorerConfig(type="majority-vote"))), min_score=1.0)
     verdicts = proxy.verdicts(["2+2=", "3+3="], [["5", "5", "4"], ["6", "6", "6"]], [{}, {}])
     assert verdicts == [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]  # the truth would be [0, 0, 1, 1, 1, 1]
     assert proxy.verdicts(["2+2="], [["4"]], [{}]) is None, "one answer per prompt: no vote to judge by"

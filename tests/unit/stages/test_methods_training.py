@@ -138,7 +138,7 @@ def test_grpo_majority_vote_reward_needs_no_answers(
     config = _config(tmp_path, stage_config, tiny_model, "grpo")
     write_jsonl(Path(str(config["train_uri"]).removeprefix("file://")), unlabelled)
     assert _run(config) == 0
-    assert "train/rewards/majority_vote_agreement/mean" in _manifest(config)["metrics"]
+    assert "train/rewards/majority_vote/mean" in _manifest(config)["metrics"]
 
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))

@@ -39,4 +39,4 @@ def test_the_majority_vote_reward_is_zero_below_min_vote_share() -> None:
 
 def test_the_reward_functions_are_named_for_trl_logs() -> None:
     assert reward_function(Scorer()).__name__ == "verifier"
-    assert reward_function(Scorer(type="majority-vote")).__name__ == "majority_vote_agreement"
+    assert reward_function(Scorer(type="majority-vote")).__name__ == "majority_vote"

@@ -33,7 +33,7 @@ def test_verifier_keeps_only_verified_completions_in_prompt_completion_format(
             {"prompt": "3+3=", "completions": ["7", "8"], "answer": "6"},
         ],
     )
-    config = stage_config("select", samples_uri=samples, keep={"min_score": 1.0, "max_per_prompt": None})
+    config = stage_config("select", samples_uri=samples, keep={"min_score": 1.0, "top_k": None})
     assert _run(config) == 0
     out = output_dir(config)
     assert read_jsonl(out / "train.jsonl") == [
@@ -45,14 +45,14 @@ def test_verifier_keeps_only_verified_completions_in_prompt_completion_format(
     assert manifest["metrics"]["kept"] == 2
     assert manifest["metrics"]["prompts_with_kept"] == 1
     assert manifest["metrics"]["mean_score"] == pytest.approx(3 / 6)
-    assert {entry["path"] for entry in manifest["files"]} == {"train.jsonl", "scored.jsonl"}
+    assert {entry["path"] for entry in manifest["files"]} == {"kept.jsonl", "train.jsonl", "scored.jsonl"}
 
 
 def test_majority_vote_needs_no_labels_and_keeps_the_agreeing_completions(
     tmp_path: Path, stage_config: StageConfig
 ) -> None:
     samples = _samples(tmp_path, [{"prompt": "q", "completions": ["a", "b", "a", "c"]}])
-    config = stage_config("select", samples_uri=samples, scorer={"type": "majority-vote"}, keep={"max_per_prompt": 4})
+    config = stage_config("select", samples_uri=samples, scorer={"type": "majority-vote"}, keep={"top_k": 4})
     assert _run(config) == 0
     out = output_dir(config)
     assert read_jsonl(out / "train.jsonl") == [{"prompt": "q", "completion": "a"}]

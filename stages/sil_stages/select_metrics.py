@@ -1,0 +1,51 @@
+"""The select stage's report as Prometheus series, pushed to the Pushgateway evaluate pushes to.
+
+Every manifest metric of select becomes one gauge `selfimprove_select_<name>` labelled with namespace, loop,
+iteration and scorer, under its own job (`selfimprove_select`) so that evaluate's and optimize's pushes, grouped by
+the same labels, do not replace it. The pass-rate histogram (`prompts_pass_rate/<bucket>` in the manifest) is one
+series, `selfimprove_select_prompts_by_pass_rate`, with the bucket as its `pass_rate` label.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from sil_stages.contract import MetricSample, SelectConfig
+from sil_stages.pushgateway import push
+
+log = logging.getLogger(__name__)
+
+JOB = "selfimprove_select"
+PREFIX = "selfimprove_select_"
+PASS_RATE_KEY = "prompts_pass_rate/"
+PASS_RATE_SERIES = PREFIX + "prompts_by_pass_rate"
+_NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9_]")
+HELP = "Select stage metric of a self-improvement loop (counts, what each keep rule removed, score statistics)."
+
+
+def select_series(config: SelectConfig, metrics: dict[str, float]) -> tuple[MetricSample, ...]:
+    labels = {
+        "namespace": config.namespace,
+        "loop": config.loop,
+        "iteration": str(config.iteration),
+        "scorer": config.scorer.type,
+    }
+    series: list[MetricSample] = []
+    for key, value in metrics.items():
+        if key.startswith(PASS_RATE_KEY):
+            bucket = key[len(PASS_RATE_KEY) :]
+            series.append(MetricSample(name=PASS_RATE_SERIES, labels={**labels, "pass_rate": bucket}, value=value))
+        else:
+            series.append(MetricSample(name=PREFIX + _NOT_ALLOWED.sub("_", key), labels=labels, value=value))
+    return tuple(series)
+
+
+def push_metrics(config: SelectConfig, metrics: dict[str, float]) -> None:
+    """Pushes before the manifest is written: a failed push fails the stage (exit 1) and the retry pushes again."""
+    if config.pushgateway is None:
+        return
+    grouping = {"namespace": config.namespace, "loop": config.loop, "iteration": str(config.iteration)}
+    series = select_series(config, metrics)
+    push(config.pushgateway, series, grouping, job=JOB, default_help=HELP)
+    log.info("pushed %d series to %s", len(series), config.pushgateway)
