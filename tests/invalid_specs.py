@@ -94,7 +94,9 @@ INVALID: list[Invalid] = [
     Invalid("negative samplesPerPrompt", {"spec.acquire.samplesPerPrompt": -1}, "spec.acquire.samplesPerPrompt"),
     Invalid("perIteration 0", {"spec.acquire.prompts.perIteration": 0}, "spec.acquire.prompts.perIteration"),
     Invalid(
-        "selfInstruct without a count", {"spec.acquire.prompts.selfInstruct": {}}, "spec.acquire.prompts.selfInstruct.count"
+        "selfInstruct without a count",
+        {"spec.acquire.prompts.selfInstruct": {}},
+        "spec.acquire.prompts.selfInstruct.count",
     ),
     Invalid(
         "selfInstruct novelty threshold 0",

@@ -121,7 +121,9 @@ def _compiles(value: str | None) -> str | None:
 AnswerPattern = Annotated[str | None, AfterValidator(_compiles)]
 
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
-FunctionRef = Annotated[str, Matching(FUNCTION_PATTERN, "a Python function as module:function (e.g. problems:additions)")]
+FunctionRef = Annotated[
+    str, Matching(FUNCTION_PATTERN, "a Python function as module:function (e.g. problems:additions)")
+]
 
 
 class Sampling(Settings):

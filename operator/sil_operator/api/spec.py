@@ -204,10 +204,10 @@ class PromptSource(ApiModel):
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(rule="has(self.uri) || has(self.generator)", message=PROMPTS_ONE_SOURCE),
+        CelRule(rule="!has(self.uri) || !has(self.generator)", message=PROMPTS_TWO_SOURCES, field_path=".generator"),
         CelRule(
-            rule="!has(self.uri) || !has(self.generator)", message=PROMPTS_TWO_SOURCES, field_path=".generator"
+            rule="!has(self.selfInstruct) || has(self.uri)", message=SELF_INSTRUCT_POOL, field_path=".selfInstruct"
         ),
-        CelRule(rule="!has(self.selfInstruct) || has(self.uri)", message=SELF_INSTRUCT_POOL, field_path=".selfInstruct"),
         CelRule(
             rule="!has(self.selfInstruct) || !has(self.selfInstruct.template) || "
             "self.selfInstruct.template.contains('{examples}')",
