@@ -310,3 +310,24 @@ def test_when_every_generated_prompt_repeats_the_pool_the_stage_warns_and_sample
     duplicates, empty = int(metrics["self_instruct_duplicates"]), int(metrics["self_instruct_empty"])
     warning = f"self-instruct: no novel prompt among 24 generated ({duplicates} duplicates, {empty} empty)"
     assert f"{PREFIX}{warning}" in capsys.readouterr().err
+
+
+# the example's generator
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "arithmetic-generated"
+
+
+def test_the_example_generator_draws_fresh_additions_and_never_a_held_out_pair(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    from problems import additions  # type: ignore[import-not-found]
+
+    heldout = read_jsonl(EXAMPLE.parent / "arithmetic" / "data" / "heldout.jsonl")
+    forbidden = {r["prompt"] for r in heldout} | {
+        "+".join(reversed(r["prompt"][:-1].split("+"))) + "=" for r in heldout
+    }
+    first = [r["prompt"] for r in additions(1, 11, 4000)]
+    assert len(first) == len(set(first)) == 4000
+    assert not set(first) & forbidden
+    assert first == [r["prompt"] for r in additions(1, 11, 4000)], "the same seed gives the same prompts"
+    assert first != [r["prompt"] for r in additions(2, 12, 4000)]
+    assert len(list(additions(1, 11, None))) == 4000
