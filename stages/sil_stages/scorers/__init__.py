@@ -6,12 +6,14 @@ evaluate's reward-hacking guard all build their scorer with `make_scorer` and ne
 
 from __future__ import annotations
 
-from sil_stages.scorers import majority_vote, user_class, verifier
+from sil_stages.scorers import llm_judge, majority_vote, reward_model, user_class, verifier
 from sil_stages.scorers.base import PromptSamples, Score, Scorer, ScorerContext, ScorerFactory
 
 REGISTRY: dict[str, ScorerFactory] = {
     verifier.NAME: verifier.build,
     majority_vote.NAME: majority_vote.build,
+    reward_model.NAME: reward_model.build,
+    llm_judge.NAME: llm_judge.build,
 }
 
 
