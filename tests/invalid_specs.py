@@ -83,6 +83,9 @@ DPO_BLOCK = "optimize.dpo holds the settings of method dpo"
 GRPO_BLOCK = "optimize.grpo holds the settings of method grpo"
 GRPO_GROUPS = "must be divisible by grpo.numGenerations"
 PASS_AT_K = "every k must be at most evaluate.refinement.samples"
+NO_PROMPTS = "acquire.prompts needs uri (a JSONL file of prompts) or generator"
+TWO_SOURCES = "acquire.prompts.generator and acquire.prompts.uri exclude each other"
+NO_POOL = "acquire.prompts.selfInstruct needs acquire.prompts.uri"
 
 INVALID: list[Invalid] = [
     # bounds and types
@@ -91,6 +94,16 @@ INVALID: list[Invalid] = [
     Invalid("a string for an integer", {"spec.maxIterations": "three"}, "spec.maxIterations"),
     Invalid("negative samplesPerPrompt", {"spec.acquire.samplesPerPrompt": -1}, "spec.acquire.samplesPerPrompt"),
     Invalid("perIteration 0", {"spec.acquire.prompts.perIteration": 0}, "spec.acquire.prompts.perIteration"),
+    Invalid(
+        "selfInstruct without a count",
+        {"spec.acquire.prompts.selfInstruct": {}},
+        "spec.acquire.prompts.selfInstruct.count",
+    ),
+    Invalid(
+        "selfInstruct novelty threshold 0",
+        {"spec.acquire.prompts.selfInstruct": {"count": 8, "novelty": {"threshold": 0}}},
+        "spec.acquire.prompts.selfInstruct.novelty.threshold",
+    ),
     Invalid("topP above 1", {"spec.acquire.sampling": {"topP": 1.5}}, "spec.acquire.sampling.topP"),
     Invalid(
         "negative learning rate",
@@ -226,6 +239,11 @@ INVALID: list[Invalid] = [
     Invalid("a storage uri with an unknown scheme", {"spec.storage.uri": "ftp://host/runs"}, "spec.storage.uri"),
     Invalid("a storage uri on the hub (models only)", {"spec.storage.uri": "hf://org/runs"}, "spec.storage.uri"),
     Invalid(
+        "a prompts generator that is not module:function",
+        {"spec.acquire.prompts": {"generator": "problems.py"}},
+        "spec.acquire.prompts.generator",
+    ),
+    Invalid(
         "a prompts uri with an unknown scheme",
         {"spec.acquire.prompts.uri": "http://host/p.jsonl"},
         "spec.acquire.prompts.uri",
@@ -315,6 +333,29 @@ INVALID: list[Invalid] = [
         {"spec.optimize": {"method": "grpo", "hyperparameters": {"batchSize": 12}}},
         "spec.optimize.hyperparameters.batchSize",
         says=GRPO_GROUPS,
+    ),
+    Invalid(
+        "prompts with neither a uri nor a generator",
+        {"spec.acquire.prompts": {"perIteration": 10}},
+        "spec.acquire.prompts",
+        says=NO_PROMPTS,
+    ),
+    Invalid(
+        "prompts with both a uri and a generator",
+        {"spec.acquire.prompts.generator": "problems:additions"},
+        "spec.acquire.prompts.generator",
+        says=TWO_SOURCES,
+    ),
+    Invalid(
+        "selfInstruct with a generator and no uri",
+        {"spec.acquire.prompts": {"generator": "problems:additions", "selfInstruct": {"count": 8}}},
+        "spec.acquire.prompts.selfInstruct",
+        says=NO_POOL,
+    ),
+    Invalid(
+        "a selfInstruct template without the {examples} placeholder",
+        {"spec.acquire.prompts.selfInstruct": {"count": 8, "template": "Write a new task:\n"}},
+        "spec.acquire.prompts.selfInstruct.template",
     ),
     Invalid(
         "a gate without any condition",

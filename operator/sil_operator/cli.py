@@ -38,10 +38,9 @@ SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/
 def preflight(spec: LoopSpec) -> list[str]:
     """Local inputs that do not exist, by field path: caught before anything is written."""
     problems = []
-    checks = [
-        ("spec.model.uri", spec.model.uri, True),
-        ("spec.acquire.prompts.uri", spec.acquire.prompts.uri, False),
-    ]
+    checks = [("spec.model.uri", spec.model.uri, True)]
+    if spec.acquire.prompts.uri is not None:
+        checks.append(("spec.acquire.prompts.uri", spec.acquire.prompts.uri, False))
     checks += [(f"spec.evaluate.datasets.{i}.uri", d.uri, False) for i, d in enumerate(spec.evaluate.datasets)]
     for field, uri, is_dir in checks:
         if uri.startswith("file://"):

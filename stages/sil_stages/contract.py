@@ -62,6 +62,7 @@ EvalDatasetConfig = settings.EvalDataset
 RefinementConfig = settings.Refinement
 PairsConfig = settings.Pairs
 AccumulateConfig = settings.Accumulate
+SelfInstructConfig = settings.SelfInstruct
 
 
 class MetricLabels(_Frozen):
@@ -90,9 +91,17 @@ class AcquireConfig(_StageConfigBase, settings.Generation):
     model_config = _OWN_NAMES
     stage: Literal["acquire"] = "acquire"
     model_uri: str
-    prompts_uri: str
+    prompts_uri: str | None = None
+    """The JSONL file of prompts (spec.acquire.prompts.uri); exactly one of it and `prompts_generator`."""
+    prompts_generator: str | None = None
+    """spec.acquire.prompts.generator: `module:function(iteration, seed, count)` giving prompt records."""
     per_iteration: int | None = None
     """How many prompts to draw this iteration (a deterministic draw seeded by the iteration); None: all."""
+    self_instruct: SelfInstructConfig | None = None
+    """spec.acquire.prompts.selfInstruct: the champion writes new prompts from examples of `prompts_uri`."""
+    earlier_acquire_uris: tuple[str, ...] = ()
+    """The acquire directories of this loop's earlier iterations, oldest first: their generated prompts are not new
+    (an iteration without an acquire manifest is skipped)."""
 
 
 class SelectConfig(_StageConfigBase):

@@ -77,9 +77,17 @@ def exact_match(pattern: re.Pattern[str] | None, *, field: str) -> Verifier:
 
 def load_user_function(spec: str, *, field: str) -> Verifier:
     """Imports `module:function`; `sil run` puts the loop file's directory on the path for it."""
+    if ":" not in spec:
+        raise StageInputError(f"{field}: {spec!r} is neither exact-match nor module:function")
+    user_function: Verifier = import_function(spec, field=field)
+    return user_function
+
+
+def import_function(spec: str, *, field: str) -> Callable[..., Any]:
+    """The function `module:function` names (a verifier, a prompt generator); `field` names the config field."""
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name:
-        raise StageInputError(f"{field}: {spec!r} is neither exact-match nor module:function")
+        raise StageInputError(f"{field}: {spec!r} is not module:function")
     try:
         module = importlib.import_module(module_name)
     except Exception as error:
@@ -90,8 +98,7 @@ def load_user_function(spec: str, *, field: str) -> Verifier:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise StageInputError(f"{field}: module {module_name!r} has no function {function_name!r}")
-    user_function: Verifier = function
-    return user_function
+    return function  # type: ignore[no-any-return]
 
 
 def make_verifier(spec: str, answer_pattern: str | None, *, field: str, pattern_field: str) -> Verifier:

@@ -120,6 +120,11 @@ def _compiles(value: str | None) -> str | None:
 
 AnswerPattern = Annotated[str | None, AfterValidator(_compiles)]
 
+FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+FunctionRef = Annotated[
+    str, Matching(FUNCTION_PATTERN, "a Python function as module:function (e.g. problems:additions)")
+]
+
 
 class Sampling(Settings):
     temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature. Default: 1.0.")
@@ -428,6 +433,60 @@ class Refinement(Settings):
     )
     self_refine: SelfRefine = Field(
         default_factory=SelfRefine, description="Self-refine rounds on the greedy answer. Default: off."
+    )
+
+
+SELF_INSTRUCT_PLACEHOLDER = "{examples}"
+DEFAULT_SELF_INSTRUCT_TEMPLATE = "{examples}\n"
+"""The example prompts one per line, then a new line: the model continues the list with a prompt of its own."""
+
+
+def _self_instruct_template(value: str) -> str:
+    if SELF_INSTRUCT_PLACEHOLDER not in value:
+        raise ValueError(f"the template lacks the placeholder {SELF_INSTRUCT_PLACEHOLDER}")
+    return value
+
+
+SelfInstructTemplate = Annotated[str, AfterValidator(_self_instruct_template)]
+
+
+class Novelty(Settings):
+    """When a generated prompt counts as new: not a near-duplicate (MinHash LSH over character n-grams, as
+    select's dedupe) of a pool prompt, of another generated prompt, or of an earlier iteration's generated one."""
+
+    threshold: float = Field(
+        default=0.7,
+        gt=0.0,
+        le=1.0,
+        description="Estimated Jaccard similarity at or above which a generated prompt is a duplicate. Default: 0.7.",
+    )
+    ngram: int = Field(default=5, ge=1, le=64, description="Character n-gram size. Default: 5.")
+
+
+class SelfInstruct(Settings):
+    """Self-Instruct (Wang et al. 2023): the champion writes new prompts from examples of the pool (prompts.uri)."""
+
+    count: int = Field(ge=1, le=100000, description="Prompts to generate per iteration. Required.")
+    examples: int = Field(
+        default=3,
+        ge=1,
+        le=64,
+        description="Pool prompts shown per generated prompt (a seeded draw, different for each). Default: 3.",
+    )
+    template: SelfInstructTemplate = Field(
+        default=DEFAULT_SELF_INSTRUCT_TEMPLATE,
+        description="The prompt the champion continues; {examples} (required) is replaced by the drawn pool "
+        "prompts, one per line. The text generated up to its first newline, stripped, is the new prompt. "
+        "Default: the examples one per line, then a newline (the model continues the list).",
+    )
+    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature. Default: 1.0.")
+    max_new_tokens: int = Field(
+        default=64, ge=1, le=32768, description="Tokens generated per new prompt at most. Default: 64."
+    )
+    novelty: Novelty = Field(
+        default_factory=Novelty,
+        description="Generated prompts that are empty, or duplicates or near-duplicates of the pool, of each other "
+        "or of earlier iterations' generated prompts, are dropped.",
     )
 
 

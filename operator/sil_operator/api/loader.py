@@ -77,9 +77,10 @@ def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
     def uri(value: str) -> str:
         return to_uri(value, base)
 
-    acquire = spec.acquire.model_copy(
-        update={"prompts": spec.acquire.prompts.model_copy(update={"uri": uri(spec.acquire.prompts.uri)})}
-    )
+    prompts = spec.acquire.prompts
+    if prompts.uri is not None:
+        prompts = prompts.model_copy(update={"uri": uri(prompts.uri)})
+    acquire = spec.acquire.model_copy(update={"prompts": prompts})
     evaluate = spec.evaluate.model_copy(
         update={"datasets": [d.model_copy(update={"uri": uri(d.uri)}) for d in spec.evaluate.datasets]}
     )

@@ -27,6 +27,7 @@ from sil_stages.settings import (
     DataUri,
     DnsLabel,
     EvalDataset,
+    FunctionRef,
     Generation,
     Judging,
     Keep,
@@ -34,6 +35,7 @@ from sil_stages.settings import (
     ModelUri,
     Pairs,
     Scorer,
+    SelfInstruct,
     StorageOptions,
 )
 
@@ -189,15 +191,55 @@ class RuntimeSpec(StageRuntime):
 DEFAULT_BACKOFF_LIMIT = 2
 
 
+PROMPTS_ONE_SOURCE = "acquire.prompts needs uri (a JSONL file of prompts) or generator (module:function)"
+PROMPTS_TWO_SOURCES = "acquire.prompts.generator and acquire.prompts.uri exclude each other: set one"
+SELF_INSTRUCT_POOL = (
+    "acquire.prompts.selfInstruct needs acquire.prompts.uri: the file of prompts its examples are drawn from"
+)
+SELF_INSTRUCT_TEMPLATE = "acquire.prompts.selfInstruct.template must contain {examples} (the drawn pool prompts)"
+
+
 class PromptSource(ApiModel):
-    uri: DataUri = Field(
-        description="JSONL file of prompts, one object per line with a `prompt` field: s3://bucket/key, "
-        "file:///path, or a path relative to the loop file for `sil run`."
+    """Where acquire's prompts come from: a JSONL file or a Python generator; optionally grown by Self-Instruct."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(rule="has(self.uri) || has(self.generator)", message=PROMPTS_ONE_SOURCE),
+        CelRule(rule="!has(self.uri) || !has(self.generator)", message=PROMPTS_TWO_SOURCES, field_path=".generator"),
+        CelRule(
+            rule="!has(self.selfInstruct) || has(self.uri)", message=SELF_INSTRUCT_POOL, field_path=".selfInstruct"
+        ),
+        CelRule(
+            rule="!has(self.selfInstruct) || !has(self.selfInstruct.template) || "
+            "self.selfInstruct.template.contains('{examples}')",
+            message=SELF_INSTRUCT_TEMPLATE,
+            field_path=".selfInstruct.template",
+        ),
+    )
+
+    uri: DataUri | None = Field(
+        default=None,
+        description="JSONL file of prompts, one object per line with a `prompt` field (other fields, e.g. an "
+        "`answer`, are carried along): s3://bucket/key, file:///path, or a path relative to the loop file for "
+        "`sil run`. Exactly one of uri and generator.",
+    )
+    generator: FunctionRef | None = Field(
+        default=None,
+        description="A Python function module:function(iteration, seed, count) returning an iterable of dicts, "
+        "each with a string `prompt` (other fields are carried along), importable by the stage (`sil run` puts "
+        "the loop file's folder on the path). seed is derived from the loop seed and the iteration; count is "
+        "perIteration (null: the generator's own default). The same arguments must give the same prompts (a "
+        "retried stage draws again). Exactly one of uri and generator.",
     )
     per_iteration: int | None = Field(
         default=None,
         ge=1,
-        description="Prompts drawn per iteration (a different deterministic draw each iteration). Default: all.",
+        description="Prompts drawn per iteration (a different deterministic draw each iteration; a generator is "
+        "given it as count). Default: all.",
+    )
+    self_instruct: SelfInstruct | None = Field(
+        default=None,
+        description="The champion also writes new prompts from examples drawn from the file (needs uri); the "
+        "novel ones are added to the drawn prompts. Default: none.",
     )
 
 

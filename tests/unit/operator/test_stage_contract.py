@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sil_operator.api.loader import parse_loop
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.contract import EvaluateConfig, Manifest, SelectConfig, parse_stage_config
+from sil_stages.contract import AcquireConfig, EvaluateConfig, Manifest, SelectConfig, parse_stage_config
 from tests.invalid_specs import valid_loop
 
 SELECT: dict[str, Any] = {
@@ -80,3 +80,29 @@ def test_select_is_given_the_earlier_iterations_select_folders_the_champion_and_
     assert (config.engine, config.pushgateway) == ("transformers", "http://pushgateway:9091")
     first = build_stage_config(spec, LoopRef("demo", "ml"), 1, "select", "file:///m")
     assert isinstance(first, SelectConfig) and first.earlier_select_uris == ()
+
+
+def test_acquire_is_given_the_prompt_source_self_instruct_and_the_earlier_iterations_acquire_folders() -> None:
+    """Self-Instruct's novelty check reads earlier iterations' generated prompts from the folders the runner names."""
+    document = valid_loop()
+    document["spec"]["acquire"]["prompts"]["selfInstruct"] = {"count": 16, "novelty": {"threshold": 0.5}}
+    spec = parse_loop(document).spec
+    config = build_stage_config(spec, LoopRef("demo", "ml"), 3, "acquire", "file:///m")
+    assert isinstance(config, AcquireConfig)
+    storage = spec.storage.uri.rstrip("/")
+    assert config.earlier_acquire_uris == (f"{storage}/iterations/1/acquire", f"{storage}/iterations/2/acquire")
+    assert (config.prompts_uri, config.prompts_generator) == ("file:///data/prompts.jsonl", None)
+    assert config.self_instruct is not None
+    assert (config.self_instruct.count, config.self_instruct.examples) == (16, 3)
+    assert config.self_instruct.novelty.threshold == 0.5
+    assert parse_stage_config(config.model_dump_json()) == config
+
+
+def test_acquire_is_given_the_generator_instead_of_a_file() -> None:
+    document = valid_loop()
+    document["spec"]["acquire"]["prompts"] = {"generator": "problems:additions", "perIteration": 50}
+    spec = parse_loop(document).spec
+    config = build_stage_config(spec, LoopRef("demo"), 1, "acquire", "file:///m")
+    assert isinstance(config, AcquireConfig)
+    assert (config.prompts_uri, config.prompts_generator, config.per_iteration) == (None, "problems:additions", 50)
+    assert config.earlier_acquire_uris == ()

@@ -22,9 +22,9 @@ def test_bad_config_value_exits_2_naming_the_field(
 def test_missing_required_field_exits_2_naming_it(
     stage_config: StageConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = stage_config("acquire", model_uri="file:///m")
+    config = stage_config("acquire", prompts_uri="file:///p")
     assert main(["acquire", "--config", json.dumps(config)]) == 2
-    assert "config field `prompts_uri`: Field required" in capsys.readouterr().err
+    assert "config field `model_uri`: Field required" in capsys.readouterr().err
 
 
 def test_config_for_another_stage_exits_2(stage_config: StageConfig, capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,7 +58,11 @@ def test_acquire_writes_k_samples_per_prompt_and_carries_fields(
     assert all(len(s["completions"]) == 3 for s in samples)
     assert all(s["answer"] and s["source"] == "test" for s in samples)
     manifest = _manifest(config)
-    assert manifest["metrics"] == {"prompts": 3.0, "samples": 9.0}
+    assert {k: manifest["metrics"][k] for k in ("prompts", "samples", "prompts_from_file")} == {
+        "prompts": 3.0,
+        "samples": 9.0,
+        "prompts_from_file": 3.0,
+    }
     (entry,) = manifest["files"]
     data = (output_dir(config) / "samples.jsonl").read_bytes()
     assert entry == {"path": "samples.jsonl", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
