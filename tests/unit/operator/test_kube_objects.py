@@ -705,11 +705,6 @@ def test_a_failed_job_is_a_failed_stage_with_every_attempt_used(
         pytest.param(k8s_job(status={"active": 1, "startTime": "2026-01-01T00:00:01Z"}), 0, id="active"),
         pytest.param(k8s_job(status={"active": 1, "failed": 1}), 1, id="retrying after a failed pod"),
         pytest.param(
-            k8s_job(suspend=True, status={"conditions": [condition("Suspended", "JobSuspended")]}),
-            0,
-            id="suspended, waiting for Kueue",
-        ),
-        pytest.param(
             k8s_job(status={"conditions": [{**condition("Complete"), "status": "False"}]}),
             0,
             id="a condition that is not True",
@@ -722,6 +717,44 @@ def test_a_job_neither_complete_nor_failed_is_a_running_stage(job: dict[str, Any
     assert seen.attempts == attempts
     assert seen.started_at is not None, "startTime, else the creation time"
     assert not seen.blocked
+
+
+@pytest.mark.parametrize(
+    ("job", "attempts"),
+    [
+        pytest.param(k8s_job(suspend=True), 0, id="created suspended, before the Job controller saw it"),
+        pytest.param(
+            k8s_job(suspend=True, status={"conditions": [condition("Suspended", "JobSuspended")]}),
+            0,
+            id="created suspended by Kueue, waiting for admission",
+        ),
+        pytest.param(
+            k8s_job(
+                suspend=True,
+                status={"startTime": "2026-01-01T00:00:01Z", "conditions": [condition("Suspended", "JobSuspended")]},
+            ),
+            0,
+            id="suspended after it started (Kueue preempted it)",
+        ),
+        pytest.param(
+            k8s_job(suspend=True, status={"failed": 1, "terminating": 1}),
+            1,
+            id="suspended while its pods go, after one failed pod",
+        ),
+    ],
+)
+def test_an_unfinished_suspended_job_is_a_queued_stage_that_is_neither_blocked_nor_rechecked(
+    job: dict[str, Any], attempts: int
+) -> None:
+    """Kueue holds a Job by suspending it: waiting for admission and preempted look the same on the Job (Kueue
+    clears startTime when it preempts); the planner, which knows whether the run had been admitted, tells them
+    apart. Pods deleted by the suspension are not failed attempts."""
+    seen = observe_job(job, None)
+    assert seen.phase is StagePhase.QUEUED
+    assert seen.attempts == attempts
+    assert not seen.blocked
+    assert seen.recheck_after is None, "the Job's unsuspension wakes the runner"
+    assert seen.message is not None and "demo-1-acquire" in seen.message and "suspended" in seen.message
 
 
 @pytest.mark.parametrize(
