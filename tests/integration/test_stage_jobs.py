@@ -217,3 +217,90 @@ def test_a_real_stage_that_rejects_its_input_fails_the_loop_with_its_last_log_li
     message = get_loop(control_plane, namespace, "badprompts")["status"]["message"]
     assert "rejected its input" in message
     assert "has no `prompt` field" in message, "the stage's last log line, from the termination message"
+
+
+# -- Kueue: admission and preemption --------------------------------------------------------------------------
+
+
+def stage_status(plane: ControlPlane, namespace: str, name: str, stage: str) -> dict[str, Any]:
+    status = get_loop(plane, namespace, name).get("status") or {}
+    stages = (status.get("iterations") or [{}])[0].get("stages") or []
+    return next((s for s in stages if s["stage"] == stage), {})
+
+
+def suspend(plane: ControlPlane, namespace: str, job: str, value: bool) -> None:
+    """What Kueue does: unsuspend a Job to admit it; suspend it to preempt it, then clear its startTime."""
+    body = '{"spec":{"suspend":%s}}' % ("true" if value else "false")
+    plane.kubectl("patch", "job", job, "-n", namespace, "--type=merge", "-p", body)
+    if value:
+        plane.kubectl(
+            "patch",
+            "job",
+            job,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"startTime":null}}',
+        )
+
+
+@pytest.mark.timeout(150)
+def test_a_queued_stage_runs_when_admitted_and_a_preempted_one_continues_when_readmitted_without_a_retry(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, operator: OperatorProcess, job_watch: JobWatch
+) -> None:
+    document = kwok_loop(namespace, "queued", tmp_path / "store", maxIterations=1)
+    document["spec"]["runtime"]["backoffLimit"] = 0
+    document["spec"]["runtime"]["stages"] = {
+        "optimize": {"queueName": "gpus", "podAnnotations": {"kwok.selfimprove.dev/run-ms": "5000"}}
+    }
+    apply(control_plane, document)
+    job = "queued-1-optimize"
+
+    def optimize_is(wanted: str) -> bool:
+        return stage_status(control_plane, namespace, "queued", "optimize").get("phase") == wanted
+
+    wait_until(lambda: optimize_is("Queued"), 60, "optimize to wait for its queue\n" + operator.log())
+    assert condition(control_plane, namespace, "queued", "Progressing")["reason"] == "StageQueued"
+    assert phase(control_plane, namespace, "queued") == "Running"
+
+    suspend(control_plane, namespace, job, False)  # admitted
+    wait_until(
+        lambda: (
+            optimize_is("Running")
+            and any(p["status"].get("phase") == "Running" for p in pods_of(control_plane, namespace, job))
+        ),
+        30,
+        "optimize to run once admitted\n" + operator.log(),
+    )
+    suspend(control_plane, namespace, job, True)  # preempted
+    wait_until(lambda: optimize_is("Preempted"), 30, "optimize to show as preempted\n" + operator.log())
+    wait_until(lambda: not pods_of(control_plane, namespace, job), 30, "the preempted Job's pods to go")
+    time.sleep(2)  # room for a wrong retry to appear
+    optimize = stage_status(control_plane, namespace, "queued", "optimize")
+    assert (optimize["phase"], optimize["attempts"], optimize["runs"], optimize["preemptions"]) == (
+        "Preempted",
+        0,
+        1,
+        1,
+    )
+    assert condition(control_plane, namespace, "queued", "Progressing")["reason"] == "StagePreempted"
+    assert "preempted by its queue" in get_loop(control_plane, namespace, "queued")["status"]["message"]
+    assert f"{job}-r2" not in job_watch.created, "a preemption is not a failure: no retry Job"
+    reasons = [e["reason"] for e in events(control_plane, namespace, "queued")]
+    assert reasons.count("StagePreempted") == 1 and reasons.count("StageQueued") == 1
+
+    suspend(control_plane, namespace, job, False)  # readmitted
+    wait_until(
+        lambda: phase(control_plane, namespace, "queued") == "Succeeded", 60, "the loop to finish\n" + operator.log()
+    )
+    assert job_watch.order == ["queued-1-acquire", "queued-1-select", job, "queued-1-evaluate"]
+    optimize = stage_status(control_plane, namespace, "queued", "optimize")
+    assert (optimize["phase"], optimize["attempts"], optimize["runs"], optimize["preemptions"]) == (
+        "Succeeded",
+        0,
+        1,
+        1,
+    )
+    assert "StageResumed" in [e["reason"] for e in events(control_plane, namespace, "queued")]
