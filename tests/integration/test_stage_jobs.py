@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from sil_operator.api.loader import parse_loop
+from sil_operator.kube.objects import LoopIdentity, stage_job
+from sil_operator.planner import StartStage
+from sil_operator.stageconfig import LoopRef, build_stage_config
 from tests.integration import test_operator
 from tests.integration.arithmetic_loop import arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
@@ -217,6 +222,33 @@ def test_a_real_stage_that_rejects_its_input_fails_the_loop_with_its_last_log_li
     message = get_loop(control_plane, namespace, "badprompts")["status"]["message"]
     assert "rejected its input" in message
     assert "has no `prompt` field" in message, "the stage's last log line, from the termination message"
+
+
+# -- volumes: /dev/shm and /scratch ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scratch",
+    [pytest.param({"size": "100Gi"}, id="a sized emptyDir"), pytest.param({"claimName": "cache"}, id="a PVC")],
+)
+def test_the_api_server_accepts_a_gpu_stage_job_with_dev_shm_and_either_scratch_volume(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, scratch: dict[str, Any]
+) -> None:
+    document = kwok_loop(namespace, "volumes", tmp_path / "store", manifests=False, maxIterations=1)
+    document["spec"]["runtime"].update({"shmSize": "32Gi", "scratch": scratch, "priorityClass": "low"})
+    spec = parse_loop(document).spec
+    config = build_stage_config(spec, LoopRef("volumes", namespace), 1, "optimize", "file:///models/base")
+    action = StartStage(1, "optimize", "volumes-1-optimize", 1, config)
+    job = stage_job(LoopIdentity("volumes", namespace, "uid"), spec, action, "stage:test")
+    job["metadata"].pop("ownerReferences")  # no loop object in this test
+    answer = control_plane.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=yaml.safe_dump(job))
+    created = yaml.safe_load(answer.stdout)
+    volumes = {v["name"]: v for v in created["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    expected = (
+        {"emptyDir": {"sizeLimit": "100Gi"}} if "size" in scratch else {"persistentVolumeClaim": {"claimName": "cache"}}
+    )
+    assert {k: v for k, v in volumes["scratch"].items() if k != "name"} == expected
 
 
 # -- Kueue: admission and preemption --------------------------------------------------------------------------
