@@ -8,6 +8,9 @@ A stage is started only when the observation shows no run of it (or a failed one
 deterministic name; so a runner that crashed after starting a stage and before writing status sees the stage
 running (or finished) on its next call and starts nothing twice.
 
+A run a queue holds (Kueue: Queued before admission, Preempted once suspended after it ran) is in progress like a
+running one: waited for, never retried, not a failed attempt.
+
 One iteration: acquire → select → optimize → evaluate → gates → Promote or Reject → stop or next iteration.
 """
 
