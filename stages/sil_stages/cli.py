@@ -2,7 +2,9 @@
 
 Exit codes are part of the contract with the runners: 0 done (or already done: a manifest exists, nothing
 runs), 2 the config or an input is wrong (one line on stderr names the field or URI and what to do; retrying
-will not help), 1 anything else (a traceback follows; a retry may help).
+will not help), 1 anything else (a traceback follows; a retry may help), 143 stopped by SIGTERM after saving a
+trainer checkpoint (optimize with checkpointEverySteps; a retry resumes from it). A stage run as several processes
+(`sil_stages.launcher`) exits with its ranks' code.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,8 +23,10 @@ from pydantic import ValidationError
 
 from sil_stages.contract import STAGES, Manifest, parse_stage_config
 from sil_stages.errors import StageInputError
+from sil_stages.launcher import record_exit_code
 from sil_stages.manifest import is_finished
 from sil_stages.store import Store
+from sil_stages.trainer_checkpoints import EXIT_STOPPED, TrainingStopped
 
 log = logging.getLogger("sil_stages")
 
@@ -61,13 +66,26 @@ def describe_validation_error(error: ValidationError, stage: str) -> str:
     return f"config field `{field}`: {first['msg']}; fix it in the {stage} config{suffix}"
 
 
-def _runner(stage: str) -> Callable[[Any, Store], Manifest]:
+def _runner(stage: str) -> Callable[[Any, Store], Manifest | None]:
     module = importlib.import_module(f"sil_stages.{stage}")
-    run: Callable[[Any, Store], Manifest] = module.run
+    run: Callable[[Any, Store], Manifest | None] = module.run
     return run
 
 
+def _relauncher(stage: str) -> Callable[[Any, Store, Sequence[str]], int | None] | None:
+    """A stage's `relaunch(config, store, arguments)`, which may run it as several processes (optimize)."""
+    module = importlib.import_module(f"sil_stages.{stage}")
+    relaunch: Callable[[Any, Store, Sequence[str]], int | None] | None = getattr(module, "relaunch", None)
+    return relaunch
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    record_exit_code(code, os.environ)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sil_stages", description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--config", required=True, help="the stage config as JSON, or @path to a JSON file")
@@ -95,12 +113,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_finished(store, config.output_uri):
             log.info("already finished: %s has a manifest; nothing to do", config.output_uri)
             return EXIT_OK
+        relaunch = _relauncher(args.stage)
+        if relaunch is not None:
+            code = relaunch(config, store, [args.stage, "--config", args.config])
+            if code is not None:
+                return code
         manifest = _runner(args.stage)(config, store)
     except StageInputError as error:
         log.error("%s", error)
         return EXIT_BAD_INPUT
+    except TrainingStopped as error:
+        log.error("%s", error)
+        return EXIT_STOPPED
     except Exception:
         log.exception("failed")
         return EXIT_FAILED
+    if manifest is None:
+        log.info("done; global rank 0 writes the manifest")
+        return EXIT_OK
     log.info("finished in %.1fs: %s", manifest.duration_seconds, json.dumps(manifest.metrics, sort_keys=True))
     return EXIT_OK

@@ -14,7 +14,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from sil_stages.methods import DEFAULT_METHOD, REGISTRY
-from sil_stages.settings import Dpo, Grpo, Hyperparameters, Lora, Settings
+from sil_stages.settings import Distributed, Dpo, Grpo, Hyperparameters, Lora, Settings
 
 
 @dataclass(frozen=True)
@@ -62,4 +62,16 @@ class Optimization(Settings):
         description="Train a LoRA adapter (peft) instead of every weight, with any method; the candidate checkpoint "
         "is the merged full model, the adapter is saved beside it (optimize/adapter/). Default: none (full "
         "fine-tune).",
+    )
+    distributed: Distributed = Field(
+        default_factory=Distributed,
+        description="Training with several processes or nodes (accelerate, DeepSpeed). Default: one process per "
+        "GPU the stage sees, one on CPU.",
+    )
+    checkpoint_every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Save the trainer's state every N optimizer steps (and when the stage is stopped with "
+        "SIGTERM) under <optimize output>/trainer-checkpoints/; a retried optimize stage resumes from the latest "
+        "one instead of step 0. Default: off.",
     )

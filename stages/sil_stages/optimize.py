@@ -11,14 +11,23 @@ Empty training data is not an error for most methods: the init model is copied a
 data (dpo: no pair) fails with exit 2 and says what to change. The metrics say whether training happened
 (`steps`), how it went (`train_loss`, the trainer's own logged metrics under `train/`) and whether the weights
 moved at all (`param_delta_l2`); with a Pushgateway configured they are also pushed as `selfimprove_optimize_*`.
+
+With `distributed` asking for several processes (or DeepSpeed), `relaunch` runs the stage again under
+`accelerate launch` (`sil_stages.launcher`); every rank trains, global rank 0 uploads, pushes and writes the
+manifest (with `world_size`), the other ranks wait for it. `checkpointEverySteps` saves and resumes the trainer's
+state (`sil_stages.trainer_checkpoints`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+from sil_stages import launcher, trainer_checkpoints
 from sil_stages.contract import Manifest, OptimizeConfig
 from sil_stages.errors import StageInputError
 from sil_stages.manifest import StageOutputs
@@ -37,7 +46,35 @@ CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 
 
-def run(config: OptimizeConfig, store: Store) -> Manifest:
+@contextmanager
+def _workdir() -> Iterator[Path]:
+    """The launcher's shared folder in a launched rank (it restored the trainer checkpoint), else a new one."""
+    shared = os.environ.get(launcher.WORKDIR_VARIABLE)
+    if shared and launcher.is_launched_rank(os.environ):
+        yield Path(shared)
+        return
+    with tempfile.TemporaryDirectory(prefix="sil-optimize-") as tmp:
+        yield Path(tmp)
+
+
+def _restore(config: OptimizeConfig, store: Store, workdir: Path) -> None:
+    if config.checkpoint_every_steps is not None:
+        trainer_checkpoints.restore(store, config.output_uri, workdir)
+
+
+def relaunch(config: OptimizeConfig, store: Store, stage_arguments: Sequence[str]) -> int | None:
+    """Runs the stage under `accelerate launch` when it asks for several processes; its exit code, else None."""
+    topo = launcher.plan(config.distributed, os.environ)
+    if topo is None:
+        return None
+    resolve_model(store, config.init_model_uri, field="init_model_uri")  # one download, not one per rank
+    with tempfile.TemporaryDirectory(prefix="sil-optimize-") as tmp:
+        _restore(config, store, Path(tmp))
+        return launcher.launch(topo, config.distributed, stage_arguments, Path(tmp))
+
+
+def run(config: OptimizeConfig, store: Store) -> Manifest | None:
+    """Trains and, on global rank 0, uploads and seals; the manifest there, None on the other ranks."""
     method = get_method(config.method)
     outputs = StageOutputs(store, config.output_uri)
     records = read_jsonl(store, config.train_uri, field="train_uri")
@@ -53,25 +90,35 @@ def run(config: OptimizeConfig, store: Store) -> Manifest:
         return resolve_model(store, config.base_model_uri, field="base_model_uri")
 
     seed = derive_seed(config.seed + config.hyperparameters.seed, config.iteration, "optimize")
-    with tempfile.TemporaryDirectory(prefix="sil-optimize-") as tmp:
+    with _workdir() as workdir:
+        if not launcher.is_launched_rank(os.environ):
+            _restore(config, store, workdir)
         job = TrainingJob(
             config=config,
             model_path=model_path,
             base_model=base_model,
             records=records,
-            workdir=Path(tmp),
+            workdir=workdir,
             seed=seed,
             store=store,
         )
         if records:
             seed_everything(seed)
             metrics = method.train(job)
+            state = launcher.process_state()
         else:
+            state = launcher.process_state()
             log.warning("train_uri %s is empty: the checkpoint is the init model", config.train_uri)
-            metrics = copy_init(job)
+            metrics = copy_init(job) if state.is_main else {}
+        if not state.is_main:
+            state.wait_for_everyone()
+            return None
+        metrics["world_size"] = float(state.world_size)
         outputs.upload_dir(job.checkpoint, CHECKPOINT_DIR)
         if job.adapter.is_dir():
             outputs.upload_dir(job.adapter, ADAPTER_DIR)
     if config.pushgateway:
         push_metrics(config, metrics)
-    return outputs.seal(stage="optimize", loop=config.loop, iteration=config.iteration, metrics=metrics)
+    manifest = outputs.seal(stage="optimize", loop=config.loop, iteration=config.iteration, metrics=metrics)
+    state.wait_for_everyone()
+    return manifest

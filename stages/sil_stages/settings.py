@@ -16,6 +16,7 @@ carry no kopf.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -27,6 +28,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
@@ -345,9 +347,17 @@ class Hyperparameters(Settings):
     bf16: bool | None = Field(
         default=None, description="bf16 training. Default: on when the GPU supports it, off on CPU."
     )
-    deepspeed: str | None = Field(
-        default=None, description="DeepSpeed config (path in the image, or JSON); GPU only. Default: none."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deepspeed_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "deepspeed" in data:
+            raise PydanticCustomError(
+                "moved_field",
+                "hyperparameters.deepspeed moved to optimize.distributed.deepspeed (zero2, zero3, zero3-offload or a "
+                "DeepSpeed JSON object); move it there",
+            )
+        return data
 
 
 class EvalDataset(Settings):
@@ -680,4 +690,59 @@ class Grpo(Settings):
         default="group",
         description="Advantage scaling: group (divide by the group's reward std), batch, or none (Dr. GRPO). "
         "Default: group.",
+    )
+
+
+DEEPSPEED_PRESETS = ("zero2", "zero3", "zero3-offload")
+"""The DeepSpeed configurations `distributed.deepspeed` names (TRL's examples/accelerate_configs)."""
+
+
+def _json_object(value: str) -> str:
+    if value in DEEPSPEED_PRESETS:
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise PydanticCustomError(
+            "deepspeed_json", "not valid JSON ({msg} at column {column})", {"msg": error.msg, "column": error.colno}
+        ) from error
+    if not isinstance(parsed, dict):
+        raise PydanticCustomError("deepspeed_json", "expected a JSON object")
+    return value
+
+
+DeepSpeedConfig = Annotated[
+    str,
+    Matching(
+        r"^(zero2|zero3|zero3-offload|[{][\s\S]*[}])$",
+        "zero2, zero3, zero3-offload or a DeepSpeed JSON object",
+    ),
+    AfterValidator(_json_object),
+]
+
+
+class Distributed(Settings):
+    """Training with more than one process (data parallel, optionally DeepSpeed ZeRO), with `accelerate launch`.
+
+    The optimize stage re-executes itself under `accelerate launch` when it asks for more than one process in all
+    (or for DeepSpeed); every rank trains, global rank 0 saves and uploads the checkpoint and writes the manifest.
+    """
+
+    processes_per_node: int | None = Field(
+        default=None,
+        ge=1,
+        description="Training processes on each node (one per GPU). Default: one per GPU the optimize stage sees "
+        "(torch.cuda.device_count()), 1 on CPU.",
+    )
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        description="Nodes (pods) training together; more than 1 needs the operator's multi-node engine, which "
+        "sets SIL_NODE_RANK, SIL_MASTER_ADDR and SIL_MASTER_PORT for the stage. Default: 1.",
+    )
+    deepspeed: DeepSpeedConfig | None = Field(
+        default=None,
+        description="DeepSpeed ZeRO: zero2, zero3 (parameters sharded; the checkpoint is gathered into one 16-bit "
+        "model), zero3-offload (zero3 with optimizer and parameters in CPU memory), or a DeepSpeed config as a "
+        "JSON object. GPU only: on CPU the stage fails. Default: none (plain data parallel).",
     )

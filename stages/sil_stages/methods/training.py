@@ -60,13 +60,14 @@ def total_steps(examples: int, hyperparameters: Hyperparameters) -> int:
 
 
 def common_arguments(job: TrainingJob, examples: int) -> dict[str, Any]:
-    """The `TrainingArguments` every TRL config of this stage shares: the hyperparameters, no mid-run saves."""
-    import torch
+    """The `TrainingArguments` every TRL config of this stage shares: the hyperparameters and the saving.
+
+    DeepSpeed is not an argument here: `accelerate launch --use_deepspeed` (see `sil_stages.launcher`) hands its
+    config to the trainer through accelerate, as TRL's examples do.
+    """
+    from sil_stages.trainer_checkpoints import save_arguments  # imports the store, which imports the methods
 
     hp: Hyperparameters = job.config.hyperparameters
-    deepspeed = hp.deepspeed if torch.cuda.is_available() else None
-    if hp.deepspeed and deepspeed is None:
-        log.warning("hyperparameters.deepspeed is ignored: no CUDA device")
     return {
         "output_dir": str(job.workdir / "trainer"),
         "learning_rate": hp.learning_rate,
@@ -80,9 +81,8 @@ def common_arguments(job: TrainingJob, examples: int) -> dict[str, Any]:
         "seed": job.seed,
         "data_seed": job.seed,
         "bf16": use_bf16(hp),
-        "deepspeed": deepspeed,
         "report_to": "none",
-        "save_strategy": "no",
+        **save_arguments(job.config.checkpoint_every_steps),
         "logging_steps": max(1, total_steps(examples, hp) // 10),
         "disable_tqdm": True,
     }
@@ -163,19 +163,32 @@ def trainer_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def finish(job: TrainingJob, trainer: Any, before: dict[str, torch.Tensor], examples: int) -> dict[str, float]:
-    """Trains, saves the candidate (merged full model) and, with LoRA, the adapter; returns the metrics."""
-    from sil_stages.models import load_tokenizer
+    """Trains, saves the candidate (merged full model) and, with LoRA, the adapter; returns the metrics.
 
-    result = trainer.train()
-    model = trainer.model
-    if job.config.lora is not None:
-        model.save_pretrained(str(job.adapter))
-        model = model.merge_and_unload()
-    model.save_pretrained(str(job.checkpoint))
-    tokenizer = load_tokenizer(job.model_path)
-    tokenizer.save_pretrained(str(job.checkpoint))
+    Under the launcher every rank trains; global rank 0 saves (with DeepSpeed every rank takes part in the save,
+    which gathers ZeRO-3 shards into one 16-bit model) and only its metrics count (the others return none).
+    """
+    from sil_stages import trainer_checkpoints
+    from sil_stages.launcher import process_state
+
+    result, resumed_from = trainer_checkpoints.train(
+        trainer,
+        every_steps=job.config.checkpoint_every_steps,
+        store=job.store,
+        output_uri=job.config.output_uri,
+        workdir=job.workdir,
+    )
+    state = process_state()
+    model: Any = None
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        model = save_gathered(job, trainer, state.is_main)
+    elif state.is_main:
+        model = save_candidate(job, trainer.model)
+    state.wait_for_everyone()
+    if not state.is_main:
+        return {}
     history: list[dict[str, Any]] = trainer.state.log_history
-    return {
+    metrics = {
         "train_examples": float(examples),
         "steps": float(trainer.state.global_step),
         "train_loss": final_loss(history, float(result.training_loss)),
@@ -183,6 +196,40 @@ def finish(job: TrainingJob, trainer: Any, before: dict[str, torch.Tensor], exam
         "param_delta_l2": param_delta_l2(before, model),
         **trainer_metrics(history),
     }
+    if resumed_from is not None:
+        metrics["resumed_from_step"] = float(resumed_from)
+    return metrics
+
+
+def save_candidate(job: TrainingJob, model: Any) -> Any:
+    """Saves the trained model (merging a LoRA adapter, saved beside it) and the tokenizer; the saved model."""
+    from sil_stages.models import load_tokenizer
+
+    if job.config.lora is not None:
+        model.save_pretrained(str(job.adapter))
+        model = model.merge_and_unload()
+    model.save_pretrained(str(job.checkpoint))
+    load_tokenizer(job.model_path).save_pretrained(str(job.checkpoint))
+    return model
+
+
+def save_gathered(job: TrainingJob, trainer: Any, is_main: bool) -> Any:
+    """DeepSpeed: every rank calls `save_model` (ZeRO-3 gathers the 16-bit weights), rank 0 writes; with LoRA the
+    adapter is saved and rank 0 merges it into the init model. Returns the saved model on rank 0, else None."""
+    from transformers import AutoModelForCausalLM
+
+    from sil_stages.models import load_tokenizer
+
+    trainer.save_model(str(job.adapter if job.config.lora is not None else job.checkpoint))
+    if not is_main:
+        return None
+    if job.config.lora is not None:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(job.model_path)
+        PeftModel.from_pretrained(base, str(job.adapter)).merge_and_unload().save_pretrained(str(job.checkpoint))
+    load_tokenizer(job.model_path).save_pretrained(str(job.checkpoint))
+    return AutoModelForCausalLM.from_pretrained(str(job.checkpoint))
 
 
 def copy_init(job: TrainingJob) -> dict[str, float]:

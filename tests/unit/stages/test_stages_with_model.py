@@ -144,7 +144,12 @@ def test_optimize_on_empty_data_copies_the_init_model(
     train.write_text("")
     config = stage_config("optimize", train_uri=train.as_uri(), init_model_uri=tiny_model.as_uri())
     assert _run("optimize", config) == 0
-    assert _manifest(config)["metrics"] == {"train_examples": 0.0, "steps": 0.0, "param_delta_l2": 0.0}
+    assert _manifest(config)["metrics"] == {
+        "train_examples": 0.0,
+        "steps": 0.0,
+        "param_delta_l2": 0.0,
+        "world_size": 1.0,
+    }
     assert (output_dir(config) / "checkpoint" / "model.safetensors").exists()
 
 
