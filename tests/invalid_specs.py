@@ -200,6 +200,28 @@ INVALID: list[Invalid] = [
         {"spec.optimize": {"lora": {"targetModules": []}}},
         "spec.optimize.lora.targetModules",
     ),
+    Invalid(
+        "no training processes",
+        {"spec.optimize": {"distributed": {"processesPerNode": 0}}},
+        "spec.optimize.distributed.processesPerNode",
+    ),
+    Invalid("no nodes", {"spec.optimize": {"distributed": {"nodes": 0}}}, "spec.optimize.distributed.nodes"),
+    Invalid(
+        "an unknown deepspeed preset",
+        {"spec.optimize": {"distributed": {"deepspeed": "zero4"}}},
+        "spec.optimize.distributed.deepspeed",
+    ),
+    Invalid(
+        "a deepspeed config that is not JSON",
+        {"spec.optimize": {"distributed": {"deepspeed": "{stage: 3}"}}},
+        "spec.optimize.distributed.deepspeed",
+        sil_validate_only="the API server's schema only sees braces; it cannot parse the JSON inside",
+    ),
+    Invalid(
+        "a checkpoint interval of 0 steps",
+        {"spec.optimize": {"checkpointEverySteps": 0}},
+        "spec.optimize.checkpointEverySteps",
+    ),
     Invalid("a negative pair margin", {"spec.select.pairs": {"minMargin": -1}}, "spec.select.pairs.minMargin"),
     # unknown and missing fields
     Invalid("an unknown field", {"spec.maxIteration": 3}, "spec.maxIteration"),

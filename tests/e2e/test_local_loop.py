@@ -163,3 +163,17 @@ def test_kill_9_during_optimize_then_the_same_command_finishes_without_redoing_e
     others = [entry for entry in started if entry != (1, "optimize")]
     assert len(others) == len(set(others)) == 7, f"no other stage ran twice: {started}"
     assert (store / "iterations" / "1" / "optimize" / "_manifest.json").is_file()
+
+
+def test_one_iteration_with_two_training_processes_per_node(tmp_path: Path, base_model: Path) -> None:
+    """`sil run` starts optimize with the same command; the stage relaunches itself as two gloo processes."""
+    loop = small_loop(tmp_path, base_model, iterations=1)
+    document = yaml.safe_load(loop.read_text())
+    document["spec"]["optimize"]["distributed"] = {"processesPerNode": 2}
+    loop.write_text(yaml.safe_dump(document, sort_keys=False))
+    done = subprocess.run([*SIL, "run", str(loop)], cwd=tmp_path, capture_output=True, text=True, timeout=800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    optimize = tmp_path / "store" / "iterations" / "1" / "optimize"
+    assert json.loads((optimize / "_manifest.json").read_text())["metrics"]["world_size"] == 2
+    assert (optimize / "checkpoint" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "store" / "status.json").read_text())["phase"] == "Succeeded"

@@ -110,6 +110,11 @@ def test_the_base_loop_of_the_shared_table_is_valid() -> None:
     ("path", "value", "message"),
     [
         ("spec.maxIterations", 0, "spec.maxIterations: Input should be greater than or equal to 1"),
+        (
+            "spec.optimize.hyperparameters.deepspeed",
+            "zero3",
+            "spec.optimize.hyperparameters: hyperparameters.deepspeed moved to optimize.distributed.deepspeed",
+        ),
         ("spec.acquire.engine", "tgi", "spec.acquire.engine: Input should be 'transformers' or 'vllm'"),
         ("spec.acquire.samplesPerPrompts", 4, "spec.acquire.samplesPerPrompts: unknown field"),
         ("spec.select.scorer.verifier", "fuzzy", "spec.select.scorer.verifier: expected exact-match, or a Python"),
@@ -205,3 +210,13 @@ def test_a_file_that_is_not_yaml_is_reported(tmp_path: Path) -> None:
     path.write_text("spec: [unclosed")
     with pytest.raises(SpecError, match=r"\(yaml\): not valid YAML"):
         load_loop(path)
+
+
+def test_several_nodes_and_deepspeed_are_valid_specs_for_the_multi_node_engine() -> None:
+    """sil validate accepts what the operator's multi-node engine will run; the stage honours the env contract."""
+    document = patched(
+        valid_loop(),
+        {"spec.optimize": {"distributed": {"nodes": 4, "processesPerNode": 8, "deepspeed": "zero3-offload"}}},
+    )
+    distributed = parse_loop(document).spec.optimize.distributed
+    assert (distributed.nodes, distributed.processes_per_node, distributed.deepspeed) == (4, 8, "zero3-offload")

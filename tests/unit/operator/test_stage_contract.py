@@ -106,3 +106,12 @@ def test_acquire_is_given_the_generator_instead_of_a_file() -> None:
     assert isinstance(config, AcquireConfig)
     assert (config.prompts_uri, config.prompts_generator, config.per_iteration) == (None, "problems:additions", 50)
     assert config.earlier_acquire_uris == ()
+
+
+def test_the_optimize_config_carries_the_distributed_settings_and_the_checkpoint_interval() -> None:
+    document = valid_loop()
+    document["spec"]["optimize"] = {"distributed": {"processesPerNode": 2}, "checkpointEverySteps": 50}
+    config = build_stage_config(parse_loop(document).spec, LoopRef("demo"), 1, "optimize", "file:///m")
+    again = parse_stage_config(config.model_dump_json())
+    assert again.distributed.processes_per_node == 2  # type: ignore[union-attr]
+    assert again.checkpoint_every_steps == 50  # type: ignore[union-attr]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -177,3 +179,39 @@ def test_sigterm_saves_a_trainer_checkpoint_and_the_retry_resumes_from_its_step(
     assert (output_dir(config) / "checkpoint" / "model.safetensors").exists()
     assert not any(entry["path"].startswith("trainer-checkpoints/") for entry in manifest["files"])
 
+
+def test_sigterm_to_the_launching_process_stops_every_rank_at_one_step_after_saving(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    """A pod's SIGTERM reaches the launching process: it forwards it, both ranks agree on the step, save, exit 143."""
+    train = write_jsonl(
+        tmp_path / "train.jsonl",
+        [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(10) for b in range(10)],
+    )
+    config = stage_config(
+        "optimize",
+        train_uri=train.as_uri(),
+        init_model_uri=tiny_model.as_uri(),
+        hyperparameters={"learning_rate": 1e-3, "epochs": 50, "batch_size": 4, "max_length": 16},
+        distributed={"processesPerNode": 2},
+        checkpoint_every_steps=5,
+    )
+    log_file = tmp_path / "stderr.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with log_file.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sil_stages", "optimize", "--config", json.dumps(config)], stderr=stderr, env=env
+        )
+        deadline = time.monotonic() + 180
+        while "uploaded trainer checkpoint checkpoint-5" not in log_file.read_text() and process.poll() is None:
+            assert time.monotonic() < deadline, log_file.read_text()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=120)
+    text = log_file.read_text()
+    assert code == 143, text
+    stops = re.findall(r"stopping at step (\d+) on SIGTERM", text)
+    assert len(stops) == 2 and stops[0] == stops[1], stops  # one line per rank, the same step
+    latest = json.loads((output_dir(config) / "trainer-checkpoints" / "latest.json").read_text())
+    assert latest["step"] == int(stops[0])
+    assert not (output_dir(config) / "_manifest.json").exists()
