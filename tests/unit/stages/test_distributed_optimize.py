@@ -107,6 +107,30 @@ def test_dpo_with_two_processes_trains_and_writes_one_manifest(
     assert (output_dir(config) / "checkpoint" / "model.safetensors").exists()
 
 
+def test_grpo_with_two_processes_rolls_out_and_trains_in_a_group_of_two(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    rows = [
+        {"prompt": f"{a}+{b}=", "record": json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)})}
+        for a, b in PAIRS * 2
+    ]
+    config = stage_config(
+        "optimize",
+        method="grpo",
+        train_uri=write_jsonl(tmp_path / "train.jsonl", rows).as_uri(),
+        init_model_uri=tiny_model.as_uri(),
+        grpo={"num_generations": 2, "max_completion_length": 4},
+        hyperparameters={"learning_rate": 1e-3, "batch_size": 2, "max_steps": 2, "max_length": 16},
+        distributed={"processesPerNode": 2},
+    )
+    code, stderr, _ = _stage(config)
+    assert code == 0, stderr
+    metrics = _manifest(config)["metrics"]
+    assert (metrics["world_size"], metrics["steps"]) == (2, 2)
+    assert "train/reward" in metrics  # the rollouts were scored (the random tiny model earns 0)
+    assert (output_dir(config) / "checkpoint" / "model.safetensors").exists()
+
+
 def test_a_bad_input_in_the_ranks_exits_2_through_the_launcher(
     tmp_path: Path, stage_config: StageConfig, tiny_model: Path
 ) -> None:
