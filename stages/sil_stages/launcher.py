@@ -38,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from sil_stages.errors import StageInputError
-from sil_stages.settings import Distributed
+from sil_stages.settings import DEEPSPEED_PRESETS, Distributed
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,12 @@ def deepspeed_config(value: str) -> dict[str, Any]:
 def launch_command(
     topo: Topology, *, cuda: bool, deepspeed_file: Path | None, stage_arguments: Sequence[str]
 ) -> list[str]:
-    """`accelerate launch ... -m sil_stages <stage arguments>` for this node (pure)."""
+    """`accelerate launch ... --module sil_stages <stage arguments>` for this node (pure)."""
     command = [
-        str(Path(sys.executable).with_name("accelerate")),
-        "launch",
+        # `accelerate launch`, run by this interpreter (no dependence on PATH or on where pip put its scripts)
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
         "--num_processes",
         str(topo.world_size),
         "--num_machines",
@@ -262,13 +264,15 @@ def launch(topo: Topology, distributed: Distributed, stage_arguments: Sequence[s
             topo.nodes,
             topo.master_addr,
             topo.master_port,
-            f" with DeepSpeed {distributed.deepspeed}"
-            if distributed.deepspeed in ("zero2", "zero3", "zero3-offload")
-            else " with DeepSpeed"
-            if distributed.deepspeed
-            else "",
+            _deepspeed_text(distributed.deepspeed),
         )
         return run_launcher(command, environ, exit_dir)
+
+
+def _deepspeed_text(deepspeed: str | None) -> str:
+    if deepspeed is None:
+        return ""
+    return f" with DeepSpeed {deepspeed}" if deepspeed in DEEPSPEED_PRESETS else " with a DeepSpeed JSON config"
 
 
 @dataclass(frozen=True)
