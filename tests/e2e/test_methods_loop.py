@@ -62,10 +62,14 @@ def run_one_iteration(tmp_path: Path, loop: Path, env: dict[str, str] | None = N
     return result
 
 
-def optimize_metrics(tmp_path: Path) -> dict[str, float]:
-    manifest = json.loads((tmp_path / "store" / "iterations" / "1" / "optimize" / "_manifest.json").read_text())
+def stage_metrics(tmp_path: Path, stage: str) -> dict[str, float]:
+    manifest = json.loads((tmp_path / "store" / "iterations" / "1" / stage / "_manifest.json").read_text())
     metrics: dict[str, float] = manifest["metrics"]
     return metrics
+
+
+def optimize_metrics(tmp_path: Path) -> dict[str, float]:
+    return stage_metrics(tmp_path, "optimize")
 
 
 def test_one_iteration_of_iterative_dpo_improves_the_base_model_well_above_noise(
@@ -83,18 +87,17 @@ def test_one_iteration_of_iterative_dpo_improves_the_base_model_well_above_noise
 
 
 def test_one_iteration_of_grpo_improves_the_base_model_well_above_noise(tmp_path: Path, base_model: Path) -> None:
-    """examples/arithmetic-grpo's first iteration, shortened to 800 GRPO steps (the example runs 1,000: 0.545 →
-    0.685; 600 steps gave 0.605); acquire only provides the prompts, so it samples once per prompt."""
-    changes = {
-        "acquire": {"prompts": {"perIteration": 2000}, "samplesPerPrompt": 1},
-        "optimize": {"hyperparameters": {"learningRate": 1.0e-4, "maxSteps": 800, "batchSize": 64, "seed": 0}},
-    }
-    loop = method_loop(tmp_path, "arithmetic-grpo", base_model, changes)
+    """examples/arithmetic-grpo's first iteration as it is: 2,000 prompts, 8 samples each; select keeps only the
+    prompts with some right and some wrong samples (the difficulty band), and GRPO trains on those."""
+    loop = method_loop(tmp_path, "arithmetic-grpo", base_model, {})
     iteration = run_one_iteration(tmp_path, loop)
     assert iteration["decision"] == "Promoted"
     assert iteration["candidateScore"] >= BASE_SCORE + NOISE
+    selected = stage_metrics(tmp_path, "select")
+    assert selected["prompts_out_of_band"] > 0, "the difficulty band dropped the all-wrong and all-right prompts"
+    assert selected["train_examples"] == selected["prompts"] - selected["prompts_out_of_band"]
     metrics = optimize_metrics(tmp_path)
-    assert metrics["steps"] == 800
+    assert metrics["train_examples"] == selected["train_examples"]
     assert metrics["train/rewards/verifier/mean"] > 0.2, "the rollouts earn the verifier's reward"
     assert metrics["train/frac_reward_zero_std"] < 0.5, "most groups carry a learning signal"
 
