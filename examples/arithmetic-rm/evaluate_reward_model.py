@@ -2,9 +2,10 @@
 
 1. Pairwise accuracy on `data/heldout_pairs.jsonl` (sums from the held-out set, never trained on): how often the
    correct sum outscores a near-miss wrong one.
-2. Best-of-n precision on the train prompts: the base model samples `n` answers per prompt (temperature 1.0, up to
-   8 new tokens, as the loop's acquire stage does), the reward model keeps each prompt's top-scored one, and
-   `arithmetic:verify` (used here for measurement only; the loop never calls it) says how often that one is right.
+2. Best-of-n precision on the train prompts: the base model samples `n` answers per prompt (`--temperature`, 1.0
+   by default, up to 8 new tokens, as the loop's acquire stage does), the reward model keeps each prompt's
+   top-scored one, and `arithmetic:verify` (used here for measurement only; the loop never calls it) says how
+   often that one is right.
    Printed beside it: the base model's own per-sample accuracy, the ceiling (prompts with at least one right
    sample), and the precision and share of prompts kept above a few score thresholds (`select.keep.minScore`).
 
@@ -58,7 +59,9 @@ def pairwise_accuracy(reward: RewardModel, pairs: list[dict[str, Any]]) -> float
     return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
 
 
-def best_of_n(reward: RewardModel, base: Path, prompts: list[str], n: int, thresholds: Sequence[float]) -> None:
+def best_of_n(
+    reward: RewardModel, base: Path, prompts: list[str], n: int, temperature: float, thresholds: Sequence[float]
+) -> None:
     sys.path.insert(0, str(ARITHMETIC))
     from arithmetic import verify  # type: ignore[import-not-found]
 
@@ -66,7 +69,7 @@ def best_of_n(reward: RewardModel, base: Path, prompts: list[str], n: int, thres
     from sil_stages.models import load_model, load_tokenizer
 
     engine = TransformersEngine(load_model(str(base), device="cpu"), load_tokenizer(str(base)), batch_size=256)
-    samples = engine.generate(prompts, SamplingRequest(n=n, temperature=1.0, max_new_tokens=8))
+    samples = engine.generate(prompts, SamplingRequest(n=n, temperature=temperature, max_new_tokens=8))
     flat = [(prompt, text) for prompt, texts in zip(prompts, samples, strict=True) for text in texts]
     scores = reward.scores([prompt + completion for prompt, completion in flat])
     correct = [verify(prompt, completion, {}) == 1.0 for prompt, completion in flat]
@@ -91,13 +94,14 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=ARITHMETIC / ".base-model")
     parser.add_argument("--prompts", type=int, default=1000, help="train prompts to sample (default: %(default)s)")
     parser.add_argument("--samples", type=int, default=4, help="answers per prompt (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
     parser.add_argument("--thresholds", type=float, nargs="*", default=[0.0, 1.0, 2.0, 3.0])
     args = parser.parse_args()
     reward = RewardModel(args.reward_model)
     heldout = read_jsonl(HERE / "data" / "heldout_pairs.jsonl")
     print(f"pairwise accuracy on {len(heldout)} held-out pairs: {pairwise_accuracy(reward, heldout):.3f}")
     prompts = [record["prompt"] for record in read_jsonl(ARITHMETIC / "data" / "train_prompts.jsonl")][: args.prompts]
-    best_of_n(reward, args.base, prompts, args.samples, args.thresholds)
+    best_of_n(reward, args.base, prompts, args.samples, args.temperature, args.thresholds)
 
 
 if __name__ == "__main__":
