@@ -86,6 +86,7 @@ PASS_AT_K = "every k must be at most evaluate.refinement.samples"
 NO_PROMPTS = "acquire.prompts needs uri (a JSONL file of prompts) or generator"
 TWO_SOURCES = "acquire.prompts.generator and acquire.prompts.uri exclude each other"
 NO_POOL = "acquire.prompts.selfInstruct needs acquire.prompts.uri"
+SCRATCH = "runtime.scratch needs exactly one of size (an emptyDir) and claimName (a PersistentVolumeClaim)"
 
 INVALID: list[Invalid] = [
     # bounds and types
@@ -111,6 +112,15 @@ INVALID: list[Invalid] = [
         "spec.optimize.hyperparameters.learningRate",
     ),
     Invalid("backoffLimit above 20", {"spec.runtime.backoffLimit": 21}, "spec.runtime.backoffLimit"),
+    Invalid("shmSize not a quantity", {"spec.runtime.shmSize": "lots"}, "spec.runtime.shmSize"),
+    Invalid("scratch with neither size nor claim", {"spec.runtime.scratch": {}}, "spec.runtime.scratch", SCRATCH),
+    Invalid(
+        "a stage's scratch with both size and claim",
+        {"spec.runtime.stages": {"optimize": {"scratch": {"size": "100Gi", "claimName": "cache"}}}},
+        "spec.runtime.stages.optimize.scratch",
+        SCRATCH,
+    ),
+    Invalid("scratch size not a quantity", {"spec.runtime.scratch": {"size": "big"}}, "spec.runtime.scratch.size"),
     Invalid("patience 0", {"spec.stopping": {"patience": 0}}, "spec.stopping.patience"),
     Invalid("a gate count of 0", {"spec.promotion.gates.0.count": 0}, "spec.promotion.gates.0.count"),
     Invalid(

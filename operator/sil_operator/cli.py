@@ -18,12 +18,12 @@ from rich.console import Console
 
 from sil_operator.api.loader import SpecError, load_loop
 from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
-from sil_operator.api.status import LoopPhase, LoopStatus, StagePhase
+from sil_operator.api.status import IN_PROGRESS_STAGE_PHASES, LoopPhase, LoopStatus, StagePhase
 from sil_operator.explain import explain
 from sil_operator.failures import LoopProblem, classify
 from sil_operator.local.runner import LocalRunner, RunnerBusy, load_status, run_dir_for
 from sil_operator.planner import Event
-from sil_operator.report import iteration_table, write_report
+from sil_operator.report import iteration_table, stage_summary, write_report
 from sil_stages.contract import StorageOptions
 from sil_stages.store import Store, StoreError, is_remote, local_path
 
@@ -99,8 +99,10 @@ class _Progress:
         current = status.current()
         stage = "-"
         if current is not None:
-            running = [s for s in current.stages if s.phase is StagePhase.RUNNING]
+            running = [s for s in current.stages if s.phase in IN_PROGRESS_STAGE_PHASES]
             stage = running[0].stage if running else ("gates" if len(current.stages) == 4 else "-")
+            if running and running[0].phase is not StagePhase.RUNNING:
+                stage += f" ({running[0].phase.value.lower()})"
         champion = status.champion.score if status.champion else None
         elapsed = int(time.monotonic() - self.started)
         iteration = f"iteration {status.iteration}/{self.loop.spec.max_iterations}"
@@ -169,6 +171,9 @@ def cmd_status(args: argparse.Namespace, console: Console) -> int:
         return EXIT_INVALID
     status = load_status(Store(_storage_options(loop)), loop.spec.storage.uri)
     console.print(f"phase: {status.phase.value}  iteration: {status.iteration}  {status.message or ''}")
+    current = status.current()
+    if current is not None and current.stages:
+        console.print("stages: " + stage_summary(current), highlight=False)
     console.print(iteration_table(status))
     return EXIT_OK
 

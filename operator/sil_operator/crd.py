@@ -111,6 +111,13 @@ def crd() -> dict[str, Any]:
             "description": "Iteration of the champion (0: the base model)",
         },
         {"name": "Score", "type": "number", "jsonPath": ".status.champion.score"},
+        {
+            "name": "Progress",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Progressing")].reason',
+            "description": "Why the loop is (not) progressing: StageRunning, StageQueued, StagePreempted, "
+            "GatesRunning, a blocked stage's cause",
+        },
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]

@@ -8,6 +8,9 @@ A stage is started only when the observation shows no run of it (or a failed one
 deterministic name; so a runner that crashed after starting a stage and before writing status sees the stage
 running (or finished) on its next call and starts nothing twice.
 
+A run a queue holds (Kueue: Queued before admission, Preempted once suspended after it ran) is in progress like a
+running one: waited for, never retried, not a failed attempt.
+
 One iteration: acquire → select → optimize → evaluate → gates → Promote or Reject → stop or next iteration.
 """
 
@@ -20,6 +23,7 @@ from datetime import datetime
 from sil_operator.api.spec import DEFAULT_BACKOFF_LIMIT, LoopSpec
 from sil_operator.api.status import (
     HISTORY_LIMIT,
+    IN_PROGRESS_STAGE_PHASES,
     TERMINAL_PHASES,
     ChampionStatus,
     Condition,
@@ -261,9 +265,13 @@ class _Planner:
         stages = {s.stage: s for s in current.stages}
         for name, seen in self.observed.stages_of(current.index).items():
             before = stages.get(name, StageStatus(stage=name))
+            phase, admitted = _queue_phase(before, seen)
+            preempted = phase is StagePhase.PREEMPTED and before.phase is not StagePhase.PREEMPTED
             after = before.model_copy(
                 update={
-                    "phase": seen.phase,
+                    "phase": phase,
+                    "admitted": admitted,
+                    "preemptions": before.preemptions + int(preempted),
                     "attempts": max(before.attempts, seen.attempts),
                     "runs": max(before.runs, seen.run),
                     "run_name": seen.run_name or before.run_name,
@@ -277,6 +285,8 @@ class _Planner:
             )
             if after.phase is not before.phase and after.phase in (StagePhase.SUCCEEDED, StagePhase.FAILED):
                 self.stage_finished_event(current.index, after)
+            elif after.phase is not before.phase:
+                self.queue_event(current.index, before, after)
             stages[name] = after
         ordered = [stages[name] for name in STAGES if name in stages]
         update: dict[str, object] = {"stages": ordered}
@@ -299,13 +309,27 @@ class _Planner:
                 warning=True,
             )
 
+    def queue_event(self, iteration: int, before: StageStatus, stage: StageStatus) -> None:
+        """One event when a queue holds, preempts or readmits a stage."""
+        where = f"iteration {iteration} {stage.stage} ({stage.run_name})"
+        if stage.phase is StagePhase.QUEUED:
+            self.event("StageQueued", f"{where} waits for its queue to admit it")
+        elif stage.phase is StagePhase.PREEMPTED:
+            self.event(
+                "StagePreempted",
+                f"{where} was preempted by its queue (preemption {stage.preemptions}); not a failed attempt, it "
+                "continues when readmitted",
+            )
+        elif stage.phase is StagePhase.RUNNING and before.phase is StagePhase.PREEMPTED:
+            self.event("StageResumed", f"{where} was readmitted by its queue and runs again")
+
     # -- stages ---------------------------------------------------------------------------------------------
     def drive_stage(
         self, status: LoopStatus, current: IterationStatus, stage: str, stage_status: StageStatus | None
     ) -> LoopStatus:
         stage_status = stage_status or StageStatus(stage=stage)
         seen = self.observed.stages_of(current.index).get(stage)
-        if stage_status.phase is StagePhase.RUNNING and seen is not None:
+        if stage_status.phase in IN_PROGRESS_STAGE_PHASES and seen is not None:
             return self.running_stage(status, current.index, stage_status, seen)
         if stage_status.phase is StagePhase.FAILED:
             name = stage_status.run_name or run_name(self.loop.name, current.index, stage)
@@ -327,7 +351,7 @@ class _Planner:
             attempt = stage_status.attempts + 1
             run = stage_status.runs + 1  # a new run under a new name: the failed one still exists
         else:
-            # Pending, or recorded Running but no longer observed (the runner died with it): (re)start.
+            # Pending, or recorded in progress but no longer observed (the runner died with it): (re)start.
             attempt = max(stage_status.attempts + 1, 1)
             run = max(stage_status.runs, 1)
         name = run_name(self.loop.name, current.index, stage, run)
@@ -339,6 +363,7 @@ class _Planner:
         started = stage_status.model_copy(
             update={
                 "phase": StagePhase.RUNNING,
+                "admitted": False,
                 "run_name": name,
                 "runs": run,
                 "started_at": self.now,
@@ -367,6 +392,17 @@ class _Planner:
             wanted = [t for t in (self.requeue_after, seen.recheck_after) if t is not None]
             self.requeue_after = min(wanted)
         name = stage.run_name or seen.run_name
+        if stage.phase in (StagePhase.QUEUED, StagePhase.PREEMPTED) and not self.spec.suspend:
+            held = (
+                f"iteration {iteration}: {stage.stage} ({name}) waits for its queue to admit it"
+                if stage.phase is StagePhase.QUEUED
+                else f"iteration {iteration}: {stage.stage} ({name}) was preempted by its queue; it continues when "
+                "readmitted"
+            )
+            return self.set_conditions(
+                status.model_copy(update={"phase": LoopPhase.RUNNING, "message": held}),
+                progressing=(f"Stage{stage.phase.value}", held),
+            )
         if not seen.blocked or self.spec.suspend:
             return self.running_or_suspended(status, f"iteration {iteration}: {stage.stage} running ({name})")
         reason = seen.reason or "StageBlocked"
@@ -570,6 +606,16 @@ def set_conditions(
         )
     foreign = [c for c in status.conditions if c.type not in OWNED_CONDITIONS]
     return status.model_copy(update={"conditions": [*conditions, *foreign]})
+
+
+def _queue_phase(before: StageStatus, seen: StageObservation) -> tuple[StagePhase, bool]:
+    """The stage's phase and whether its current run was admitted. A run seen running was admitted; a suspended
+    run (observed Queued) that had been admitted was preempted, else it still waits for admission."""
+    same_run = before.run_name is None or before.run_name == seen.run_name
+    admitted = before.admitted and same_run
+    if seen.phase is StagePhase.QUEUED and (admitted or (same_run and before.phase is StagePhase.PREEMPTED)):
+        return StagePhase.PREEMPTED, True
+    return seen.phase, admitted or seen.phase is StagePhase.RUNNING
 
 
 def _condition(status: LoopStatus, kind: str) -> Condition | None:

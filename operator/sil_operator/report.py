@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.table import Table
 
-from sil_operator.api.status import Decision, LoopStatus
+from sil_operator.api.status import Decision, IterationStatus, LoopStatus
 from sil_operator.diagnosis import why_not_improved
 
 GUARDS = {
@@ -60,6 +60,18 @@ def iteration_rows(status: LoopStatus) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def stage_summary(iteration: IterationStatus) -> str:
+    """One line of the iteration's stages and their phases, e.g. `acquire Succeeded, optimize Preempted (1
+    preemption)`: a stage held by its queue says so (`sil status`)."""
+    parts = []
+    for stage in iteration.stages:
+        part = f"{stage.stage} {stage.phase.value}"
+        if stage.preemptions:
+            part += f" ({stage.preemptions} preemption{'s' if stage.preemptions > 1 else ''})"
+        parts.append(part)
+    return ", ".join(parts)
 
 
 def _score(value: float | None) -> str:

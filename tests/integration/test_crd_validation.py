@@ -198,7 +198,7 @@ def test_each_method_with_its_own_settings_is_accepted(
 def test_kubectl_get_shows_the_printer_columns_filled_from_the_status(
     control_plane: ControlPlane, namespace: str
 ) -> None:
-    """PHASE, ITERATION, CHAMPION, SCORE and AGE by default; MAX and MESSAGE with -o wide."""
+    """PHASE, ITERATION, CHAMPION, SCORE, PROGRESS and AGE by default; MAX and MESSAGE with -o wide."""
     code, answer = apply(control_plane, valid_loop(namespace, "columns"))
     assert code == 0, answer
     status = {
@@ -206,6 +206,15 @@ def test_kubectl_get_shows_the_printer_columns_filled_from_the_status(
         "iteration": 3,
         "champion": {"iteration": 2, "uri": "file:///runs/columns/iterations/2/optimize/checkpoint", "score": 0.75},
         "message": "gates-running",
+        "conditions": [
+            {
+                "type": "Progressing",
+                "status": "True",
+                "reason": "StagePreempted",
+                "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z",
+            }
+        ],
     }
     control_plane.kubectl(
         "patch",
@@ -219,11 +228,11 @@ def test_kubectl_get_shows_the_printer_columns_filled_from_the_status(
         yaml.safe_dump({"status": status}),
     )
     header, row = control_plane.kubectl("get", "sil", "-n", namespace).stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "ITERATION", "CHAMPION", "SCORE", "AGE"]
-    assert row.split()[:5] == ["columns", "Running", "3", "2", "0.75"]
+    assert header.split() == ["NAME", "PHASE", "ITERATION", "CHAMPION", "SCORE", "PROGRESS", "AGE"]
+    assert row.split()[:6] == ["columns", "Running", "3", "2", "0.75", "StagePreempted"]
     header, row = control_plane.kubectl("get", "sil", "-n", namespace, "-o", "wide").stdout.splitlines()
-    assert header.split() == ["NAME", "PHASE", "ITERATION", "MAX", "CHAMPION", "SCORE", "MESSAGE", "AGE"]
-    assert row.split()[:7] == ["columns", "Running", "3", "2", "2", "0.75", "gates-running"]
+    assert header.split() == ["NAME", "PHASE", "ITERATION", "MAX", "CHAMPION", "SCORE", "PROGRESS", "MESSAGE", "AGE"]
+    assert row.split()[:8] == ["columns", "Running", "3", "2", "2", "0.75", "StagePreempted", "gates-running"]
 
 
 @pytest.mark.parametrize(

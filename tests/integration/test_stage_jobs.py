@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from sil_operator.api.loader import parse_loop
+from sil_operator.kube.objects import LoopIdentity, stage_job
+from sil_operator.planner import StartStage
+from sil_operator.stageconfig import LoopRef, build_stage_config
 from tests.integration import test_operator
 from tests.integration.arithmetic_loop import arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
@@ -217,3 +222,117 @@ def test_a_real_stage_that_rejects_its_input_fails_the_loop_with_its_last_log_li
     message = get_loop(control_plane, namespace, "badprompts")["status"]["message"]
     assert "rejected its input" in message
     assert "has no `prompt` field" in message, "the stage's last log line, from the termination message"
+
+
+# -- volumes: /dev/shm and /scratch ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scratch",
+    [pytest.param({"size": "100Gi"}, id="a sized emptyDir"), pytest.param({"claimName": "cache"}, id="a PVC")],
+)
+def test_the_api_server_accepts_a_gpu_stage_job_with_dev_shm_and_either_scratch_volume(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, scratch: dict[str, Any]
+) -> None:
+    document = kwok_loop(namespace, "volumes", tmp_path / "store", manifests=False, maxIterations=1)
+    document["spec"]["runtime"].update({"shmSize": "32Gi", "scratch": scratch, "priorityClass": "low"})
+    spec = parse_loop(document).spec
+    config = build_stage_config(spec, LoopRef("volumes", namespace), 1, "optimize", "file:///models/base")
+    action = StartStage(1, "optimize", "volumes-1-optimize", 1, config)
+    job = stage_job(LoopIdentity("volumes", namespace, "uid"), spec, action, "stage:test")
+    job["metadata"].pop("ownerReferences")  # no loop object in this test
+    answer = control_plane.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", input=yaml.safe_dump(job))
+    created = yaml.safe_load(answer.stdout)
+    volumes = {v["name"]: v for v in created["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "32Gi"}
+    expected = (
+        {"emptyDir": {"sizeLimit": "100Gi"}} if "size" in scratch else {"persistentVolumeClaim": {"claimName": "cache"}}
+    )
+    assert {k: v for k, v in volumes["scratch"].items() if k != "name"} == expected
+
+
+# -- Kueue: admission and preemption --------------------------------------------------------------------------
+
+
+def stage_status(plane: ControlPlane, namespace: str, name: str, stage: str) -> dict[str, Any]:
+    status = get_loop(plane, namespace, name).get("status") or {}
+    stages = (status.get("iterations") or [{}])[0].get("stages") or []
+    return next((s for s in stages if s["stage"] == stage), {})
+
+
+def suspend(plane: ControlPlane, namespace: str, job: str, value: bool) -> None:
+    """What Kueue does: unsuspend a Job to admit it; suspend it to preempt it, then clear its startTime."""
+    body = '{"spec":{"suspend":%s}}' % ("true" if value else "false")
+    plane.kubectl("patch", "job", job, "-n", namespace, "--type=merge", "-p", body)
+    if value:
+        plane.kubectl(
+            "patch",
+            "job",
+            job,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status":{"startTime":null}}',
+        )
+
+
+@pytest.mark.timeout(150)
+def test_a_queued_stage_runs_when_admitted_and_a_preempted_one_continues_when_readmitted_without_a_retry(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, operator: OperatorProcess, job_watch: JobWatch
+) -> None:
+    document = kwok_loop(namespace, "queued", tmp_path / "store", maxIterations=1)
+    document["spec"]["runtime"]["backoffLimit"] = 0
+    document["spec"]["runtime"]["stages"] = {
+        "optimize": {"queueName": "gpus", "podAnnotations": {"kwok.selfimprove.dev/run-ms": "5000"}}
+    }
+    apply(control_plane, document)
+    job = "queued-1-optimize"
+
+    def optimize_is(wanted: str) -> bool:
+        return stage_status(control_plane, namespace, "queued", "optimize").get("phase") == wanted
+
+    wait_until(lambda: optimize_is("Queued"), 60, "optimize to wait for its queue\n" + operator.log())
+    assert condition(control_plane, namespace, "queued", "Progressing")["reason"] == "StageQueued"
+    assert phase(control_plane, namespace, "queued") == "Running"
+
+    suspend(control_plane, namespace, job, False)  # admitted
+    wait_until(
+        lambda: (
+            optimize_is("Running")
+            and any(p["status"].get("phase") == "Running" for p in pods_of(control_plane, namespace, job))
+        ),
+        30,
+        "optimize to run once admitted\n" + operator.log(),
+    )
+    suspend(control_plane, namespace, job, True)  # preempted
+    wait_until(lambda: optimize_is("Preempted"), 30, "optimize to show as preempted\n" + operator.log())
+    wait_until(lambda: not pods_of(control_plane, namespace, job), 30, "the preempted Job's pods to go")
+    time.sleep(2)  # room for a wrong retry to appear
+    optimize = stage_status(control_plane, namespace, "queued", "optimize")
+    assert (optimize["phase"], optimize["attempts"], optimize["runs"], optimize["preemptions"]) == (
+        "Preempted",
+        0,
+        1,
+        1,
+    )
+    assert condition(control_plane, namespace, "queued", "Progressing")["reason"] == "StagePreempted"
+    assert "preempted by its queue" in get_loop(control_plane, namespace, "queued")["status"]["message"]
+    assert f"{job}-r2" not in job_watch.created, "a preemption is not a failure: no retry Job"
+    reasons = [e["reason"] for e in events(control_plane, namespace, "queued")]
+    assert reasons.count("StagePreempted") == 1 and reasons.count("StageQueued") == 1
+
+    suspend(control_plane, namespace, job, False)  # readmitted
+    wait_until(
+        lambda: phase(control_plane, namespace, "queued") == "Succeeded", 60, "the loop to finish\n" + operator.log()
+    )
+    assert job_watch.order == ["queued-1-acquire", "queued-1-select", job, "queued-1-evaluate"]
+    optimize = stage_status(control_plane, namespace, "queued", "optimize")
+    assert (optimize["phase"], optimize["attempts"], optimize["runs"], optimize["preemptions"]) == (
+        "Succeeded",
+        0,
+        1,
+        1,
+    )
+    assert "StageResumed" in [e["reason"] for e in events(control_plane, namespace, "queued")]

@@ -114,6 +114,35 @@ class StorageSpec(StorageOptions):
     )
 
 
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
+Quantity = Annotated[str, Matching(QUANTITY_PATTERN, "a Kubernetes quantity of bytes, e.g. 16Gi, 512Mi or 100G")]
+DEFAULT_SHM_SIZE = "16Gi"
+"""/dev/shm of GPU stage pods unless runtime.shmSize says otherwise: NCCL's shared-memory transport and the data
+loaders' worker processes need far more than the container runtime's 64 MiB. Memory-backed: what is written there
+counts against the pod's memory limit."""
+SCRATCH_ONE_SOURCE = "runtime.scratch needs exactly one of size (an emptyDir) and claimName (a PersistentVolumeClaim)"
+
+
+class ScratchVolume(ApiModel):
+    """The /scratch volume of stage pods (HOME, the Hugging Face and model caches): node disk or a claim."""
+
+    cel_rules: ClassVar[tuple[CelRule, ...]] = (
+        CelRule(rule="has(self.size) != has(self.claimName)", message=SCRATCH_ONE_SOURCE),
+    )
+
+    size: Quantity | None = Field(
+        default=None,
+        description="An emptyDir of at most this size (its sizeLimit), e.g. 100Gi: gone with the pod. Exactly one "
+        "of size and claimName.",
+    )
+    claim_name: DnsLabel | None = Field(
+        default=None,
+        description="A PersistentVolumeClaim in the loop's namespace, mounted read-write: the model cache outlives "
+        "the pod (stages of one loop reuse downloaded checkpoints; ReadWriteMany if stages may run at once on "
+        "several nodes). Exactly one of size and claimName.",
+    )
+
+
 class StageRuntime(ApiModel):
     """How a stage runs: container image and scheduling on Kubernetes, retries everywhere."""
 
@@ -131,7 +160,24 @@ class StageRuntime(ApiModel):
     queue_name: str | None = Field(
         default=None,
         description="Kueue LocalQueue name: Jobs get the kueue.x-k8s.io/queue-name label and are created "
-        "suspended for Kueue to admit. Default: no queue.",
+        "suspended for Kueue to admit. A stage waiting for admission is Queued; one Kueue suspends after it started "
+        "is Preempted (not a failed attempt) and continues when readmitted. Default: no queue.",
+    )
+    priority_class: str | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass name: Jobs get the kueue.x-k8s.io/priority-class label, which "
+        "orders admission and preemption within the queue. Default: none (the queue's default priority).",
+    )
+    shm_size: Quantity | None = Field(
+        default=None,
+        description=f"Size limit of the memory-backed /dev/shm that pods requesting or limiting a GPU (any */gpu "
+        f"resource) get; it counts against the pod's memory limit. Default: {DEFAULT_SHM_SIZE}.",
+    )
+    scratch: ScratchVolume | None = Field(
+        default=None,
+        description="The /scratch volume (HOME, HF_HOME, the model cache SIL_MODEL_CACHE): {size: 100Gi} for an "
+        "emptyDir with that size limit, or {claimName: my-pvc} for a PersistentVolumeClaim. Default: an emptyDir "
+        "without a size limit.",
     )
     backoff_limit: int | None = Field(
         default=None,
@@ -181,11 +227,11 @@ class RuntimeSpec(StageRuntime):
 
     def for_stage(self, stage: str) -> StageRuntime:
         """The effective runtime of one stage: the defaults, with that stage's fields laid over them."""
-        base = StageRuntime.model_validate(self.model_dump(exclude={"stages"}))
+        base = self.model_dump(exclude={"stages"})
         override: StageRuntime | None = getattr(self.stages, stage)
-        if override is None:
-            return base
-        return base.model_copy(update=override.model_dump(exclude_unset=True))
+        if override is not None:
+            base.update(override.model_dump(exclude_unset=True))
+        return StageRuntime.model_validate(base)
 
 
 DEFAULT_BACKOFF_LIMIT = 2

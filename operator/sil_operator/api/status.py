@@ -32,10 +32,19 @@ TERMINAL_PHASES = frozenset({LoopPhase.SUCCEEDED, LoopPhase.FAILED})
 
 
 class StagePhase(StrEnum):
+    """Queued: its Job waits for a queue (Kueue) to admit it. Preempted: the queue suspended it after it had been
+    admitted; not a failed attempt, it continues when readmitted. Both are, like Running, a run in progress."""
+
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
+    PREEMPTED = "Preempted"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
+
+
+IN_PROGRESS_STAGE_PHASES = frozenset({StagePhase.QUEUED, StagePhase.RUNNING, StagePhase.PREEMPTED})
+"""A run exists and will go on by itself: the planner waits for it and starts nothing."""
 
 
 class GatePhase(StrEnum):
@@ -64,6 +73,15 @@ class StageStatus(ApiModel):
         "a new name (<loop>-<iteration>-<stage>, then -r2, -r3, ...).",
     )
     attempts: int = 0
+    admitted: bool = Field(
+        default=False,
+        description="The current run was seen running (admitted by its queue, if any): a suspension from now on is "
+        "a preemption, not a wait for admission.",
+    )
+    preemptions: int = Field(
+        default=0,
+        description="Times a queue (Kueue) suspended the stage's Job after admitting it. Not failed attempts.",
+    )
     started_at: datetime | None = None
     finished_at: datetime | None = None
     message: str | None = None

@@ -15,7 +15,13 @@ failure: stages end a failure with one line that says what to do.
 
 Pods meet the `restricted` Pod Security Standard by default (non-root, RuntimeDefault seccomp, no capabilities,
 no privilege escalation); `spec.runtime.podSecurityContext` / `securityContext` replace these defaults. Stages
-write only to two emptyDir volumes: /tmp (TMPDIR) and /scratch (HOME, so caches such as HF_HOME land there).
+write only to /tmp (TMPDIR, an emptyDir) and /scratch (HOME, HF_HOME and the model cache SIL_MODEL_CACHE: an emptyDir,
+sized by `runtime.scratch.size`, or the PersistentVolumeClaim `runtime.scratch.claimName`). Pods that request or
+limit a GPU also get a memory-backed /dev/shm (`runtime.shmSize`): NCCL and data loaders outgrow the container
+runtime's 64 MiB.
+
+Kueue: `runtime.queueName` and `runtime.priorityClass` become the Job labels Kueue reads; Kueue admits a Job by
+unsuspending it and preempts it by suspending it again (kube/observe.py turns that into Queued / Preempted).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sil_operator.api.spec import API_GROUP, API_VERSION, KIND, LoopSpec, StageRuntime
+from sil_operator.api.spec import API_GROUP, API_VERSION, DEFAULT_SHM_SIZE, KIND, LoopSpec, StageRuntime
 from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, StartStage, backoff_limit
 
 MANAGED_BY = "selfimprove-operator"
@@ -32,6 +38,7 @@ LABEL_ITERATION = f"{API_GROUP}/iteration"
 LABEL_STAGE = f"{API_GROUP}/stage"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
 CONFIG_KEY = "config.json"
 CONFIG_ENV = "SIL_STAGE_CONFIG"
 CONTAINER_NAME = "stage"
@@ -39,16 +46,19 @@ ANNOTATION_ATTEMPT = f"{API_GROUP}/attempt"
 ANNOTATION_RUN = f"{API_GROUP}/run"
 TMP_DIR = "/tmp"
 SCRATCH_DIR = "/scratch"
+SHM_DIR = "/dev/shm"
+GPU_RESOURCE_SUFFIX = "/gpu"
 
 DEFAULT_POD_SECURITY_CONTEXT: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 DEFAULT_SECURITY_CONTEXT: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 SCRATCH_ENV: dict[str, str] = {
     "HOME": SCRATCH_DIR,
     "HF_HOME": f"{SCRATCH_DIR}/.cache/huggingface",
+    "SIL_MODEL_CACHE": f"{SCRATCH_DIR}/.cache/selfimprove/models",
     "TMPDIR": TMP_DIR,
 }
-"""Where stages write besides the store: caches under HOME (models.py, Hugging Face), temporary files in TMPDIR
-(optimize's work dir). spec.runtime.env wins over these."""
+"""Where stages write besides the store: caches on /scratch (HOME; Hugging Face; sil_stages.models' checkpoint
+cache), temporary files in TMPDIR (optimize's work dir). spec.runtime.env wins over these."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,34 @@ def _resources(runtime: StageRuntime) -> dict[str, dict[str, str]]:
     }
 
 
+def uses_gpu(runtime: StageRuntime) -> bool:
+    """The stage requests or limits a GPU: nvidia.com/gpu, amd.com/gpu, or any other `*/gpu` resource."""
+    return any(
+        name.endswith(GPU_RESOURCE_SUFFIX) and str(quantity) not in ("0", "")
+        for amounts in (runtime.resources or {}).values()
+        for name, quantity in amounts.items()
+    )
+
+
+def volumes(runtime: StageRuntime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the stage container's mounts: /tmp, /scratch, and /dev/shm for GPU stages."""
+    scratch: dict[str, Any] = {"name": "scratch", "emptyDir": {}}
+    if runtime.scratch is not None and runtime.scratch.claim_name:
+        scratch = {"name": "scratch", "persistentVolumeClaim": {"claimName": runtime.scratch.claim_name}}
+    elif runtime.scratch is not None and runtime.scratch.size:
+        scratch["emptyDir"] = {"sizeLimit": runtime.scratch.size}
+    pod_volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}, scratch]
+    mounts: list[dict[str, Any]] = [
+        {"name": "tmp", "mountPath": TMP_DIR},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
+    if uses_gpu(runtime):
+        size = runtime.shm_size or DEFAULT_SHM_SIZE
+        pod_volumes.append({"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": size}})
+        mounts.append({"name": "shm", "mountPath": SHM_DIR})
+    return pod_volumes, mounts
+
+
 def pod_failure_policy() -> dict[str, Any]:
     """Exit code 2 fails the Job at once; a disruption (eviction, preemption) is not a failed attempt."""
     return {
@@ -138,6 +176,8 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
     job_labels = labels(loop, action.iteration, action.stage)
     if runtime.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = runtime.queue_name
+    if runtime.priority_class:
+        job_labels[KUEUE_PRIORITY_LABEL] = runtime.priority_class
     env: list[dict[str, Any]] = [
         {
             "name": CONFIG_ENV,
@@ -148,6 +188,7 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
     user_env = runtime.env or {}
     env += [{"name": key, "value": value} for key, value in SCRATCH_ENV.items() if key not in user_env]
     env += [{"name": key, "value": value} for key, value in sorted(user_env.items())]
+    pod_volumes, mounts = volumes(runtime)
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": image,
@@ -158,7 +199,7 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
             DEFAULT_SECURITY_CONTEXT if runtime.security_context is None else runtime.security_context
         ),
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "volumeMounts": [{"name": "tmp", "mountPath": TMP_DIR}, {"name": "scratch", "mountPath": SCRATCH_DIR}],
+        "volumeMounts": mounts,
     }
     if spec.storage.credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": spec.storage.credentials_secret}}]
@@ -171,7 +212,7 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
         "securityContext": dict(
             DEFAULT_POD_SECURITY_CONTEXT if runtime.pod_security_context is None else runtime.pod_security_context
         ),
-        "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}],
+        "volumes": pod_volumes,
     }
     if runtime.service_account_name:
         pod_spec["serviceAccountName"] = runtime.service_account_name

@@ -9,7 +9,10 @@ is what the planner sees, with the failed attempts of every run added up:
   the stage stays Running and is looked at again.
 - Failed by the podFailurePolicy (the stage exited 2: it rejected its input) → Failed for good; any other
   Failed (backoffLimit exhausted, deadline exceeded) → Failed with every attempt counted.
-- Anything else → Running (including a Job Kueue has not admitted yet). A Job without a ready pod for a while
+- Suspended (Kueue holds it: not admitted yet, or preempted: Kueue suspends an admitted Job to preempt it and
+  clears its startTime, so the Job alone cannot tell the two apart) → Queued; the planner, which remembers
+  whether the run had been admitted, calls it Preempted. Pods deleted by a suspension are not failed attempts.
+- Anything else → Running. A Job without a ready pod for a while
   is looked into (`needs_diagnosis`): its FailedCreate events when it has no pod (Pod Security admission, a
   quota, a missing ServiceAccount), its pods' waiting reasons otherwise (an image that cannot be pulled, a
   missing Secret). What the runner finds makes the stage blocked; nothing is read for Jobs that run.
@@ -232,7 +235,16 @@ def observe_job(
             reason=INPUT_REJECTED if permanent else str(failed.get("reason") or "Failed"),
             permanent=permanent,
         )
-    waiting = not (job.get("spec") or {}).get("suspend") and int(status.get("ready") or 0) == 0
+    if (job.get("spec") or {}).get("suspend"):
+        return StageObservation(
+            phase=StagePhase.QUEUED,
+            attempts=attempts,
+            run_name=name,
+            run=run,
+            started_at=started,
+            message=f"Job {name} is suspended: its queue (Kueue) has not admitted it, or preempted it",
+        )
+    waiting = int(status.get("ready") or 0) == 0
     return StageObservation(
         phase=StagePhase.RUNNING,
         attempts=attempts,

@@ -58,6 +58,7 @@ def test_defaults_and_bounds_reach_the_api_server() -> None:
 def test_printer_columns_show_the_loop_at_a_glance() -> None:
     columns = [c["name"] for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
     assert columns[:2] == ["Phase", "Iteration"]
+    assert "Progress" in columns, "a stage held by its queue shows as StageQueued or StagePreempted"
     assert {"Champion", "Score", "Age"} <= set(columns)
 
 

@@ -20,6 +20,7 @@ from sil_operator.api.status import GatePhase, LoopStatus, Measurement, StagePha
 from sil_operator.kube.objects import (
     CONFIG_ENV,
     CONFIG_KEY,
+    KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     LoopIdentity,
     labels,
@@ -268,6 +269,7 @@ RUNTIME_FIELDS: list[tuple[str, dict[str, Any], Getter, Any]] = [
             ("SIL_STAGE_CONFIG", None),
             ("PYTHONUNBUFFERED", "1"),
             ("HOME", "/scratch"),
+            ("SIL_MODEL_CACHE", "/scratch/.cache/selfimprove/models"),
             ("TMPDIR", "/tmp"),
             ("HF_HOME", "/cache"),
             ("ZED", "z"),
@@ -358,6 +360,100 @@ def test_stages_write_to_emptydir_volumes_for_tmp_and_scratch_which_home_and_cac
     ]
     env = {e["name"]: e.get("value") for e in container(job)["env"]}
     assert (env["HOME"], env["HF_HOME"], env["TMPDIR"]) == ("/scratch", "/scratch/.cache/huggingface", "/tmp")
+    assert env["SIL_MODEL_CACHE"] == "/scratch/.cache/selfimprove/models", "checkpoints are cached on /scratch"
+
+
+def volume(job: Mapping[str, Any], name: str) -> dict[str, Any] | None:
+    return next((v for v in pod_spec(job)["volumes"] if v["name"] == name), None)
+
+
+def mount_path(job: Mapping[str, Any], name: str) -> str | None:
+    return next((m["mountPath"] for m in container(job)["volumeMounts"] if m["name"] == name), None)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "stage", "expected"),
+    [
+        pytest.param({"scratch": {"size": "100Gi"}}, "acquire", {"emptyDir": {"sizeLimit": "100Gi"}}, id="a size"),
+        pytest.param(
+            {"scratch": {"claimName": "model-cache"}},
+            "evaluate",
+            {"persistentVolumeClaim": {"claimName": "model-cache"}},
+            id="a claim",
+        ),
+        pytest.param(
+            {"scratch": {"size": "20Gi"}, "stages": {"optimize": {"scratch": {"claimName": "big-cache"}}}},
+            "optimize",
+            {"persistentVolumeClaim": {"claimName": "big-cache"}},
+            id="a stage override replaces the loop's scratch",
+        ),
+        pytest.param(
+            {"stages": {"optimize": {"scratch": {"size": "500Gi"}}}},
+            "select",
+            {"emptyDir": {}},
+            id="another stage's override leaves the default",
+        ),
+    ],
+)
+def test_runtime_scratch_sizes_the_scratch_emptydir_or_mounts_a_claim_there(
+    runtime: dict[str, Any], stage: str, expected: dict[str, Any]
+) -> None:
+    job = job_for(stage, **runtime)
+    assert volume(job, "scratch") == {"name": "scratch", **expected}
+    assert mount_path(job, "scratch") == "/scratch"
+    assert [v["name"] for v in pod_spec(job)["volumes"]].count("scratch") == 1, "extended, not duplicated"
+
+
+@pytest.mark.parametrize(
+    "scratch",
+    [pytest.param({}, id="neither"), pytest.param({"size": "1Gi", "claimName": "c"}, id="both")],
+)
+def test_scratch_needs_exactly_one_of_size_and_claim_name(scratch: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=r"exactly one of size .* and claimName"):
+        make_spec(runtime={"scratch": scratch})
+
+
+@pytest.mark.parametrize(
+    ("runtime", "stage", "size"),
+    [
+        pytest.param({"resources": {"limits": {"nvidia.com/gpu": 1}}}, "optimize", "16Gi", id="a GPU limit"),
+        pytest.param({"resources": {"requests": {"amd.com/gpu": "2"}}}, "acquire", "16Gi", id="any */gpu request"),
+        pytest.param(
+            {"shmSize": "64Gi", "resources": {"limits": {"nvidia.com/gpu": 8}}}, "optimize", "64Gi", id="shmSize"
+        ),
+        pytest.param(
+            {"resources": {"limits": {"nvidia.com/gpu": 1}}, "stages": {"optimize": {"shmSize": "128Gi"}}},
+            "optimize",
+            "128Gi",
+            id="a stage override of shmSize",
+        ),
+        pytest.param(
+            {"stages": {"optimize": {"resources": {"limits": {"nvidia.com/gpu": 8}}}}},
+            "optimize",
+            "16Gi",
+            id="only the stage that asks for GPUs",
+        ),
+    ],
+)
+def test_gpu_stage_pods_get_a_memory_backed_dev_shm(runtime: dict[str, Any], stage: str, size: str) -> None:
+    job = job_for(stage, **runtime)
+    assert volume(job, "shm") == {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": size}}
+    assert mount_path(job, "shm") == "/dev/shm"
+
+
+@pytest.mark.parametrize(
+    ("runtime", "stage"),
+    [
+        pytest.param({}, "optimize", id="no resources"),
+        pytest.param({"resources": {"limits": {"cpu": 4, "memory": "64Gi"}}}, "optimize", id="CPU and memory only"),
+        pytest.param({"shmSize": "64Gi"}, "acquire", id="shmSize alone"),
+        pytest.param({"stages": {"optimize": {"resources": {"limits": {"nvidia.com/gpu": 8}}}}}, "select", id="other"),
+    ],
+)
+def test_stage_pods_without_gpus_keep_the_runtimes_dev_shm(runtime: dict[str, Any], stage: str) -> None:
+    job = job_for(stage, **runtime)
+    assert volume(job, "shm") is None
+    assert mount_path(job, "shm") is None
 
 
 @pytest.mark.parametrize(
@@ -419,6 +515,17 @@ def test_a_queue_name_labels_the_job_for_kueue_and_creates_it_suspended() -> Non
     assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
     assert job["spec"]["template"]["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "gpu-queue"
     assert job["spec"]["suspend"] is True
+
+
+def test_a_priority_class_labels_the_job_for_kueue_and_a_stage_override_wins() -> None:
+    runtime: dict[str, Any] = {
+        "queueName": "gpus",
+        "priorityClass": "batch-low",
+        "stages": {"evaluate": {"priorityClass": "interactive"}},
+    }
+    assert job_for("optimize", **runtime)["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "batch-low"
+    assert job_for("evaluate", **runtime)["metadata"]["labels"][KUEUE_PRIORITY_LABEL] == "interactive"
+    assert KUEUE_PRIORITY_LABEL not in job_for("evaluate")["metadata"]["labels"]
 
 
 def test_a_queue_name_for_one_stage_suspends_only_that_stages_job() -> None:
@@ -598,11 +705,6 @@ def test_a_failed_job_is_a_failed_stage_with_every_attempt_used(
         pytest.param(k8s_job(status={"active": 1, "startTime": "2026-01-01T00:00:01Z"}), 0, id="active"),
         pytest.param(k8s_job(status={"active": 1, "failed": 1}), 1, id="retrying after a failed pod"),
         pytest.param(
-            k8s_job(suspend=True, status={"conditions": [condition("Suspended", "JobSuspended")]}),
-            0,
-            id="suspended, waiting for Kueue",
-        ),
-        pytest.param(
             k8s_job(status={"conditions": [{**condition("Complete"), "status": "False"}]}),
             0,
             id="a condition that is not True",
@@ -615,6 +717,44 @@ def test_a_job_neither_complete_nor_failed_is_a_running_stage(job: dict[str, Any
     assert seen.attempts == attempts
     assert seen.started_at is not None, "startTime, else the creation time"
     assert not seen.blocked
+
+
+@pytest.mark.parametrize(
+    ("job", "attempts"),
+    [
+        pytest.param(k8s_job(suspend=True), 0, id="created suspended, before the Job controller saw it"),
+        pytest.param(
+            k8s_job(suspend=True, status={"conditions": [condition("Suspended", "JobSuspended")]}),
+            0,
+            id="created suspended by Kueue, waiting for admission",
+        ),
+        pytest.param(
+            k8s_job(
+                suspend=True,
+                status={"startTime": "2026-01-01T00:00:01Z", "conditions": [condition("Suspended", "JobSuspended")]},
+            ),
+            0,
+            id="suspended after it started (Kueue preempted it)",
+        ),
+        pytest.param(
+            k8s_job(suspend=True, status={"failed": 1, "terminating": 1}),
+            1,
+            id="suspended while its pods go, after one failed pod",
+        ),
+    ],
+)
+def test_an_unfinished_suspended_job_is_a_queued_stage_that_is_neither_blocked_nor_rechecked(
+    job: dict[str, Any], attempts: int
+) -> None:
+    """Kueue holds a Job by suspending it: waiting for admission and preempted look the same on the Job (Kueue
+    clears startTime when it preempts); the planner, which knows whether the run had been admitted, tells them
+    apart. Pods deleted by the suspension are not failed attempts."""
+    seen = observe_job(job, None)
+    assert seen.phase is StagePhase.QUEUED
+    assert seen.attempts == attempts
+    assert not seen.blocked
+    assert seen.recheck_after is None, "the Job's unsuspension wakes the runner"
+    assert seen.message is not None and "demo-1-acquire" in seen.message and "suspended" in seen.message
 
 
 @pytest.mark.parametrize(

@@ -509,6 +509,97 @@ def test_a_stage_that_cannot_run_shows_its_cause_once_and_is_rechecked() -> None
     assert unblocked.requeue_after is None
 
 
+# -- queues: Kueue admission and preemption ---------------------------------------------------------------
+
+
+def queued(run_name: str = "demo-1-optimize", run: int = 1, attempts: int = 0) -> StageObservation:
+    """A Job suspended by its queue, as kube/observe.py reports it: it cannot tell waiting from preempted."""
+    return StageObservation(StagePhase.QUEUED, attempts=attempts, run_name=run_name, run=run, message="suspended")
+
+
+def at_optimize(world: FakeWorld) -> LoopStatus:
+    """Acquire and select done; optimize started (its Job exists)."""
+    status = LoopStatus()
+    for _ in range(2):
+        status, _ = world.step(status)
+    result = world.plan(status)
+    world.apply(result)
+    assert started(result.actions) == [(1, "optimize")]
+    return result.status
+
+
+def test_a_stage_whose_job_waits_for_admission_is_queued_not_running() -> None:
+    world = FakeWorld(make_spec(maxIterations=1))
+    status = at_optimize(world)
+    world.runs[(1, "optimize")] = queued()
+    result = world.plan(status)
+    optimize = result.status.iterations[0].stage("optimize")
+    assert optimize is not None and optimize.phase is StagePhase.QUEUED
+    assert (optimize.preemptions, optimize.attempts) == (0, 0)
+    assert result.status.phase is LoopPhase.RUNNING
+    assert condition(result.status, "Progressing") == ("True", "StageQueued")
+    assert result.actions == ()
+    assert [e.reason for e in result.events] == ["StageQueued"]
+    assert world.plan(result.status).events == (), "one event when it becomes queued"
+    world.runs[(1, "optimize")] = replace(world.runs[(1, "optimize")], phase=StagePhase.RUNNING, message=None)
+    admitted = world.plan(result.status)
+    assert admitted.status.iterations[0].stage("optimize").phase is StagePhase.RUNNING  # type: ignore[union-attr]
+    assert condition(admitted.status, "Progressing") == ("True", "StageRunning")
+
+
+def test_a_running_stage_suspended_by_its_queue_is_preempted_never_retried_and_continues_when_readmitted() -> None:
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": 0}), scores={1: (0.6, 0.4)})
+    status = at_optimize(world)
+    status = world.plan(status).status  # observed running: admitted
+    world.runs[(1, "optimize")] = queued()
+    preempted = world.plan(status)
+    optimize = preempted.status.iterations[0].stage("optimize")
+    assert optimize is not None and optimize.phase is StagePhase.PREEMPTED
+    assert (optimize.preemptions, optimize.attempts, optimize.runs) == (1, 0, 1), "not a failed attempt"
+    assert preempted.actions == (), "no new Job: the suspended one continues"
+    assert preempted.status.phase is LoopPhase.RUNNING
+    assert condition(preempted.status, "Progressing") == ("True", "StagePreempted")
+    assert preempted.status.message is not None and "demo-1-optimize" in preempted.status.message
+    assert [e.reason for e in preempted.events] == ["StagePreempted"]
+    still = world.plan(preempted.status)
+    assert (still.actions, still.events) == ((), ()), "waiting for readmission does nothing more"
+    assert still.status.iterations[0].stage("optimize").phase is StagePhase.PREEMPTED  # type: ignore[union-attr]
+    world.runs[(1, "optimize")] = replace(world.runs[(1, "optimize")], phase=StagePhase.RUNNING, message=None)
+    resumed = world.plan(still.status)
+    assert [e.reason for e in resumed.events] == ["StageResumed"]
+    assert resumed.status.message is None
+    world.finish_running()
+    status = world.run_to_end(resumed.status)
+    assert status.phase is LoopPhase.SUCCEEDED
+    assert world.launches[(1, "optimize")] == 1
+    optimize = status.iterations[0].stage("optimize")
+    assert optimize is not None and (optimize.preemptions, optimize.attempts) == (1, 0)
+
+
+def test_a_new_run_waiting_for_admission_is_queued_although_the_failed_run_had_been_admitted() -> None:
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": 2}))
+    status = at_optimize(world)
+    status = world.plan(status).status  # running, admitted
+    world.runs[(1, "optimize")] = StageObservation(StagePhase.FAILED, attempts=1, run_name="demo-1-optimize")
+    retried = world.plan(status)
+    assert [a.run_name for a in retried.actions if isinstance(a, StartStage)] == ["demo-1-optimize-r2"]
+    world.apply(retried)
+    world.runs[(1, "optimize")] = queued("demo-1-optimize-r2", run=2, attempts=1)
+    waiting = world.plan(retried.status)
+    assert waiting.status.iterations[0].stage("optimize").phase is StagePhase.QUEUED  # type: ignore[union-attr]
+
+
+def test_a_preempted_stage_whose_job_is_gone_is_started_again_under_the_same_name() -> None:
+    world = FakeWorld(make_spec(maxIterations=1))
+    status = at_optimize(world)
+    status = world.plan(status).status
+    world.runs[(1, "optimize")] = queued()
+    status = world.plan(status).status
+    del world.runs[(1, "optimize")]
+    again = world.plan(status)
+    assert [a.run_name for a in again.actions if isinstance(a, StartStage)] == ["demo-1-optimize"]
+
+
 # -- suspend and resume -----------------------------------------------------------------------------------
 
 

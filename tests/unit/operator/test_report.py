@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 
 from sil_operator.api.status import Decision, IterationStatus, LoopStatus, StagePhase, StageStatus
-from sil_operator.report import iteration_rows, iteration_table, write_report
+from sil_operator.report import iteration_rows, iteration_table, stage_summary, write_report
 
 
 def _iteration(index: int, decision: Decision, delta: float, low: float, high: float) -> IterationStatus:
@@ -85,3 +85,17 @@ def test_the_table_names_the_contaminated_items_of_a_rejected_iteration() -> Non
     console = Console(width=200, record=True)
     console.print(iteration_table(status))
     assert "heldout contamination 1.0% (items 17: 12+30=; 88: 7+7=)" in console.export_text()
+
+
+def test_the_stage_summary_shows_each_stages_phase_and_its_preemptions() -> None:
+    iteration = IterationStatus(
+        index=1,
+        stages=[
+            StageStatus(stage="acquire", phase=StagePhase.SUCCEEDED),
+            StageStatus(stage="select", phase=StagePhase.SUCCEEDED),
+            StageStatus(stage="optimize", phase=StagePhase.PREEMPTED, preemptions=2),
+        ],
+    )
+    assert stage_summary(iteration) == "acquire Succeeded, select Succeeded, optimize Preempted (2 preemptions)"
+    queued = IterationStatus(index=2, stages=[StageStatus(stage="acquire", phase=StagePhase.QUEUED)])
+    assert stage_summary(queued) == "acquire Queued"
