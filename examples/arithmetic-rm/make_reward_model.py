@@ -1,13 +1,18 @@
 """Builds the reward model in `.reward-model/`: a one-label sequence classifier that scores `prompt + answer`.
 
-The loop in this folder has no verifier: it keeps the answers this model scores highest. The model is the base
-model (`../arithmetic/.base-model`, which must exist: `python ../arithmetic/make_base_model.py`), frozen, with
-two more decoder layers on top (starting as the identity: their output projections are zero) and a one-output
-score head; only those are trained, with TRL's RewardTrainer (Bradley-Terry loss: the correct sum must outscore
-the wrong one) on `data/pairs.jsonl`, pairs that `make_pairs.py` builds from the labelled pretraining set only.
-Measured (evaluate_reward_model.py): fine-tuning the whole base network overfits the 700 sums (held-out pairwise
-accuracy 0.64 at lr 1e-3 to 2e-3, 0.77 at 1e-4); training from random weights does no better; the frozen base
-with added layers reaches 0.85.
+The loop in this folder has no verifier: it keeps the answers this model scores highest. The model starts from
+the base model's weights (`../arithmetic/.base-model`, which must exist: `python ../arithmetic/make_base_model.py`)
+with a one-output score head, and the whole network is fine-tuned with TRL's RewardTrainer (Bradley-Terry loss:
+the correct sum must outscore the wrong one) on `data/pairs.jsonl`: 1,885 labelled sums that are neither the
+loop's prompts nor held out, each against the base model's own wrong samples and synthetic near misses
+(`make_pairs.py`). `Recipe` can instead freeze the base and add layers (`freeze_base`, `extra_layers`) or start
+from random weights (`init_from_base=False`).
+Measured on the shared 2-core CPU (load ~5; evaluate_reward_model.py, 500 train prompts, 4 samples each), the
+recipe does NOT make a good enough judge: see the numbers in loop.yaml's header. Frozen base + 2 layers, 1 epoch,
+lr 2e-3 (157 s): held-out pairwise accuracy 0.738, best-of-4 precision 0.262 at temperature 1.0 (samples 0.208
+right). Full fine-tune, 1 epoch, lr 5e-4 (65 s): 0.733 and 0.290 at temperature 0.7 (samples 0.281 right).
+FULL_E3_LINE
+The first version, trained on the 700 pretraining sums only, reached 0.85 pairwise but 0.30 best-of-4.
 
 The text the model sees is exactly `prompt + completion` (`"23+58=81"`), tokenized without special tokens: the
 pairs are tokenized here rather than by the trainer, which would append an end-of-sequence token the loop's
@@ -40,14 +45,14 @@ class Recipe:
     """Everything that decides the weights; change any of it and the model is rebuilt."""
 
     init_from_base: bool = True
-    extra_layers: int = 2
+    extra_layers: int = 0
     """Layers added on top of the base model's, starting as the identity (their output projections are zero)."""
-    freeze_base: bool = True
+    freeze_base: bool = False
     """Train only the added layers, the final norm and the score head: the base model's computation is kept."""
     seed: int = 0
-    learning_rate: float = 1e-3
-    epochs: float = 8.0
-    batch_size: int = 64
+    learning_rate: float = 5e-4
+    epochs: float = 3.0
+    batch_size: int = 128
     warmup_ratio: float = 0.05
     """A fraction of the steps (transformers 5 reads a `warmup_steps` below 1 as a ratio)."""
     weight_decay: float = 0.0
