@@ -11,9 +11,9 @@ Measured on the shared 2-core CPU (load ~5; evaluate_reward_model.py, 500 train 
 recipe does NOT make a good enough judge: see the numbers in loop.yaml's header. Frozen base + 2 layers, 1 epoch,
 lr 2e-3 (157 s): held-out pairwise accuracy 0.738, best-of-4 precision 0.262 at temperature 1.0 (samples 0.208
 right). Full fine-tune, 1 epoch, lr 5e-4 (65 s): 0.733 and 0.290 at temperature 0.7 (samples 0.281 right).
-Full fine-tune, 3 epochs, lr 5e-4 (this recipe; 90 to 167 s): pairwise 0.877, best-of-4 precision 0.430 at
-temperature 0.7, 0.531 among prompts whose top reward is >= 3 (39% of them). More epochs were still helping;
-the loop needs about 0.85.
+Full fine-tune, 3 epochs, lr 5e-4 (90 to 167 s): pairwise 0.877, best-of-4 precision 0.430 at temperature 0.7.
+Full fine-tune, 8 epochs, lr 5e-4 (this recipe; 243 s): pairwise 0.950, best-of-4 precision 0.506 at
+temperature 0.7, 0.614 among prompts whose top reward is >= 4 (33% of them); the loop needs about 0.85.
 The first version, trained on the 700 pretraining sums only, reached 0.85 pairwise but 0.30 best-of-4.
 
 The text the model sees is exactly `prompt + completion` (`"23+58=81"`), tokenized without special tokens: the
@@ -53,7 +53,7 @@ class Recipe:
     """Train only the added layers, the final norm and the score head: the base model's computation is kept."""
     seed: int = 0
     learning_rate: float = 5e-4
-    epochs: float = 3.0
+    epochs: float = 8.0
     batch_size: int = 128
     warmup_ratio: float = 0.05
     """A fraction of the steps (transformers 5 reads a `warmup_steps` below 1 as a ratio)."""
