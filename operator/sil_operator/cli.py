@@ -42,6 +42,8 @@ def preflight(spec: LoopSpec) -> list[str]:
     if spec.acquire.prompts.uri is not None:
         checks.append(("spec.acquire.prompts.uri", spec.acquire.prompts.uri, False))
     checks += [(f"spec.evaluate.datasets.{i}.uri", d.uri, False) for i, d in enumerate(spec.evaluate.datasets)]
+    if spec.select.scorer.model is not None:
+        checks.append(("spec.select.scorer.model", spec.select.scorer.model, True))
     for field, uri, is_dir in checks:
         if uri.startswith("file://"):
             path = local_path(uri)

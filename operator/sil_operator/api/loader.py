@@ -84,11 +84,16 @@ def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
     evaluate = spec.evaluate.model_copy(
         update={"datasets": [d.model_copy(update={"uri": uri(d.uri)}) for d in spec.evaluate.datasets]}
     )
+    scorer = spec.select.scorer
+    if scorer.model is not None:
+        scorer = scorer.model_copy(update={"model": uri(scorer.model)})
+    select = spec.select.model_copy(update={"scorer": scorer})
     return spec.model_copy(
         update={
             "model": spec.model.model_copy(update={"uri": uri(spec.model.uri)}),
             "storage": spec.storage.model_copy(update={"uri": uri(spec.storage.uri)}),
             "acquire": acquire,
+            "select": select,
             "evaluate": evaluate,
         }
     )

@@ -52,6 +52,10 @@ MALFORMED = {
         with_spec(local_document(), "spec.acquire.prompts.uri", "./nope.jsonl"),
         "spec.acquire.prompts.uri: no such file",
     ),
+    "missing reward model": (
+        with_spec(local_document(), "spec.select.scorer", {"type": "reward-model", "model": "./no-reward-model"}),
+        "spec.select.scorer.model: no such directory",
+    ),
 }
 
 

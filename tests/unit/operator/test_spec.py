@@ -205,6 +205,14 @@ def test_relative_paths_resolve_against_the_loop_file(tmp_path: Path) -> None:
     assert spec.evaluate.datasets[0].uri == "file:///data/heldout.jsonl", "absolute URIs are kept"
 
 
+def test_a_relative_reward_model_path_resolves_against_the_loop_file(tmp_path: Path) -> None:
+    document = loop_document(select={"scorer": {"type": "reward-model", "model": "./.reward-model"}})
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(document))
+    spec = load_loop(path).spec
+    assert spec.select.scorer.model == (tmp_path / ".reward-model").as_uri()
+
+
 def test_a_file_that_is_not_yaml_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "loop.yaml"
     path.write_text("spec: [unclosed")
