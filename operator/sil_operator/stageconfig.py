@@ -79,6 +79,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             per_iteration=acquire.prompts.per_iteration,
             self_instruct=acquire.prompts.self_instruct,
             earlier_acquire_uris=tuple(stage_uri(storage, k, "acquire") for k in range(1, iteration)),
+            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
             samples_per_prompt=acquire.samples_per_prompt,
             sampling=acquire.sampling,
             engine=acquire.engine,

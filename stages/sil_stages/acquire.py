@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 
+from sil_stages import acquire_metrics
 from sil_stages.contract import AcquireConfig, Manifest
 from sil_stages.errors import StageInputError
 from sil_stages.generation import GenerationEngine, SamplingRequest, make_engine
@@ -116,6 +117,7 @@ def run(config: AcquireConfig, store: Store) -> Manifest:
     ]
     outputs.write_text(SAMPLES_FILE, to_jsonl(lines))
     metrics |= {"prompts": float(len(lines)), "samples": float(sum(len(c) for c in completions))}
+    acquire_metrics.push_metrics(config, metrics)
     return outputs.seal(stage="acquire", loop=config.loop, iteration=config.iteration, metrics=metrics)
 
 

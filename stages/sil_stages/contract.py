@@ -102,6 +102,8 @@ class AcquireConfig(_StageConfigBase, settings.Generation):
     earlier_acquire_uris: tuple[str, ...] = ()
     """The acquire directories of this loop's earlier iterations, oldest first: their generated prompts are not new
     (an iteration without an acquire manifest is skipped)."""
+    pushgateway: str | None = None
+    """Pushgateway URL to push the acquire counts to (grouped by namespace, loop, iteration); None: don't."""
 
 
 class SelectConfig(_StageConfigBase):

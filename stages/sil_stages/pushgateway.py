@@ -7,6 +7,7 @@ Plain `urllib` and the text exposition format keep prometheus-client out of the 
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from collections.abc import Iterable, Mapping
 from urllib.error import URLError
@@ -63,6 +64,18 @@ HELP = {
     "selfimprove_acquire_distinct_2": "Distinct word bigrams / all bigrams over this iteration's acquire samples.",
     "selfimprove_acquire_self_bleu": "Mean self-BLEU (0-1) of this iteration's acquire samples.",
 }
+
+
+_NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def gauges(prefix: str, labels: Mapping[str, str], metrics: Mapping[str, float]) -> list[MetricSample]:
+    """One series `<prefix><metric>` per manifest metric of a stage, every character Prometheus does not allow in a
+    name turned into `_`."""
+    return [
+        MetricSample(name=prefix + _NOT_ALLOWED.sub("_", key), labels=dict(labels), value=value)
+        for key, value in metrics.items()
+    ]
 
 
 def _escape(value: str) -> str:

@@ -9,10 +9,9 @@ series, `selfimprove_select_prompts_by_pass_rate`, with the bucket as its `pass_
 from __future__ import annotations
 
 import logging
-import re
 
 from sil_stages.contract import MetricSample, SelectConfig
-from sil_stages.pushgateway import push
+from sil_stages.pushgateway import gauges, push
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +19,6 @@ JOB = "selfimprove_select"
 PREFIX = "selfimprove_select_"
 PASS_RATE_KEY = "prompts_pass_rate/"
 PASS_RATE_SERIES = PREFIX + "prompts_by_pass_rate"
-_NOT_ALLOWED = re.compile(r"[^a-zA-Z0-9_]")
 HELP = "Select stage metric of a self-improvement loop (counts, what each keep rule removed, score statistics)."
 
 
@@ -31,13 +29,12 @@ def select_series(config: SelectConfig, metrics: dict[str, float]) -> tuple[Metr
         "iteration": str(config.iteration),
         "scorer": config.scorer.type,
     }
-    series: list[MetricSample] = []
-    for key, value in metrics.items():
-        if key.startswith(PASS_RATE_KEY):
-            bucket = key[len(PASS_RATE_KEY) :]
-            series.append(MetricSample(name=PASS_RATE_SERIES, labels={**labels, "pass_rate": bucket}, value=value))
-        else:
-            series.append(MetricSample(name=PREFIX + _NOT_ALLOWED.sub("_", key), labels=labels, value=value))
+    histogram = {key: value for key, value in metrics.items() if key.startswith(PASS_RATE_KEY)}
+    series = gauges(PREFIX, labels, {key: value for key, value in metrics.items() if key not in histogram})
+    series += [
+        MetricSample(name=PASS_RATE_SERIES, labels={**labels, "pass_rate": key[len(PASS_RATE_KEY) :]}, value=value)
+        for key, value in histogram.items()
+    ]
     return tuple(series)
 
 

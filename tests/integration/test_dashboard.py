@@ -194,6 +194,18 @@ def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
         ]
         push(prometheus.pushgateway_url, series, grouping, timeout=10)
         push(prometheus.pushgateway_url, select_series(grouping), grouping, timeout=10, job="selfimprove_select")
+        acquire = [
+            MetricSample(name=f"selfimprove_acquire_{name}", labels=grouping, value=v)
+            for name, v in {
+                "prompts_from_file": 3000.0,
+                "prompts_from_generator": 0.0,
+                "self_instruct_generated": 1000.0,
+                "self_instruct_novel": 640.0,
+                "self_instruct_duplicates": 350.0,
+                "self_instruct_empty": 10.0,
+            }.items()
+        ]
+        push(prometheus.pushgateway_url, acquire, grouping, timeout=10, job="selfimprove_acquire")
 
 
 def select_series(grouping: dict[str, str]) -> list[MetricSample]:

@@ -176,6 +176,23 @@ def test_a_file_source_is_counted_in_the_manifest(tmp_path: Path, stage_config: 
     assert not (output_dir(config) / "generated.jsonl").exists()
 
 
+def test_the_acquire_counts_are_pushed_as_series_under_their_own_job(
+    tmp_path: Path,
+    stage_config: StageConfig,
+    tiny_model: Path,
+    pushgateway: tuple[str, list[tuple[str, str, str]]],
+) -> None:
+    """So the dashboard shows prompts by source; its own job, so evaluate's push does not replace it."""
+    address, received = pushgateway
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{i}+1="} for i in range(5)]).as_uri()
+    config = _config(stage_config, tiny_model, prompts_uri=prompts, per_iteration=3, pushgateway=address)
+    assert _run(config) == 0
+    [(method, path, body)] = received
+    assert (method, path) == ("PUT", "/metrics/job/selfimprove_acquire/namespace/test-ns/loop/test-loop/iteration/1")
+    assert 'selfimprove_acquire_prompts_from_file{iteration="1",loop="test-loop",namespace="test-ns"} 3.0' in body
+    assert "selfimprove_acquire_self_instruct_novel{" in body
+
+
 # self-instruct: the parts
 
 
