@@ -30,25 +30,38 @@ class EarlierKept:
     rows: list[Record]
 
 
+def read_verified_rows(
+    store: Store, stage_dir: str, name: str, *, stage: str, purpose: str, field: str, expected: bool = True
+) -> list[Record] | None:
+    """The JSONL rows of `stage_dir/name` when the stage's manifest lists that file with the size and sha256 that
+    are stored; None (with a warning naming `purpose`) when there is no manifest, the file is not listed (warned
+    only when `expected`), or it changed after the stage."""
+    try:
+        raw = store.read_bytes(manifest_uri(stage_dir))
+    except StoreError:
+        log.warning("%s: %s has no %s manifest (the stage never finished); skipped", purpose, stage_dir, stage)
+        return None
+    entry = next((f for f in Manifest.model_validate_json(raw).files if f.path == name), None)
+    if entry is None:
+        if expected:
+            log.warning("%s: %s lists no %s; skipped", purpose, stage_dir, name)
+        return None
+    data = store.read_bytes(join(stage_dir, name))
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        log.warning("%s: %s/%s differs from its manifest (changed after the stage); skipped", purpose, stage_dir, name)
+        return None
+    return parse_jsonl(data.decode("utf-8"), uri=join(stage_dir, name), field=field)
+
+
 def read_earlier_kept(store: Store, select_uris: Sequence[str], shape_keys: frozenset[str]) -> list[EarlierKept]:
     """The kept examples of each earlier iteration (oldest first) whose rows have the keys of this data shape."""
     found: list[EarlierKept] = []
     for uri in select_uris:
-        try:
-            raw = store.read_bytes(manifest_uri(uri))
-        except StoreError:
-            log.warning("accumulate: %s has no select manifest (the iteration never selected); skipped", uri)
+        rows = read_verified_rows(
+            store, uri, KEPT_FILE, stage="select", purpose="accumulate", field="earlier_select_uris"
+        )
+        if rows is None:
             continue
-        manifest = Manifest.model_validate_json(raw)
-        entry = next((f for f in manifest.files if f.path == KEPT_FILE), None)
-        if entry is None:
-            log.warning("accumulate: %s lists no %s; skipped", uri, KEPT_FILE)
-            continue
-        data = store.read_bytes(join(uri, KEPT_FILE))
-        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-            log.warning("accumulate: %s/%s differs from its manifest (changed after select); skipped", uri, KEPT_FILE)
-            continue
-        rows = parse_jsonl(data.decode("utf-8"), uri=join(uri, KEPT_FILE), field="earlier_select_uris")
         if rows and not shape_keys <= set(rows[0]):
             log.warning("accumulate: %s holds another data shape (%s); skipped", uri, ", ".join(sorted(rows[0])))
             continue

@@ -14,18 +14,17 @@ Without that filter a model asked for "new" prompts mostly copies its examples.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from collections.abc import Sequence
 from typing import Literal
 
-from sil_stages.contract import Manifest, manifest_uri
 from sil_stages.dedupe import MinHashDeduper, preload
 from sil_stages.generation import GenerationEngine, SamplingRequest
-from sil_stages.records import Record, parse_jsonl
+from sil_stages.kept_history import read_verified_rows
+from sil_stages.records import Record
 from sil_stages.settings import SELF_INSTRUCT_PLACEHOLDER, Novelty, SelfInstruct
-from sil_stages.store import Store, StoreError, join
+from sil_stages.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +71,19 @@ def novelty(generated: Sequence[str], pool: Sequence[str], earlier: Sequence[str
 
 def read_earlier_generated(store: Store, acquire_uris: Sequence[str]) -> list[str]:
     """The novel prompts earlier iterations generated; an iteration whose file does not match its manifest (or that
-    has neither) is skipped with a warning."""
+    has neither) is skipped with a warning, one that did not self-instruct silently."""
     found: list[str] = []
     for uri in acquire_uris:
-        try:
-            raw = store.read_bytes(manifest_uri(uri))
-        except StoreError:
-            log.warning("self-instruct: %s has no acquire manifest (the iteration never acquired); skipped", uri)
-            continue
-        entry = next((f for f in Manifest.model_validate_json(raw).files if f.path == GENERATED_FILE), None)
-        if entry is None:
-            continue  # that iteration did not self-instruct
-        data = store.read_bytes(join(uri, GENERATED_FILE))
-        if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-            log.warning(
-                "self-instruct: %s/%s differs from its manifest (changed after acquire); skipped", uri, GENERATED_FILE
-            )
-            continue
-        rows = parse_jsonl(data.decode("utf-8"), uri=join(uri, GENERATED_FILE), field="earlier_acquire_uris")
-        found.extend(str(row["prompt"]) for row in rows if row.get("status") == NOVEL)
+        rows = read_verified_rows(
+            store,
+            uri,
+            GENERATED_FILE,
+            stage="acquire",
+            purpose="self-instruct",
+            field="earlier_acquire_uris",
+            expected=False,
+        )
+        found.extend(str(row["prompt"]) for row in rows or [] if row.get("status") == NOVEL)
     return found
 
 
