@@ -179,6 +179,13 @@ class StageRuntime(ApiModel):
         "emptyDir with that size limit, or {claimName: my-pvc} for a PersistentVolumeClaim. Default: an emptyDir "
         "without a size limit.",
     )
+    engine: Literal["auto", "indexed-job", "jobset"] | None = Field(
+        default=None,
+        description="How a multi-node stage (optimize with distributed.nodes > 1) runs its group of pods: "
+        "indexed-job (an Indexed Job with a headless Service: built into every cluster), jobset (a JobSet, "
+        "jobset.x-k8s.io/v1alpha2), or auto (a JobSet when the API server serves that API, else an Indexed Job). "
+        "Single-pod stages always run as a plain Job. Default: auto.",
+    )
     backoff_limit: int | None = Field(
         default=None,
         ge=0,
