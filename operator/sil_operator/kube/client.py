@@ -136,6 +136,7 @@ class KubeApi:
         name = manifest["metadata"]["name"]
         create = {
             "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job,
         }[manifest["kind"]]
         try:

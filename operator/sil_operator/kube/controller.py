@@ -1,9 +1,10 @@
 """The Kubernetes runner: the same planner as `sil run`, with Jobs instead of processes.
 
 One reconcile: read the loop, list its Jobs, read finished stages' manifests for their metrics, plan, carry out
-the actions (ConfigMap + Job per started stage, gate measurements, champion.json on promotion), write the status
-once (skipped when unchanged), then post the events. The loop's daemon calls it again as soon as one of its Jobs
-or the loop itself changes (event-driven), when the planner asks (gate intervals), or after a resync period.
+the actions (ConfigMap + Job per started stage, or a Service + Indexed Job for a multi-node one: kube/engines.py;
+gate measurements; champion.json on promotion), write the status once (skipped when unchanged), then post the
+events. The loop's daemon calls it again as soon as one of its Jobs or the loop itself changes (event-driven), when
+the planner asks (gate intervals), or after a resync period.
 
 A loop that is not valid (possible only when the CRD's schema is bypassed or older) becomes Failed with reason
 InvalidSpec and the message naming the fields; nothing is started for it.
@@ -43,7 +44,8 @@ from sil_operator.failures import (
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
-from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
+from sil_operator.kube.engines import choose_engine, stage_nodes, stage_objects
+from sil_operator.kube.objects import LoopIdentity, stage_configmap
 from sil_operator.kube.observe import (
     Finding,
     finding_from_events,
@@ -255,19 +257,7 @@ class Controller:
         memory: LoopMemory,
     ) -> None:
         if isinstance(action, StartStage):
-            try:
-                job = stage_job(identity, loop.spec, action, self.default_image)
-            except ValueError as error:  # no image in the spec nor the operator's default
-                raise StageImageMissing(str(error)) from error
-            await self._require_credentials(loop, identity)
-            await self.api.create(stage_configmap(identity, action))
-            created = await self.api.create(job)
-            if created.created:
-                log.info("created Job %s/%s", identity.namespace, action.run_name)
-                if self.metrics:
-                    self.metrics.job_created(action.stage)
-                    if action.stage == "acquire" and action.attempt == 1:
-                        self.metrics.iteration_started()
+            await self._start_stage(action, loop, identity)
         elif isinstance(action, MeasureGates):
             provider = await self._provider(loop, identity, store)
             gates = {g.name: g for g in loop.spec.promotion.gates}
@@ -280,6 +270,32 @@ class Controller:
         else:
             key = (identity.namespace, identity.name)
             await self.offload.run(key, promote, store, loop.spec.storage.uri, action, self.clock())
+
+    async def _start_stage(self, action: StartStage, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
+        """The ConfigMap, then the engine's objects (a Job; or a group's Service and Indexed Job), each created if
+        absent: a replayed start creates nothing twice."""
+        runtime = loop.spec.runtime.for_stage(action.stage)
+        nodes = stage_nodes(loop.spec, action.stage)
+        engine = choose_engine(runtime.engine, nodes, nodes > 1 and await self._jobset_served())
+        try:
+            manifests = stage_objects(engine, identity, loop.spec, action, self.default_image)
+        except ValueError as error:  # no image in the spec nor the operator's default
+            raise StageImageMissing(str(error)) from error
+        await self._require_credentials(loop, identity)
+        await self.api.create(stage_configmap(identity, action, loop.spec))
+        for manifest in manifests:
+            created = await self.api.create(manifest)
+        if created.created:
+            log.info("created %s %s/%s (%s)", manifest["kind"], identity.namespace, action.run_name, engine)
+            if self.metrics:
+                self.metrics.job_created(action.stage)
+                if action.stage == "acquire" and action.attempt == 1:
+                    self.metrics.iteration_started()
+
+    async def _jobset_served(self) -> bool:
+        """Whether the API server serves JobSets: the `auto` engine's choice. The JobSet engine's discovery plugs in
+        here; until then a multi-node stage runs as an Indexed Job."""
+        return False
 
     async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
         """The storage Secret exists before a Job refers to it (else its pod would hang in

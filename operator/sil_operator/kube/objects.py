@@ -22,6 +22,23 @@ runtime's 64 MiB.
 
 Kueue: `runtime.queueName` and `runtime.priorityClass` become the Job labels Kueue reads; Kueue admits a Job by
 unsuspending it and preempts it by suspending it again (kube/observe.py turns that into Queued / Preempted).
+
+A multi-node optimize (`optimize.distributed.nodes` N > 1, engine indexed-job: kube/engines.py) is a group: the
+same Job with `completionMode: Indexed` and N completions all running at once (`group_job`), plus a headless
+Service (`group_service`) that gives pod i the DNS name `<run>-<i>.<service>.<namespace>.svc`. Rank 0's address
+and port reach every pod as SIL_MASTER_ADDR / SIL_MASTER_PORT (29500 unless runtime.env sets it), its node rank as
+JOB_COMPLETION_INDEX (set by Kubernetes). One rank failing leaves the others waiting in a collective, so a group
+never retries in place: its backoffLimit is 0 (the first failed pod fails the Job and the Job controller
+terminates the other pods), and the planner's retry is a new Job (`-r2`, ...), one attempt per Job, against the
+stage's backoffLimit; the retry resumes from the last trainer checkpoint (`optimize.checkpointEverySteps`). Kueue
+admits and suspends the Job as one workload of N pods: a preempted group stops all its pods (the ranks save a
+trainer checkpoint on SIGTERM) and, readmitted, starts them all again, not a failed attempt. A pod evicted with
+a DisruptionTarget is not counted by the Job controller, but the ranks it leaves behind stop with it and fail the
+Job: for a group a disruption costs one attempt, and the retry resumes.
+
+On Kubernetes the optimize config's `distributed.processesPerNode`, when unset, is the stage's GPU count (its
+`*/gpu` limit, else request), so each pod starts one rank per GPU it was given (`stage_configmap`); `sil run`
+leaves it to the stage (its CUDA devices, else 1).
 """
 
 from __future__ import annotations
@@ -31,6 +48,8 @@ from typing import Any
 
 from sil_operator.api.spec import API_GROUP, API_VERSION, DEFAULT_SHM_SIZE, KIND, LoopSpec, StageRuntime
 from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, StartStage, backoff_limit
+from sil_operator.stageconfig import AnyStageConfig
+from sil_stages.contract import OptimizeConfig
 
 MANAGED_BY = "selfimprove-operator"
 LABEL_LOOP = f"{API_GROUP}/loop"
@@ -48,6 +67,12 @@ TMP_DIR = "/tmp"
 SCRATCH_DIR = "/scratch"
 SHM_DIR = "/dev/shm"
 GPU_RESOURCE_SUFFIX = "/gpu"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+"""The label the Job controller puts on a Job's pods: the group's Service selects them with it."""
+MASTER_ADDR_ENV = "SIL_MASTER_ADDR"
+MASTER_PORT_ENV = "SIL_MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500
+"""torchrun's default rendezvous port, where rank 0 of a group listens unless runtime.env sets SIL_MASTER_PORT."""
 
 DEFAULT_POD_SECURITY_CONTEXT: dict[str, Any] = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
 DEFAULT_SECURITY_CONTEXT: dict[str, Any] = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -93,7 +118,9 @@ def owner_reference(loop: LoopIdentity) -> dict[str, Any]:
     }
 
 
-def stage_configmap(loop: LoopIdentity, action: StartStage) -> dict[str, Any]:
+def stage_configmap(loop: LoopIdentity, action: StartStage, spec: LoopSpec | None = None) -> dict[str, Any]:
+    """The stage config as the run's pods read it; with `spec`, optimize's processesPerNode defaults to its GPUs."""
+    config = action.config if spec is None else kube_stage_config(spec, action)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -103,8 +130,36 @@ def stage_configmap(loop: LoopIdentity, action: StartStage) -> dict[str, Any]:
             "labels": labels(loop, action.iteration, action.stage),
             "ownerReferences": [owner_reference(loop)],
         },
-        "data": {CONFIG_KEY: action.config.model_dump_json()},
+        "data": {CONFIG_KEY: config.model_dump_json()},
     }
+
+
+def gpu_count(runtime: StageRuntime) -> int | None:
+    """The GPUs one pod of the stage gets: its largest `*/gpu` limit (else request); None without any."""
+    resources = runtime.resources or {}
+    for kind in ("limits", "requests"):
+        counts = [
+            int(str(quantity))
+            for name, quantity in (resources.get(kind) or {}).items()
+            if name.endswith(GPU_RESOURCE_SUFFIX) and str(quantity).isdigit() and int(str(quantity)) > 0
+        ]
+        if counts:
+            return max(counts)
+    return None
+
+
+def kube_stage_config(spec: LoopSpec, action: StartStage) -> AnyStageConfig:
+    """The planner's stage config as a pod on Kubernetes gets it: an optimize whose `distributed.processesPerNode`
+    is unset starts one rank per GPU of its pod (the stage would count the GPUs it sees, which is the same number
+    where the device plugin hides the others; this makes it explicit in the ConfigMap). Other stages as they are."""
+    config = action.config
+    if not isinstance(config, OptimizeConfig) or config.distributed.processes_per_node is not None:
+        return config
+    gpus = gpu_count(spec.runtime.for_stage(action.stage))
+    if gpus is None:
+        return config
+    distributed = config.distributed.model_copy(update={"processes_per_node": gpus})
+    return config.model_copy(update={"distributed": distributed})
 
 
 def _resources(runtime: StageRuntime) -> dict[str, dict[str, str]]:
@@ -246,3 +301,63 @@ def stage_job(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_im
         },
         "spec": job_spec,
     }
+
+
+# -- a group of pods: the Indexed Job engine ------------------------------------------------------------------------
+
+
+def group_service_name(run_name: str) -> str:
+    """The headless Service of a group: the run's name; `sil-<run>` when that starts with a digit (loop names may,
+    Service names must start with a letter)."""
+    return run_name if run_name[:1].isalpha() else f"sil-{run_name}"
+
+
+def master_port(runtime: StageRuntime) -> int | None:
+    """Rank 0's port: runtime.env's SIL_MASTER_PORT, else 29500; None when that is not a port (the stage says so)."""
+    value = (runtime.env or {}).get(MASTER_PORT_ENV, str(DEFAULT_MASTER_PORT))
+    return int(value) if value.isdigit() and 0 < int(value) < 65536 else None
+
+
+def group_service(loop: LoopIdentity, spec: LoopSpec, action: StartStage) -> dict[str, Any]:
+    """The headless Service of a group's Indexed Job: DNS names for its pods, published before they are ready (rank
+    0 must be reachable while the other ranks start). Named after the run, owned by the loop."""
+    port = master_port(spec.runtime.for_stage(action.stage))
+    service_spec: dict[str, Any] = {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": True,
+        "selector": {JOB_NAME_LABEL: action.run_name},
+    }
+    if port is not None:
+        service_spec["ports"] = [{"name": "rendezvous", "port": port, "targetPort": port, "protocol": "TCP"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": group_service_name(action.run_name),
+            "namespace": loop.namespace,
+            "labels": labels(loop, action.iteration, action.stage),
+            "ownerReferences": [owner_reference(loop)],
+        },
+        "spec": service_spec,
+    }
+
+
+def group_job(
+    loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_image: str | None, nodes: int
+) -> dict[str, Any]:
+    """The stage Job of a run that spans `nodes` pods: Indexed, all pods at once, no retry in place (see the module
+    docstring), pods named in the group's Service, and rank 0's address in their environment."""
+    job = stage_job(loop, spec, action, default_image)
+    service = group_service_name(action.run_name)
+    job["spec"].update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
+    pod_spec = job["spec"]["template"]["spec"]
+    pod_spec["subdomain"] = service
+    user_env = spec.runtime.for_stage(action.stage).env or {}
+    group_env = {
+        # An Indexed Job's pod i has hostname <job>-<i>; in the Service's subdomain: <job>-<i>.<service>.<ns>.svc
+        MASTER_ADDR_ENV: f"{action.run_name}-0.{service}.{loop.namespace}.svc",
+        MASTER_PORT_ENV: str(DEFAULT_MASTER_PORT),
+    }
+    (container,) = pod_spec["containers"]
+    container["env"] += [{"name": key, "value": value} for key, value in group_env.items() if key not in user_env]
+    return job

@@ -8,7 +8,8 @@ is what the planner sees, with the failed attempts of every run added up:
   last, so the stage did not finish. A manifest that cannot be read (the store is down) decides nothing yet:
   the stage stays Running and is looked at again.
 - Failed by the podFailurePolicy (the stage exited 2: it rejected its input) → Failed for good; any other
-  Failed (backoffLimit exhausted, deadline exceeded) → Failed with every attempt counted.
+  Failed (backoffLimit exhausted, deadline exceeded) → Failed with every attempt counted. The Indexed Job of a
+  multi-node group is one attempt however many of its pods failed (it never retries in place).
 - Suspended (Kueue holds it: not admitted yet, or preempted: Kueue suspends an admitted Job to preempt it and
   clears its startTime, so the Job alone cannot tell the two apart) → Queued; the planner, which remembers
   whether the run had been admitted, calls it Preempted. Pods deleted by a suspension are not failed attempts.
@@ -158,9 +159,17 @@ def termination_message(pods: Iterable[Mapping[str, Any]]) -> Finding | None:
     return None
 
 
+def is_group(job: Mapping[str, Any]) -> bool:
+    """An Indexed Job: the pods of one multi-node stage run (kube/objects.group_job), which fail together."""
+    return (job.get("spec") or {}).get("completionMode") == "Indexed"
+
+
 def _failed_attempts(job: Mapping[str, Any]) -> int:
     """Attempts a Job has used up: all of them once it failed (the Job has retried all it will), else its failed
-    pods (pods of a disruption are not counted by the Job controller either)."""
+    pods (pods of a disruption are not counted by the Job controller either). A group's Job is one attempt: it
+    never retries in place, and the ranks it terminated when one failed are not attempts of their own."""
+    if is_group(job):
+        return 1 if _condition(job, "Failed") is not None else 0
     failed_pods = int((job.get("status") or {}).get("failed") or 0)
     if _condition(job, "Failed") is not None and not rejected_input(job):
         return max(failed_pods, int((job.get("spec") or {}).get("backoffLimit") or 0) + 1)
