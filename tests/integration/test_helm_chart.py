@@ -408,6 +408,8 @@ def assert_minimal(
     assert not can_i(plane, kubeconfig, "update", "selfimprovementloops.selfimprove.dev", "-n", served)
     assert not can_i(plane, kubeconfig, "delete", "selfimprovementloops.selfimprove.dev", "-n", served)
     assert not can_i(plane, kubeconfig, "update", "configmaps", "-n", served)
+    assert can_i(plane, kubeconfig, "create", "services", "-n", served), "a multi-node stage's headless Service"
+    assert not can_i(plane, kubeconfig, "delete", "services", "-n", served), "garbage-collected with the loop"
     assert not can_i(plane, kubeconfig, "create", "rolebindings.rbac.authorization.k8s.io", "-n", served)
     for verb in ("create", "get", "update"):
         assert can_i(plane, kubeconfig, verb, f"leases.coordination.k8s.io/{lease}", "-n", release), verb

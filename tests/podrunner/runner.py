@@ -37,6 +37,11 @@ RUNNER_LABEL_VALUE = "local"
 # Annotation the runner puts on each pod it runs: the folder with the work dir and the logs.
 POD_DIR_ANNOTATION = "podrunner.selfimprove.dev/dir"
 
+POD_UID_ENV = "PODRUNNER_POD_UID"
+"""Every process of a pod carries the pod's uid in this variable, children in sessions of their own too: how the
+runner finds all of a pod's processes to kill them, as a kubelet kills a container's cgroup."""
+LOCAL_ADDRESS = "127.0.0.1"
+
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 LEASE_SECONDS = 40
 HEARTBEAT_SECONDS = 10.0
@@ -276,6 +281,8 @@ class PodRunner:
             )
 
     def _kill(self, run: _PodRun, grace: float) -> None:
+        """SIGTERM to each container's process group, SIGKILL after `grace`; then no process of the pod is left,
+        not even one that started a session of its own (as when a kubelet stops a container)."""
         with run.lock:
             processes = [p for p in run.processes if p.poll() is None]
         for process in processes:
@@ -289,6 +296,7 @@ class PodRunner:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+        kill_leftovers(run.uid)
 
     # ---------------------------------------------------------------------------------------------
     # Running a pod
@@ -334,6 +342,7 @@ class PodRunner:
             thread.start()
         for thread in threads:
             thread.join()
+        kill_leftovers(run.uid)  # a container's processes end with it
         run.done.set()
         if run.deleted.is_set():
             return  # the pod is going away; its deletion is finished elsewhere
@@ -407,12 +416,12 @@ class PodRunner:
         env = dict(os.environ)
         if self.kubeconfig is not None:
             env["KUBECONFIG"] = str(self.kubeconfig)
-        env.update(
-            local_mounts(pod, container, self.root / pod["metadata"]["namespace"] / pod["metadata"]["name"], pod_env)
-        )
+        pod_dir = self.root / pod["metadata"]["namespace"] / pod["metadata"]["name"]
+        env.update(local_dns(pod, local_mounts(pod, container, pod_dir, pod_env)))
         python_bin = str(Path(sys.executable).parent)  # the project's venv: `python` means its python
         env["PATH"] = os.pathsep.join([python_bin, pod_env.get("PATH", os.environ.get("PATH", ""))])
-        env["HOSTNAME"] = pod["metadata"]["name"]
+        env["HOSTNAME"] = hostname(pod)
+        env[POD_UID_ENV] = pod["metadata"]["uid"]
         return argv, env
 
     def _resolve_env(self, pod: Pod, container: dict[str, Any]) -> dict[str, str]:
@@ -555,6 +564,50 @@ def local_mounts(pod: Pod, container: dict[str, Any], pod_dir: Path, env: Mappin
             if (value == path or value.startswith(path + "/")) and not Path(value).exists():
                 resolved[key] = str(folder) + value[len(path) :]
     return resolved
+
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+
+
+def local_dns(pod: Pod, env: Mapping[str, str]) -> dict[str, str]:
+    """The pods of a group (an Indexed Job, a JobSet) find each other by DNS: pod `h` of a pod's `subdomain` is
+    `h.<subdomain>[.<namespace>[.svc[.cluster.local]]]`. Here every pod runs on this machine and there is no
+    cluster DNS, so an env value that is exactly such a name in the pod's own subdomain and namespace becomes
+    127.0.0.1 (SIL_MASTER_ADDR reaches rank 0); any other value is left alone."""
+    subdomain = pod["spec"].get("subdomain")
+    if not subdomain:
+        return dict(env)
+    namespace = re.escape(pod["metadata"]["namespace"])
+    name = re.compile(rf"{_DNS_LABEL}\.{re.escape(subdomain)}(\.{namespace}(\.svc(\.cluster\.local)?)?)?")
+    return {key: LOCAL_ADDRESS if name.fullmatch(value) else value for key, value in env.items()}
+
+
+def hostname(pod: Pod) -> str:
+    """HOSTNAME as a kubelet sets it: the pod's `spec.hostname` (an Indexed Job's pod i: `<job>-<i>`), else its name."""
+    return str(pod["spec"].get("hostname") or pod["metadata"]["name"])
+
+
+def pod_processes(uid: str) -> list[int]:
+    """The processes (pids) whose environment carries `PODRUNNER_POD_UID=<uid>`: all of one pod's processes."""
+    needle = f"{POD_UID_ENV}={uid}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if needle in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def kill_leftovers(uid: str) -> None:
+    """SIGKILL whatever process of the pod is still there (children that outlived the container's main process)."""
+    for pid in pod_processes(uid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def log_tail(path: Path, limit: int = 4096) -> str:

@@ -94,7 +94,7 @@ See the chart README ("RBAC") for why each one is there.
   resources: ["jobs"]
   verbs: ["list", "watch", "create"]
 - apiGroups: [""]
-  resources: ["configmaps"]
+  resources: ["configmaps", "services"]
   verbs: ["create"]
 - apiGroups: [""]
   resources: ["events"]
