@@ -278,15 +278,16 @@ class Controller:
         nodes = stage_nodes(loop.spec, action.stage)
         engine = choose_engine(runtime.engine, nodes, nodes > 1 and await self._jobset_served())
         try:
-            manifests = stage_objects(engine, identity, loop.spec, action, self.default_image)
+            *companions, workload = stage_objects(engine, identity, loop.spec, action, self.default_image)
         except ValueError as error:  # no image in the spec nor the operator's default
             raise StageImageMissing(str(error)) from error
         await self._require_credentials(loop, identity)
         await self.api.create(stage_configmap(identity, action, loop.spec))
-        for manifest in manifests:
-            created = await self.api.create(manifest)
+        for companion in companions:
+            await self.api.create(companion)
+        created = await self.api.create(workload)
         if created.created:
-            log.info("created %s %s/%s (%s)", manifest["kind"], identity.namespace, action.run_name, engine)
+            log.info("created %s %s/%s (engine %s)", workload["kind"], identity.namespace, action.run_name, engine)
             if self.metrics:
                 self.metrics.job_created(action.stage)
                 if action.stage == "acquire" and action.attempt == 1:

@@ -55,8 +55,9 @@ def choose_engine(requested: str | None, nodes: int, jobset_served: bool) -> Eng
 def stage_objects(
     engine: Engine, loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_image: str | None
 ) -> list[dict[str, Any]]:
-    """The objects of one stage run besides its ConfigMap, in the order they are created (a group's Service before
-    its Job, so the pods' names resolve from their start). Raises ValueError when no stage image is set."""
+    """The objects of one stage run besides its ConfigMap, in the order they are created, the workload (the Job that
+    runs the pods) last: a group's Service comes first, so the pods' names resolve from their start. Raises
+    ValueError when no stage image is set."""
     if engine == "job":
         return [stage_job(loop, spec, action, default_image)]
     if engine == "indexed-job":

@@ -150,8 +150,9 @@ def gpu_count(runtime: StageRuntime) -> int | None:
 
 def kube_stage_config(spec: LoopSpec, action: StartStage) -> AnyStageConfig:
     """The planner's stage config as a pod on Kubernetes gets it: an optimize whose `distributed.processesPerNode`
-    is unset starts one rank per GPU of its pod (the stage would count the GPUs it sees, which is the same number
-    where the device plugin hides the others; this makes it explicit in the ConfigMap). Other stages as they are."""
+    is unset starts one rank per GPU its pod was given. The stage alone would count the GPUs it sees: the same
+    number where the device plugin isolates a pod's GPUs, all of the node's where it does not. Other stages and
+    a processesPerNode the user set are left as they are."""
     config = action.config
     if not isinstance(config, OptimizeConfig) or config.distributed.processes_per_node is not None:
         return config
