@@ -1,7 +1,8 @@
 """A multi-node optimize on a real control plane: one Indexed Job + a headless Service per run, failing as a group.
 
 On kwok's nodes: the API server accepts the group's objects, the Job controller gives the pods their index and
-host names, and a group whose pods fail is retried as a new Job, one attempt per Job. On the pod runner: two pods
+host names, a group suspended by its queue (Kueue's preemption) is not a failed attempt, and a group whose pods
+fail is retried as a new Job, one attempt per Job. On the pod runner: two pods
 really train together (torch.distributed, gloo on the CPU, through the stage's launcher), one rank is killed once a
 trainer checkpoint is in the store, the whole group fails with no rank left running, the next attempt resumes
 from the saved step, and the loop goes on to evaluate the checkpoint.
@@ -24,6 +25,7 @@ from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import apply, get_loop, kwok_loop, phase
+from tests.integration.test_stage_jobs import suspend
 from tests.podrunner.runner import pod_processes
 
 pytestmark = [pytest.mark.integration]
@@ -61,11 +63,20 @@ def assert_group_objects(plane: ControlPlane, namespace: str, run: str, loop_uid
     return group
 
 
+def optimize_status(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    status = get_loop(plane, namespace, name).get("status") or {}
+    stages = (status.get("iterations") or [{}])[0].get("stages") or []
+    return next((s for s in stages if s["stage"] == "optimize"), {})
+
+
 @pytest.mark.timeout(180)
-def test_a_group_whose_pods_fail_fails_as_one_attempt_per_job_and_is_retried_as_a_new_job(
+def test_a_group_is_preempted_as_a_whole_without_an_attempt_and_fails_as_one_attempt_per_job(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
-    failing = {"kwok.selfimprove.dev/run-ms": "300", "kwok.selfimprove.dev/exit-code": "3"}
+    """A queued group (Kueue holds it suspended) is admitted, preempted (suspended: all its pods go, not a failed
+    attempt though its backoffLimit is 0), readmitted; then its pods fail: the Job fails once (however many pods
+    failed), the planner's retry is a new Job, and the second failure ends the loop (backoffLimit 1)."""
+    failing = {"kwok.selfimprove.dev/run-ms": "4000", "kwok.selfimprove.dev/exit-code": "3"}
     document = kwok_loop(
         namespace,
         "group",
@@ -76,17 +87,32 @@ def test_a_group_whose_pods_fail_fails_as_one_attempt_per_job_and_is_retried_as_
             "backoffLimit": 1,
             "resources": {"limits": {"nvidia.com/gpu": 1}},
             "podAnnotations": {"kwok.selfimprove.dev/run-ms": "200"},
-            "stages": {"optimize": {"podAnnotations": failing}},
+            "stages": {"optimize": {"podAnnotations": failing, "queueName": "gpus"}},
         },
     )
+    first, retry = "group-1-optimize", "group-1-optimize-r2"
     with running_operator(control_plane, namespace, tmp_path / "operator.log") as operator:
         apply(control_plane, document)
-        wait_until(lambda: phase(control_plane, namespace, "group") == "Failed", 120, "the loop to fail")
+
+        def optimize_is(wanted: str) -> bool:
+            return optimize_status(control_plane, namespace, "group").get("phase") == wanted
+
+        wait_until(lambda: optimize_is("Queued"), 60, "the group to wait for its queue\n" + operator.log())
+        suspend(control_plane, namespace, first, False)  # admitted
+        running = ("Running", "Running")
+        wait_until(lambda: pod_phases(control_plane, namespace, first) == running, 30, "both pods to run")
+        suspend(control_plane, namespace, first, True)  # preempted
+        wait_until(lambda: optimize_is("Preempted"), 30, "the group to show as preempted\n" + operator.log())
+        wait_until(lambda: not pods_of(control_plane, namespace, first), 30, "the preempted group's pods to go")
+        assert not has_condition(job(control_plane, namespace, first), "Failed"), "a suspension fails no group"
+        suspend(control_plane, namespace, first, False)  # readmitted; now its pods fail
+        wait_until(lambda: job_exists(control_plane, namespace, retry), 60, "the retry\n" + operator.log())
+        suspend(control_plane, namespace, retry, False)
+        wait_until(lambda: phase(control_plane, namespace, "group") == "Failed", 60, "the loop to fail")
         operator_log = operator.log()
     loop = get_loop(control_plane, namespace, "group")
-    uid = loop["metadata"]["uid"]
-    for run in ("group-1-optimize", "group-1-optimize-r2"):
-        group = assert_group_objects(control_plane, namespace, run, uid)
+    for run in (first, retry):
+        group = assert_group_objects(control_plane, namespace, run, loop["metadata"]["uid"])
         assert has_condition(group, "Failed"), group["status"]
         pods = pods_of(control_plane, namespace, run)
         assert [pod["spec"]["hostname"] for pod in pods] == [f"{run}-0", f"{run}-1"]
@@ -94,11 +120,19 @@ def test_a_group_whose_pods_fail_fails_as_one_attempt_per_job_and_is_retried_as_
             env = {item["name"]: item for item in pod["spec"]["containers"][0]["env"]}
             assert "fieldRef" in env["JOB_COMPLETION_INDEX"]["valueFrom"], "the node rank, set by the Job controller"
             assert env["SIL_MASTER_ADDR"]["value"] == f"{run}-0.{run}.{namespace}.svc"
-    status = loop["status"]
-    optimize = next(s for s in status["iterations"][0]["stages"] if s["stage"] == "optimize")
-    assert (optimize["attempts"], optimize["runs"]) == (2, 2), "one attempt per failed group, whatever its pods"
-    assert "failed 2 time(s), backoffLimit 1" in status["message"], status["message"] + operator_log[-2000:]
+    optimize = optimize_status(control_plane, namespace, "group")
+    assert (optimize["attempts"], optimize["runs"], optimize["preemptions"]) == (2, 2, 1), optimize
+    message = loop["status"]["message"]
+    assert "failed 2 time(s), backoffLimit 1" in message, message + operator_log[-2000:]
     assert len(control_plane.get_json("jobs", "-n", namespace, "-l", "selfimprove.dev/stage=optimize")["items"]) == 2
+
+
+def pod_phases(plane: ControlPlane, namespace: str, job_name: str) -> tuple[str, ...]:
+    return tuple(pod["status"].get("phase", "") for pod in pods_of(plane, namespace, job_name))
+
+
+def job_exists(plane: ControlPlane, namespace: str, name: str) -> bool:
+    return bool(plane.get_json("jobs", "-n", namespace, "--field-selector", f"metadata.name={name}")["items"])
 
 
 # -- real training on the pod runner -----------------------------------------------------------------------------
