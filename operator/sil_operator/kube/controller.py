@@ -43,6 +43,15 @@ from sil_operator.failures import (
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
+from sil_operator.kube.discovery import ApiDiscovery
+from sil_operator.kube.jobset import (
+    JOBSET_GROUP,
+    JOBSET_PLURAL,
+    JOBSET_VERSION,
+    as_job,
+    stage_jobset,
+    use_jobset,
+)
 from sil_operator.kube.objects import LoopIdentity, stage_configmap, stage_job
 from sil_operator.kube.observe import (
     Finding,
@@ -108,6 +117,7 @@ class Controller:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     ca_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sil-operator-ca-")))
     offload: Offload = field(default_factory=Offload)
+    discovery: ApiDiscovery = field(default_factory=ApiDiscovery)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     """Failed reconciles in a row, per loop: the backoff schedule's position (reset by a success)."""
 
@@ -129,7 +139,7 @@ class Controller:
         store = memory.manifests.store
         ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         status = _retry_after_spec_change(status_from_body(body), ref.generation)
-        jobs = await self.api.list_jobs(namespace, name)
+        jobs = await self.api.list_jobs(namespace, name) + await self._jobsets_as_jobs(namespace, name)
         findings = await self._findings(namespace, jobs, status)
         observation = await self.offload.run(
             key,
@@ -256,14 +266,14 @@ class Controller:
     ) -> None:
         if isinstance(action, StartStage):
             try:
-                job = stage_job(identity, loop.spec, action, self.default_image)
+                job = await self._stage_workload(identity, loop, action)
             except ValueError as error:  # no image in the spec nor the operator's default
                 raise StageImageMissing(str(error)) from error
             await self._require_credentials(loop, identity)
             await self.api.create(stage_configmap(identity, action))
             created = await self.api.create(job)
             if created.created:
-                log.info("created Job %s/%s", identity.namespace, action.run_name)
+                log.info("created %s %s/%s", job["kind"], identity.namespace, action.run_name)
                 if self.metrics:
                     self.metrics.job_created(action.stage)
                     if action.stage == "acquire" and action.attempt == 1:
@@ -280,6 +290,26 @@ class Controller:
         else:
             key = (identity.namespace, identity.name)
             await self.offload.run(key, promote, store, loop.spec.storage.uri, action, self.clock())
+
+    # -- engines ------------------------------------------------------------------------------------------------
+    async def jobset_served(self) -> bool:
+        """Whether the API server serves JobSets (cached for a minute: see kube/discovery.py)."""
+        return await self.discovery.served(self.api.serves, JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
+
+    async def _stage_workload(
+        self, identity: LoopIdentity, loop: SelfImprovementLoop, action: StartStage
+    ) -> dict[str, Any]:
+        """The engine choice of one stage run: a JobSet for a multi-node stage whose engine is jobset (or auto
+        with JobSets served), else the stage's Job."""
+        if use_jobset(loop.spec, action.stage, await self.jobset_served()):
+            return stage_jobset(identity, loop.spec, action, self.default_image)
+        return stage_job(identity, loop.spec, action, self.default_image)
+
+    async def _jobsets_as_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The loop's JobSets, read as the Jobs observe_jobs reads (none asked for where JobSets are not served)."""
+        if not await self.jobset_served():
+            return []
+        return [as_job(jobset) for jobset in await self.api.list_jobsets(namespace, name)]
 
     async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
         """The storage Secret exists before a Job refers to it (else its pod would hang in
