@@ -118,6 +118,8 @@ class Controller:
     ca_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sil-operator-ca-")))
     offload: Offload = field(default_factory=Offload)
     discovery: ApiDiscovery = field(default_factory=ApiDiscovery)
+    jobsets_enabled: bool = True
+    """False where the operator may not use JobSets (the chart's jobset.enabled false: no RBAC for them)."""
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     """Failed reconciles in a row, per loop: the backoff schedule's position (reset by a success)."""
 
@@ -293,7 +295,9 @@ class Controller:
 
     # -- engines ------------------------------------------------------------------------------------------------
     async def jobset_served(self) -> bool:
-        """Whether the API server serves JobSets (cached for a minute: see kube/discovery.py)."""
+        """Whether the operator may use JobSets and the API server serves them (cached: see kube/discovery.py)."""
+        if not self.jobsets_enabled:
+            return False
         return await self.discovery.served(self.api.serves, JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
 
     async def _stage_workload(

@@ -81,6 +81,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         emit=_post_event,
         default_image=os.environ.get("SIL_STAGE_IMAGE"),
         metrics=metrics,
+        jobsets_enabled=os.environ.get("SIL_JOBSETS", "enabled") != "disabled",
     )
     await _watch_jobsets_if_served(memo.controller)
 

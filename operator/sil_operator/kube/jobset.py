@@ -2,7 +2,8 @@
 
 Pure: no I/O. A stage that trains on several nodes (`optimize.distributed.nodes` > 1) runs as one JobSet
 (`jobset.x-k8s.io/v1alpha2`, https://jobset.sigs.k8s.io) when its engine is `jobset` (or `auto` and the API server
-serves JobSets). The JobSet holds one replicated Job (`node`, one replica) whose template is the stage's own Job
+serves JobSets, and the operator was not started with SIL_JOBSETS=disabled, as the chart does unless
+`jobset.enabled`). The JobSet holds one replicated Job (`node`, one replica) whose template is the stage's own Job
 (objects.stage_job: same pod, env, volumes, podFailurePolicy) made Indexed with one pod per node, so Kubernetes
 sets JOB_COMPLETION_INDEX, which the stage reads as its node rank. JobSet gives each pod a stable hostname,
 `<jobset>-node-0-<index>.<jobset>`, through a headless Service it creates (network.enableDNSHostnames), so every
@@ -98,9 +99,10 @@ def use_jobset(spec: LoopSpec, stage: str, served: bool) -> bool:
     engine = spec.runtime.for_stage(stage).engine or "auto"
     if engine == "jobset" and not served:
         raise JobSetUnavailable(
-            f"{engine_field(spec, stage)}: jobset, but the API server does not serve {JOBSET_GROUP}/{JOBSET_VERSION} "
-            f"{JOBSET_PLURAL}; install JobSet (https://jobset.sigs.k8s.io) or set {engine_field(spec, stage)} to "
-            "indexed-job or auto"
+            f"{engine_field(spec, stage)}: jobset, but the operator cannot use {JOBSET_GROUP}/{JOBSET_VERSION} "
+            f"{JOBSET_PLURAL}: the API server does not serve them, or the operator runs with SIL_JOBSETS=disabled (the "
+            "chart's jobset.enabled false); install JobSet (https://jobset.sigs.k8s.io) and enable it, or set "
+            f"{engine_field(spec, stage)} to indexed-job or auto"
         )
     return engine == "jobset" or (engine == "auto" and served)
 

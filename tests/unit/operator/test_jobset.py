@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from sil_operator.api.spec import LoopSpec
 from sil_operator.api.status import StagePhase
+from sil_operator.kube.client import KubeApi
+from sil_operator.kube.controller import Controller
 from sil_operator.kube.discovery import ApiDiscovery
 from sil_operator.kube.jobset import (
     FAIL_JOBSET_REASON,
@@ -193,6 +195,15 @@ def test_engine_jobset_where_jobsets_are_not_served_says_which_field_and_what_to
     with pytest.raises(JobSetUnavailable, match=r"^runtime\.engine: jobset"):
         use_jobset(spec, "optimize", served=False)
     assert JobSetUnavailable.permanent is False, "installing JobSet heals the loop"
+
+
+def test_an_operator_with_jobsets_disabled_never_asks_the_api_server_for_them() -> None:
+    class NoDiscovery:
+        async def serves(self, group: str, version: str, plural: str) -> bool:
+            raise AssertionError("discovery asked although SIL_JOBSETS=disabled")
+
+    controller = Controller(api=cast(KubeApi, NoDiscovery()), emit=lambda *_: None, jobsets_enabled=False)
+    assert asyncio.run(controller.jobset_served()) is False
 
 
 def test_discovery_is_asked_once_per_ttl() -> None:
