@@ -287,6 +287,8 @@ class _Planner:
                 self.stage_finished_event(current.index, after)
             elif after.phase is not before.phase:
                 self.queue_event(current.index, before, after)
+            if after.phase in IN_PROGRESS_STAGE_PHASES and after.attempts > before.attempts:
+                self.restart_event(current.index, after)
             stages[name] = after
         ordered = [stages[name] for name in STAGES if name in stages]
         update: dict[str, object] = {"stages": ordered}
@@ -308,6 +310,17 @@ class _Planner:
                 f"iteration {iteration} {stage.stage} ({stage.run_name}) failed: {stage.message or 'no message'}",
                 warning=True,
             )
+
+    def restart_event(self, iteration: int, stage: StageStatus) -> None:
+        """One Warning per failed attempt of a run that goes on (a Job retrying a pod, a JobSet restarting its
+        group); the attempts count over every run of the stage in the iteration."""
+        limit = backoff_limit(self.spec, stage.stage)
+        self.event(
+            "StageRestarted",
+            f"iteration {iteration} {stage.stage} ({stage.run_name}) restarted after a failed attempt: attempt "
+            f"{stage.attempts + 1} of at most {limit + 1}",
+            warning=True,
+        )
 
     def queue_event(self, iteration: int, before: StageStatus, stage: StageStatus) -> None:
         """One event when a queue holds, preempts or readmits a stage."""

@@ -43,6 +43,8 @@ ALL_ON = [
     "metrics.serviceMonitor.enabled=true",
     "--set",
     "metrics.prometheusRule.enabled=true",
+    "--set",
+    "jobset.enabled=true",
 ]
 # What kopf's scanning asks for (rbac.scanning): forbidden without it, and then retried and logged by kopf.
 SCANNING_URLS = ("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "/api/v1/namespaces ")
@@ -251,6 +253,23 @@ def test_without_leader_election_one_replica_at_most_and_recreate(helm: Helm) ->
     assert not by_kind(documents, "Role") and not by_kind(documents, "RoleBinding")
     stopped = helm.template("--set", "operator.leaderElection.enabled=false", "--set", "operator.replicas=0")
     assert deployment_of(stopped)["spec"]["replicas"] == 0
+
+
+JOBSET_RULE = {"apiGroups": ["jobset.x-k8s.io"], "resources": ["jobsets"], "verbs": ["list", "watch", "create"]}
+
+
+def test_jobsets_are_granted_and_enabled_only_with_jobset_enabled(helm: Helm) -> None:
+    default = helm.template()
+    assert JOBSET_RULE not in one(default, "ClusterRole")["rules"]
+    assert {e["name"]: e.get("value") for e in container_of(default)["env"]}["SIL_JOBSETS"] == "disabled"
+    enabled = helm.template("--set", "jobset.enabled=true")
+    assert JOBSET_RULE in one(enabled, "ClusterRole")["rules"]
+    assert {e["name"]: e.get("value") for e in container_of(enabled)["env"]}["SIL_JOBSETS"] == "enabled"
+    namespaced = helm.template(
+        "--set", "rbac.scope=namespaced", "--set", "rbac.watchNamespaces={ml}", "--set", "jobset.enabled=true"
+    )
+    (role,) = loop_roles(namespaced, "Role")
+    assert JOBSET_RULE in role["rules"]
 
 
 def test_the_optional_prometheus_objects_render_when_enabled(helm: Helm) -> None:

@@ -107,6 +107,11 @@ See the chart README ("RBAC") for why each one is there.
   resources: ["secrets"]
   verbs: ["get"]
 {{- end }}
+{{- if .Values.jobset.enabled }}
+- apiGroups: ["jobset.x-k8s.io"]
+  resources: ["jobsets"]
+  verbs: ["list", "watch", "create"]
+{{- end }}
 {{- end }}
 
 {{/*

@@ -14,6 +14,7 @@ from typing import Any
 
 from sil_operator.api.spec import API_GROUP, API_VERSION
 from sil_operator.crd import PLURAL
+from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_KIND, JOBSET_PLURAL, JOBSET_VERSION
 from sil_operator.kube.objects import LABEL_LOOP
 
 log = logging.getLogger("selfimprove.operator")
@@ -129,6 +130,30 @@ class KubeApi:
             return []
         return [self._client.sanitize_for_serialization(item) for item in result.items]
 
+    async def serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether the API server serves `plural` in group/version (discovery; 404 when the group is absent)."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resources = await asyncio.to_thread(self.custom.get_api_resources, group, version)
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return any(resource.name == plural for resource in resources.resources or [])
+
+    async def list_jobsets(self, namespace: str, loop: str) -> list[dict[str, Any]]:
+        """The loop's JobSets (its multi-node stage runs), by the same label as its Jobs."""
+        result = await asyncio.to_thread(
+            self.custom.list_namespaced_custom_object,
+            JOBSET_GROUP,
+            JOBSET_VERSION,
+            namespace,
+            JOBSET_PLURAL,
+            label_selector=f"{LABEL_LOOP}={loop}",
+        )
+        return list(result.get("items") or [])
+
     async def create(self, manifest: dict[str, Any]) -> Created:
         from kubernetes.client.exceptions import ApiException
 
@@ -138,6 +163,7 @@ class KubeApi:
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job,
+            JOBSET_KIND: self._create_jobset,
         }[manifest["kind"]]
         try:
             await asyncio.to_thread(create, namespace, manifest)
@@ -146,6 +172,11 @@ class KubeApi:
                 return Created(name, created=False)
             raise
         return Created(name, created=True)
+
+    def _create_jobset(self, namespace: str, manifest: dict[str, Any]) -> Any:
+        return self.custom.create_namespaced_custom_object(
+            JOBSET_GROUP, JOBSET_VERSION, namespace, JOBSET_PLURAL, manifest
+        )
 
     async def delete_job(self, namespace: str, name: str) -> None:
         from kubernetes.client.exceptions import ApiException

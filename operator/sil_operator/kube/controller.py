@@ -44,8 +44,10 @@ from sil_operator.failures import (
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
-from sil_operator.kube.engines import choose_engine, stage_nodes, stage_objects
-from sil_operator.kube.objects import LoopIdentity, stage_configmap
+from sil_operator.kube.discovery import ApiDiscovery
+from sil_operator.kube.engines import choose_engine, stage_objects
+from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, as_job
+from sil_operator.kube.objects import LoopIdentity, engine_field, stage_configmap, stage_nodes
 from sil_operator.kube.observe import (
     Finding,
     finding_from_events,
@@ -110,6 +112,9 @@ class Controller:
     phases: dict[tuple[str, str], str] = field(default_factory=dict)
     ca_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sil-operator-ca-")))
     offload: Offload = field(default_factory=Offload)
+    discovery: ApiDiscovery = field(default_factory=ApiDiscovery)
+    jobsets_enabled: bool = True
+    """False where the operator may not use JobSets (the chart's jobset.enabled false: no RBAC for them)."""
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     """Failed reconciles in a row, per loop: the backoff schedule's position (reset by a success)."""
 
@@ -131,7 +136,7 @@ class Controller:
         store = memory.manifests.store
         ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         status = _retry_after_spec_change(status_from_body(body), ref.generation)
-        jobs = await self.api.list_jobs(namespace, name)
+        jobs = await self.api.list_jobs(namespace, name) + await self._jobsets_as_jobs(namespace, name)
         findings = await self._findings(namespace, jobs, status)
         observation = await self.offload.run(
             key,
@@ -276,7 +281,9 @@ class Controller:
         absent: a replayed start creates nothing twice."""
         runtime = loop.spec.runtime.for_stage(action.stage)
         nodes = stage_nodes(loop.spec, action.stage)
-        engine = choose_engine(runtime.engine, nodes, nodes > 1 and await self._jobset_served())
+        engine = choose_engine(
+            runtime.engine, nodes, nodes > 1 and await self.jobset_served(), engine_field(loop.spec, action.stage)
+        )
         try:
             *companions, workload = stage_objects(engine, identity, loop.spec, action, self.default_image)
         except ValueError as error:  # no image in the spec nor the operator's default
@@ -293,10 +300,18 @@ class Controller:
                 if action.stage == "acquire" and action.attempt == 1:
                     self.metrics.iteration_started()
 
-    async def _jobset_served(self) -> bool:
-        """Whether the API server serves JobSets: the `auto` engine's choice. The JobSet engine's discovery plugs in
-        here; until then a multi-node stage runs as an Indexed Job."""
-        return False
+    # -- engines ------------------------------------------------------------------------------------------------
+    async def jobset_served(self) -> bool:
+        """Whether the operator may use JobSets and the API server serves them (cached: see kube/discovery.py)."""
+        if not self.jobsets_enabled:
+            return False
+        return await self.discovery.served(self.api.serves, JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
+
+    async def _jobsets_as_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The loop's JobSets, read as the Jobs observe_jobs reads (none asked for where JobSets are not served)."""
+        if not await self.jobset_served():
+            return []
+        return [as_job(jobset) for jobset in await self.api.list_jobsets(namespace, name)]
 
     async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
         """The storage Secret exists before a Job refers to it (else its pod would hang in

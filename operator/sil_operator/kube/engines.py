@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from sil_operator.api.spec import LoopSpec
 from sil_operator.failures import LoopProblem
-from sil_operator.kube.objects import LoopIdentity, group_job, group_service, stage_job
+from sil_operator.kube.jobset import stage_jobset
+from sil_operator.kube.objects import LoopIdentity, group_job, group_service, stage_job, stage_nodes
 from sil_operator.planner import StartStage
 
 Engine = Literal["job", "indexed-job", "jobset"]
@@ -31,23 +32,19 @@ class EngineUnavailable(LoopProblem):
     reason = "EngineUnavailable"
 
 
-def stage_nodes(spec: LoopSpec, stage: str) -> int:
-    """The pods a run of `stage` spans: `optimize.distributed.nodes` for optimize, 1 for every other stage."""
-    return spec.optimize.distributed.nodes if stage == "optimize" else 1
-
-
-def choose_engine(requested: str | None, nodes: int, jobset_served: bool) -> Engine:
-    """The engine of a stage run of `nodes` pods, given `runtime.engine` (None = auto) and whether the API server
-    serves JobSets. Raises EngineUnavailable when a JobSet is asked for by name and not served."""
+def choose_engine(requested: str | None, nodes: int, jobset_served: bool, field: str = "runtime.engine") -> Engine:
+    """The engine of a stage run of `nodes` pods, given `runtime.engine` (None = auto) and whether the operator may
+    use JobSets (served by the API server, and not disabled with SIL_JOBSETS=disabled). Raises EngineUnavailable
+    naming `field` (the spec path that set the engine) when a JobSet is asked for by name and not usable."""
     if nodes <= 1:
         return "job"
     if requested == "indexed-job":
         return "indexed-job"
     if requested == "jobset" and not jobset_served:
         raise EngineUnavailable(
-            f"runtime.engine: jobset, but this cluster does not serve {JOBSET_API} JobSets; install JobSet "
-            "(https://jobset.sigs.k8s.io) or set runtime.engine (or runtime.stages.optimize.engine) to "
-            "indexed-job or auto"
+            f"{field}: jobset, but the operator cannot use {JOBSET_API} JobSets: the API server does not serve them, "
+            "or the operator runs with SIL_JOBSETS=disabled (the chart's jobset.enabled false); install JobSet "
+            f"(https://jobset.sigs.k8s.io) and enable it, or set {field} to indexed-job or auto"
         )
     return "jobset" if jobset_served else "indexed-job"
 
@@ -63,5 +60,4 @@ def stage_objects(
     if engine == "indexed-job":
         nodes = stage_nodes(spec, action.stage)
         return [group_service(loop, spec, action), group_job(loop, spec, action, default_image, nodes)]
-    # The JobSet engine (kube/jobset.py) plugs in here: its manifest, built from the same pod template.
-    raise EngineUnavailable(f"runtime.engine: the {engine} engine is not part of this operator; use indexed-job")
+    return [stage_jobset(loop, spec, action, default_image)]

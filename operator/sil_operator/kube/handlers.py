@@ -1,9 +1,9 @@
 """All kopf registrations, and nothing else: each handler delegates to the Controller.
 
-Event-driven: every loop has a daemon that reconciles and then sleeps until woken. A change to any Job the
-operator manages wakes its loop's daemon at once (so the next stage starts within a second of the last one
-finishing), as does a change to the loop itself; the planner's requeue (gate intervals) and a resync period
-bound the sleep otherwise.
+Event-driven: every loop has a daemon that reconciles and then sleeps until woken. A change to any Job (or, where
+JobSets are served, JobSet) the operator manages wakes its loop's daemon at once (so the next stage starts within a
+second of the last one finishing), as does a change to the loop itself; the planner's requeue (gate intervals) and
+a resync period bound the sleep otherwise.
 
 kopf keeps its own bookkeeping in annotations (`selfimprove.dev/...`), not in `status`, so the CRD's structural
 schema never prunes it and the status stays ours.
@@ -24,6 +24,7 @@ from sil_operator.api.spec import API_GROUP, API_VERSION
 from sil_operator.crd import PLURAL
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.controller import Controller
+from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION
 from sil_operator.kube.objects import LABEL_LOOP, LABEL_MANAGED_BY, MANAGED_BY
 from sil_operator.metrics import OperatorMetrics
 
@@ -80,7 +81,21 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         emit=_post_event,
         default_image=os.environ.get("SIL_STAGE_IMAGE"),
         metrics=metrics,
+        jobsets_enabled=os.environ.get("SIL_JOBSETS", "enabled") != "disabled",
     )
+    await _watch_jobsets_if_served(memo.controller)
+
+
+async def _watch_jobsets_if_served(controller: Controller) -> None:
+    """Registers the JobSet watch only where the API server serves JobSets (asked once, at startup: kopf starts
+    its watches after the startup handlers). Elsewhere the operator never touches the JobSet API, and needs no
+    RBAC for it; a JobSet installed later is used (discovery is asked again each minute) but its changes are
+    noticed only on the resync period until the operator restarts."""
+    if await controller.jobset_served():
+        kopf.on.event(JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL, labels={LABEL_MANAGED_BY: MANAGED_BY})(
+            stage_jobset_changed
+        )
+        log.info("JobSets are served: watching %s/%s %s", JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=2.0)
@@ -125,11 +140,20 @@ async def _back_off(wakeups: Wakeups, namespace: str, name: str, seconds: float,
             return
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-async def job_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+def _wake_owner(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo) -> None:
     loop = labels.get(LABEL_LOOP)
     if loop and namespace:
         memo.wakeups.wake(namespace, loop)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
+async def job_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _wake_owner(labels, namespace, memo)
+
+
+async def stage_jobset_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A change to a JobSet of a multi-node stage wakes its loop, as a Job change does (registered at startup)."""
+    _wake_owner(labels, namespace, memo)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)

@@ -362,3 +362,16 @@ def group_job(
     (container,) = pod_spec["containers"]
     container["env"] += [{"name": key, "value": value} for key, value in group_env.items() if key not in user_env]
     return job
+
+
+def stage_nodes(spec: LoopSpec, stage: str) -> int:
+    """The pods a run of `stage` spans: `optimize.distributed.nodes` for optimize, 1 for every other stage."""
+    return spec.optimize.distributed.nodes if stage == "optimize" else 1
+
+
+def engine_field(spec: LoopSpec, stage: str) -> str:
+    """The spec path that decides the stage's engine, for messages: the stage's override when it sets one."""
+    override = getattr(spec.runtime.stages, stage, None)
+    if override is not None and override.engine is not None:
+        return f"runtime.stages.{stage}.engine"
+    return "runtime.engine"

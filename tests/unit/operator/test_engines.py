@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from sil_operator.failures import classify
-from sil_operator.kube.engines import EngineUnavailable, choose_engine, stage_nodes
+from sil_operator.kube.engines import EngineUnavailable, choose_engine
+from sil_operator.kube.objects import stage_nodes
 
 from .builders import make_spec
 

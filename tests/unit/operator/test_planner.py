@@ -528,6 +528,20 @@ def at_optimize(world: FakeWorld) -> LoopStatus:
     return result.status
 
 
+def test_a_run_that_restarts_after_a_failed_attempt_counts_it_and_posts_one_warning_per_attempt() -> None:
+    world = FakeWorld(make_spec(maxIterations=1, runtime={"backoffLimit": 2}))
+    status = at_optimize(world)
+    world.runs[(1, "optimize")] = replace(world.runs[(1, "optimize")], attempts=1)  # e.g. a JobSet restarted
+    restarted = world.plan(status)
+    optimize = restarted.status.iterations[0].stage("optimize")
+    assert optimize is not None and (optimize.phase, optimize.attempts) == (StagePhase.RUNNING, 1)
+    assert restarted.actions == (), "the run goes on by itself: nothing is started"
+    (event,) = restarted.events
+    assert (event.type, event.reason) == ("Warning", "StageRestarted")
+    assert "demo-1-optimize" in event.message and "attempt 2 of at most 3" in event.message
+    assert world.plan(restarted.status).events == (), "one event per failed attempt, not per look"
+
+
 def test_a_stage_whose_job_waits_for_admission_is_queued_not_running() -> None:
     world = FakeWorld(make_spec(maxIterations=1))
     status = at_optimize(world)
