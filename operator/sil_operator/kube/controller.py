@@ -61,7 +61,7 @@ from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage,
 from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
 from sil_stages.contract import StorageOptions, utcnow
-from sil_stages.store import Store
+from sil_stages.store import S3Clients, Store
 
 log = logging.getLogger("selfimprove.operator")
 
@@ -93,7 +93,7 @@ class LoopMemory:
 
     options: StorageOptions
     manifests: ManifestCache
-    """Also holds the loop's Store (one S3 client per loop, not per reconcile)."""
+    """Also holds the loop's Store (its S3 client is shared with the other loops of the same endpoint)."""
     measurements: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
 
 
@@ -110,6 +110,8 @@ class Controller:
     offload: Offload = field(default_factory=Offload)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     """Failed reconciles in a row, per loop: the backoff schedule's position (reset by a success)."""
+    s3_clients: S3Clients = field(default_factory=S3Clients)
+    """One S3 client per endpoint for all loops' Stores (a client per loop cost ~12 MB each: bench/scale.py)."""
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
         key = (namespace, name)
@@ -163,7 +165,8 @@ class Controller:
         options = StorageOptions(uri=storage.uri, endpoint=storage.endpoint, region=storage.region)
         memory = self.memory.get((namespace, name))
         if memory is None or memory.options != options:
-            memory = LoopMemory(options, ManifestCache(Store(options, OPERATOR_STORE_TIMEOUTS), storage.uri))
+            store = Store(options, OPERATOR_STORE_TIMEOUTS, self.s3_clients)
+            memory = LoopMemory(options, ManifestCache(store, storage.uri))
             self.memory[(namespace, name)] = memory
         return memory
 
