@@ -262,7 +262,7 @@ def run_size(loops: int, args: Any, console: Console) -> dict[str, Any]:
         "operator_writes_per_transition": round(writes(operator_requests) / per, 2),
         "operator_requests": {f"{verb} {resource}": n for (verb, resource), n in operator_requests.most_common()},
         "apiserver_requests_per_transition": {v: round(n / per, 2) for v, n in by_verb(plane_requests).items()},
-        "apiserver_requests": {f"{verb} {resource}": n for (verb, resource), n in plane_requests.most_common()},
+        "apiserver_requests": {f"{verb} {resource}": n for (verb, resource), n in plane_requests.items()},
         "drain_s": None if drained is None else round(drained, 1),
         "transitions_per_s": None if not drained else round(count / drained, 1),
         "pod_run_ms": run_ms(loops, args),

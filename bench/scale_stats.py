@@ -51,10 +51,10 @@ _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})
 _LABEL = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)="(?P<value>(?:[^"\\]|\\.)*)"')
 
 
-def request_totals(exposition: str) -> Counter[tuple[str, str]]:
+def request_totals(exposition: str) -> dict[tuple[str, str], float]:
     """`apiserver_request_total` from the API server's /metrics text, summed by (verb, resource), where resource
     is `group/resource[/subresource]` ("" group for the core API)."""
-    totals: Counter[tuple[str, str]] = Counter()
+    totals: dict[tuple[str, str], float] = {}
     for line in exposition.splitlines():
         match = _SAMPLE.match(line)
         if match is None or match["name"] != "apiserver_request_total":
@@ -63,21 +63,25 @@ def request_totals(exposition: str) -> Counter[tuple[str, str]]:
         resource = f"{labels.get('group', '')}/{labels.get('resource', '')}"
         if labels.get("subresource"):
             resource += f"/{labels['subresource']}"
-        totals[(labels.get("verb", ""), resource)] += float(match["value"])
+        key = (labels.get("verb", ""), resource)
+        totals[key] = totals.get(key, 0.0) + float(match["value"])
     return totals
 
 
 def by_verb(counts: Mapping[tuple[str, str], float]) -> dict[str, float]:
     """(verb, resource) counts summed per verb, largest first."""
-    verbs: Counter[str] = Counter()
+    verbs: dict[str, float] = {}
     for (verb, _), value in counts.items():
-        verbs[verb] += value
-    return dict(verbs.most_common())
+        verbs[verb] = verbs.get(verb, 0.0) + value
+    return dict(sorted(verbs.items(), key=lambda item: -item[1]))
 
 
-def delta(before: Mapping[tuple[str, str], float], after: Mapping[tuple[str, str], float]) -> Counter[tuple[str, str]]:
-    """Requests made between two scrapes (counters only grow while the API server runs)."""
-    return Counter({key: value - before.get(key, 0.0) for key, value in after.items() if value > before.get(key, 0.0)})
+def delta(
+    before: Mapping[tuple[str, str], float], after: Mapping[tuple[str, str], float]
+) -> dict[tuple[str, str], float]:
+    """Requests made between two scrapes (counters only grow while the API server runs), largest first."""
+    grown = {key: value - before.get(key, 0.0) for key, value in after.items() if value > before.get(key, 0.0)}
+    return dict(sorted(grown.items(), key=lambda item: -item[1]))
 
 
 @dataclass(frozen=True)
