@@ -47,6 +47,22 @@ BUILD_SCRIPT = REPO_ROOT / "hack" / "testenv" / "build.sh"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 FAKE_GPU_NODES = ("kwok-gpu-0", "kwok-gpu-1")
 FAKE_GPUS_PER_NODE = 8
+FAKE_PODS_PER_NODE = 110
+
+
+@dataclass(frozen=True)
+class FakeNodes:
+    """How many kwok GPU nodes to register and what each can hold. The default is what the tests use; a benchmark
+    with a thousand concurrent stage pods needs more (e.g. ``FakeNodes(10, gpus=110, pods=110)``)."""
+
+    count: int = len(FAKE_GPU_NODES)
+    gpus: int = FAKE_GPUS_PER_NODE
+    pods: int = FAKE_PODS_PER_NODE
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"kwok-gpu-{index}" for index in range(self.count))
+
 
 # The node of the local pod runner; see tests/podrunner/README.md for how a pod targets it.
 POD_RUNNER_NODE = "pod-runner"
@@ -115,9 +131,17 @@ class ControlPlane:
     ca_file: Path
     pod_runner_node: str | None = None
     pod_runner_root: Path | None = None
+    fake_nodes: FakeNodes = field(default_factory=FakeNodes)
+    controllers_qps: float | None = None
+    """--kube-api-qps of kube-controller-manager and kube-scheduler (burst twice that); None keeps their defaults
+    (20 and 50 requests/s), which throttle the Job controller when hundreds of Jobs run at once."""
+    audited_users: tuple[str, ...] = ()
+    """Extra users (cluster admins, each with a token and `user_kubeconfig`) whose every request the API server
+    writes to `audit_log`: what one client did, which `apiserver_request_total` (no client label) cannot say."""
     timings: dict[str, float] = field(default_factory=dict)
     _processes: list[_Process] = field(default_factory=list)
     _owns_work_dir: bool = False
+    _user_tokens: dict[str, str] = field(default_factory=dict)
     _namespace_counter: int = 0
 
     # ----------------------------------------------------------------------------------------------
@@ -131,9 +155,16 @@ class ControlPlane:
         bin_dir: Path | None = None,
         crd_dir: Path | None = REPO_ROOT / "crds",
         pod_runner: bool = True,
+        fake_nodes: FakeNodes | None = None,
+        controllers_qps: float | None = None,
+        audited_users: Sequence[str] = (),
         ready_timeout: float = 60.0,
     ) -> ControlPlane:
         """Start every component and return once the API server serves and the nodes are Ready.
+
+        ``fake_nodes`` sizes the kwok GPU nodes (default: ``FAKE_GPU_NODES``, 8 GPUs and 110 pods each);
+        ``controllers_qps`` lifts the client rate limit of the Job controller and the scheduler (see the field);
+        ``audited_users`` get their own kubeconfig and an audit log of their requests (see the field).
 
         On any failure the processes already started are stopped before the error propagates.
         """
@@ -151,6 +182,9 @@ class ControlPlane:
             server=f"https://127.0.0.1:{port}",
             token=token,
             ca_file=work_dir / "pki" / "apiserver.crt",
+            fake_nodes=fake_nodes or FakeNodes(),
+            controllers_qps=controllers_qps,
+            audited_users=tuple(audited_users),
             _owns_work_dir=owns,
         )
         try:
@@ -233,8 +267,27 @@ class ControlPlane:
             capture_output=True,
         )
         tokens = pki / "tokens.csv"
-        tokens.write_text(f'{self.token},admin,admin,"system:masters"\n')
+        lines = [f'{self.token},admin,admin,"system:masters"']
+        for user in self.audited_users:
+            self._user_tokens[user] = secrets.token_hex(16)
+            lines.append(f'{self._user_tokens[user]},{user},{user},"system:masters"')
+        tokens.write_text("\n".join(lines) + "\n")
         tokens.chmod(0o600)
+        audit: list[str] = []
+        if self.audited_users:
+            policy = pki / "audit-policy.json"
+            rules = [
+                {"level": "Metadata", "users": list(self.audited_users), "omitStages": ["RequestReceived"]},
+                {"level": "None"},
+            ]
+            policy.write_text(json.dumps({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": rules}))
+            audit = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
+                "--audit-log-mode=batch",  # buffered: auditing adds no latency to the requests
+                "--audit-log-maxsize=0",
+            ]
 
         etcd_client, etcd_peer = free_port(), free_port()
         self._spawn(
@@ -270,11 +323,24 @@ class ControlPlane:
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
+                *audit,
             ],
         )
         self._write_kubeconfig()
 
-    def _write_kubeconfig(self) -> None:
+    @property
+    def audit_log(self) -> Path:
+        """One JSON line per request of an `audited_users` user (written in batches, about a second late)."""
+        return self.work_dir / "logs" / "audit.log"
+
+    def user_kubeconfig(self, user: str) -> Path:
+        """A kubeconfig that authenticates as one of `audited_users`."""
+        path = self.work_dir / f"kubeconfig-{user}"
+        self._write_kubeconfig(path, user, self._user_tokens[user])
+        return path
+
+    def _write_kubeconfig(self, path: Path | None = None, user: str = "admin", token: str | None = None) -> None:
+        path = self.kubeconfig if path is None else path
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -284,13 +350,13 @@ class ControlPlane:
                     "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
                 }
             ],
-            "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "selfimprove-test", "context": {"cluster": "selfimprove-test", "user": "admin"}}],
+            "users": [{"name": user, "user": {"token": token or self.token}}],
+            "contexts": [{"name": "selfimprove-test", "context": {"cluster": "selfimprove-test", "user": user}}],
             "current-context": "selfimprove-test",
         }
         # JSON is YAML; kubectl and the Python client read it as a kubeconfig.
-        self.kubeconfig.write_text(json.dumps(config, indent=2))
-        self.kubeconfig.chmod(0o600)
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
 
     def _wait_ready(self, timeout: float) -> None:
         """Poll /readyz (with the admin token) until the API server answers ok."""
@@ -315,6 +381,9 @@ class ControlPlane:
 
     def _start_controllers(self) -> None:
         common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+        if self.controllers_qps is not None:
+            qps = self.controllers_qps
+            common += [f"--kube-api-qps={qps:g}", f"--kube-api-burst={2 * qps:g}"]
         self._spawn(
             "kube-controller-manager",
             [
@@ -349,8 +418,9 @@ class ControlPlane:
 
     def _register_fake_nodes(self) -> None:
         nodes = []
-        for name in FAKE_GPU_NODES:
-            capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(FAKE_GPUS_PER_NODE)}
+        size = self.fake_nodes
+        for name in size.names:
+            capacity = {"cpu": "64", "memory": "512Gi", "pods": str(size.pods), "nvidia.com/gpu": str(size.gpus)}
             nodes.append(
                 {
                     "apiVersion": "v1",
@@ -392,7 +462,7 @@ class ControlPlane:
         )
 
     def _wait_nodes_ready(self, timeout: float) -> None:
-        wanted = set(FAKE_GPU_NODES) | ({self.pod_runner_node} if self.pod_runner_node else set())
+        wanted = set(self.fake_nodes.names) | ({self.pod_runner_node} if self.pod_runner_node else set())
         deadline = time.monotonic() + timeout
         ready: set[str] = set()
         while time.monotonic() < deadline:

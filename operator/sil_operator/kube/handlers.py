@@ -1,9 +1,11 @@
 """All kopf registrations, and nothing else: each handler delegates to the Controller.
 
-Event-driven: every loop has a daemon that reconciles and then sleeps until woken. A change to any Job (or, where
-JobSets are served, JobSet) the operator manages wakes its loop's daemon at once (so the next stage starts within a
-second of the last one finishing), as does a change to the loop itself; the planner's requeue (gate intervals) and
-a resync period bound the sleep otherwise.
+Event-driven: every loop has a daemon that reconciles and then sleeps until woken. A change to a Job (or, where
+JobSets are served, a JobSet) the operator manages wakes its loop's daemon at once when it changes what the runner
+reads from it (`observe.job_fingerprint`: so the next stage starts within a second of the last one finishing), as
+does a new generation of the loop's spec; updates that cannot change the plan and the operator's own status patches
+do not (with a hundred loops those wakes kept every daemon reconciling back to back, bench/scale.py). The planner's
+requeue (gate intervals) and a resync period bound the sleep otherwise.
 
 kopf keeps its own bookkeeping in annotations (`selfimprove.dev/...`), not in `status`, so the CRD's structural
 schema never prunes it and the status stays ours.
@@ -24,8 +26,9 @@ from sil_operator.api.spec import API_GROUP, API_VERSION
 from sil_operator.crd import PLURAL
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.controller import Controller
-from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION
+from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, as_job
 from sil_operator.kube.objects import LABEL_LOOP, LABEL_MANAGED_BY, MANAGED_BY
+from sil_operator.kube.observe import job_fingerprint
 from sil_operator.metrics import OperatorMetrics
 
 RESYNC_SECONDS = float(os.environ.get("SIL_RESYNC_SECONDS", "300"))
@@ -33,11 +36,37 @@ log = logging.getLogger("selfimprove.operator")
 
 
 class Wakeups:
-    """One asyncio.Event per loop, set by watch events, awaited by the loop's daemon."""
+    """One asyncio.Event per loop, set by watch events that matter, awaited by the loop's daemon."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
         self._generations: dict[tuple[str, str], int] = {}
+        self._jobs: dict[str, tuple[Any, ...]] = {}
+        """The fingerprint of each Job (by uid) last seen."""
+
+    def job_event(
+        self, namespace: str, loop: str, uid: str, fingerprint: tuple[Any, ...], *, deleted: bool = False
+    ) -> bool:
+        """Wakes the loop when the Job is new, deleted or its fingerprint changed; True when it woke it."""
+        if deleted:
+            self._jobs.pop(uid, None)
+        elif self._jobs.get(uid) == fingerprint:
+            return False
+        else:
+            self._jobs[uid] = fingerprint
+        self.wake(namespace, loop)
+        return True
+
+    def loop_event(self, namespace: str, name: str, generation: int | None, *, deleting: bool = False) -> bool:
+        """Wakes the loop on its first sight, a new generation of its spec, or its deletion; not on a patch of its
+        status or metadata (mostly the operator's own). True when it woke it."""
+        key = (namespace, name)
+        if key in self._generations and self._generations[key] == generation and not deleting:
+            return False
+        if generation is not None:
+            self._generations[key] = generation
+        self.wake(namespace, name)
+        return True
 
     def event(self, namespace: str, name: str) -> asyncio.Event:
         return self._events.setdefault((namespace, name), asyncio.Event())
@@ -48,9 +77,6 @@ class Wakeups:
     def forget(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
         self._generations.pop((namespace, name), None)
-
-    def saw_generation(self, namespace: str, name: str, generation: int) -> None:
-        self._generations[(namespace, name)] = generation
 
     def generation(self, namespace: str, name: str) -> int | None:
         """The loop's spec generation last seen by its watch (status patches do not change it)."""
@@ -140,26 +166,49 @@ async def _back_off(wakeups: Wakeups, namespace: str, name: str, seconds: float,
             return
 
 
-def _wake_owner(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo) -> None:
+def _wake_owner(
+    type: str | None,
+    job: Mapping[str, Any],
+    labels: Mapping[str, str],
+    namespace: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+) -> None:
     loop = labels.get(LABEL_LOOP)
     if loop and namespace:
-        memo.wakeups.wake(namespace, loop)
+        fingerprint = job_fingerprint(job)
+        memo.wakeups.job_event(namespace, loop, uid or "", fingerprint, deleted=type == "DELETED")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
-async def job_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    _wake_owner(labels, namespace, memo)
+async def job_changed(
+    type: str | None,  # kopf's name for the watch event type
+    body: kopf.Body,
+    labels: Mapping[str, str],
+    namespace: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
+    _wake_owner(type, cast(Mapping[str, Any], body), labels, namespace, uid, memo)
 
 
-async def stage_jobset_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def stage_jobset_changed(
+    type: str | None,
+    body: kopf.Body,
+    labels: Mapping[str, str],
+    namespace: str | None,
+    uid: str | None,
+    memo: kopf.Memo,
+    **_: Any,
+) -> None:
     """A change to a JobSet of a multi-node stage wakes its loop, as a Job change does (registered at startup)."""
-    _wake_owner(labels, namespace, memo)
+    _wake_owner(type, as_job(cast(Mapping[str, Any], body)), labels, namespace, uid, memo)
 
 
 @kopf.on.event(API_GROUP, API_VERSION, PLURAL)
 async def loop_changed(name: str, namespace: str | None, meta: Mapping[str, Any], memo: kopf.Memo, **_: Any) -> None:
     if namespace:
         generation = meta.get("generation")
-        if isinstance(generation, int):
-            memo.wakeups.saw_generation(namespace, name, generation)
-        memo.wakeups.wake(namespace, name)
+        deleting = meta.get("deletionTimestamp") is not None
+        memo.wakeups.loop_event(namespace, name, generation if isinstance(generation, int) else None, deleting=deleting)

@@ -120,6 +120,32 @@ def needs_diagnosis(job: Mapping[str, Any], now: datetime) -> bool:
     return created is not None and (now - created).total_seconds() >= DIAGNOSE_AFTER_SECONDS
 
 
+_LEADING_CONDITIONS = frozenset({"SuccessCriteriaMet", "FailureTarget"})
+"""Job conditions that only announce Complete or Failed (set by the Job controller just before them)."""
+
+
+def job_fingerprint(job: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the runner reads from a Job (`observe_job`, `needs_diagnosis`): its finishing conditions, whether it
+    has pods and ready pods, failed pods, suspension, start time and deletion. An update that leaves it unchanged
+    (pod counters moving, `uncountedTerminatedPods`, the conditions that only announce Complete or Failed) cannot
+    change the plan, so it need not wake the loop (see handlers.Wakeups)."""
+    status = job.get("status") or {}
+    conditions = sorted(
+        str(c.get("type"))
+        for c in status.get("conditions") or []
+        if c.get("status") == "True" and c.get("type") not in _LEADING_CONDITIONS
+    )
+    return (
+        tuple(conditions),
+        int(status.get("active") or 0) > 0,
+        int(status.get("ready") or 0) > 0,
+        int(status.get("failed") or 0),
+        bool((job.get("spec") or {}).get("suspend")),
+        status.get("startTime"),
+        _meta(job).get("deletionTimestamp"),
+    )
+
+
 def has_pods(job: Mapping[str, Any]) -> bool:
     return int((job.get("status") or {}).get("active") or 0) > 0
 
