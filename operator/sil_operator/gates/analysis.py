@@ -120,7 +120,9 @@ def assess(gate: GateSpec, status: GateStatus) -> GatePhase:
         return GatePhase.INCONCLUSIVE
     if status.failed > gate.failure_limit:
         return GatePhase.FAILED
-    if status.successful + status.failed + status.inconclusive >= gate.count:
+    if status.successful + status.failed >= gate.count:
+        # Conclusive measurements only: an empty result (Inconclusive) within inconclusiveLimit is measured again,
+        # it never completes a gate (Argo counts it, so a count-1 gate with one empty answer would promote).
         return GatePhase.SUCCESSFUL
     return GatePhase.RUNNING if status.measurements else GatePhase.PENDING
 
