@@ -54,4 +54,4 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers tests/fakestages
+	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers tests/fakestages tests/chaos

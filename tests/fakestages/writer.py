@@ -95,21 +95,28 @@ class FakeStageWriter:
             return self._batch.list_job_for_all_namespaces(label_selector=LABEL_STAGE, **kwargs)
         return self._batch.list_namespaced_job(namespace, label_selector=LABEL_STAGE, **kwargs)
 
-    def _watch(self, namespace: str | None) -> None:
-        """List (handling what exists), then watch from there; any break (410, a restarted API server) starts over."""
+    def _stream(self, namespace: str | None, resource_version: str) -> Any:
+        """Job events from `resource_version` on. The client's own list methods go in (not a wrapper): the watch
+        reads their docstring to know what to deserialize the events into, and hands out plain dicts otherwise."""
         from kubernetes import watch
 
+        kwargs: dict[str, Any] = {
+            "label_selector": LABEL_STAGE,
+            "resource_version": resource_version,
+            "timeout_seconds": WATCH_SECONDS,
+        }
+        if namespace is None:
+            return watch.Watch().stream(self._batch.list_job_for_all_namespaces, **kwargs)
+        return watch.Watch().stream(self._batch.list_namespaced_job, namespace, **kwargs)
+
+    def _watch(self, namespace: str | None) -> None:
+        """List (handling what exists), then watch from there; any break (410, a restarted API server) starts over."""
         while not self._stop.is_set():
             try:
                 listed = self._list(namespace)
                 for job in listed.items:
                     self._offer(job)
-                stream = watch.Watch().stream(
-                    lambda **kw: self._list(namespace, **kw),
-                    resource_version=listed.metadata.resource_version,
-                    timeout_seconds=WATCH_SECONDS,
-                )
-                for event in stream:
+                for event in self._stream(namespace, listed.metadata.resource_version):
                     if self._stop.is_set():
                         return
                     if event["type"] in ("ADDED", "MODIFIED"):

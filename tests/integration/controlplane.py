@@ -228,6 +228,21 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def restart_apiserver(self, down_seconds: float = 0.0, ready_timeout: float = 60.0) -> None:
+        """SIGKILL kube-apiserver, wait `down_seconds`, start it again with the same flags (port, serving
+        certificate, tokens) and return once it is ready. etcd and every other component keep running, so the
+        cluster's data is all there; clients see their connections and watches break, as in an API server crash."""
+        proc = next(p for p in self._processes if p.name == "kube-apiserver")
+        argv = [str(arg) for arg in proc.popen.args]  # type: ignore[union-attr]
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+            proc.popen.wait()
+        proc.log_file.close()
+        self._processes.remove(proc)
+        time.sleep(down_seconds)
+        self._spawn("kube-apiserver", argv)
+        self._wait_ready(ready_timeout)
+
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> _Process:
         log_dir = self.work_dir / "logs"
         log_dir.mkdir(exist_ok=True)

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,8 @@ def _command(weed: Path, data_dir: Path, identities: Path, ports: dict[str, int]
         f"-master.port={ports['master']}",
         f"-master.port.grpc={ports['master.grpc']}",
         "-master.telemetry=false",
+        # One master: it is its own leader. The default 10 s election timeout is what a restart waits for.
+        "-master.electionTimeout=1s",
         # Volumes grow on demand up to this size: a test writes megabytes, not the default 30 GB per volume.
         "-master.volumeSizeLimitMB=1024",
         # Each bucket is a collection with volumes of its own (2 each, see _MASTER_TOML); tests make many buckets.
@@ -174,6 +177,69 @@ def _stop(process: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+    _remove_sockets(ports)
+
+
+@dataclass
+class SeaweedFSProcess:
+    """A running `weed server` that can be killed and started again on the same ports, data and credentials
+    (the chaos tests take S3 away in the middle of a loop and bring it back)."""
+
+    server: S3Server
+    command: list[str]
+    work_dir: Path
+    ports: dict[str, int]
+    process: subprocess.Popen[bytes] | None = None
+    volumes: frozenset[int] = frozenset()
+    """The volumes the master knew before `kill()`: a restart is ready once the volume server registered them."""
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Starts `weed server`; returns once an authenticated ListBuckets succeeds and, after a `kill()`, once the
+        master knows every volume again (before that, reads of existing objects fail with InternalError)."""
+        deadline = time.monotonic() + timeout
+        with self.server.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=self.work_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the test runner, which stops the server in order
+                preexec_fn=die_with_parent,
+            )
+        _wait_until_ready(self.server, self.process, timeout)
+        while not self.volumes <= self.volume_ids():
+            if time.monotonic() > deadline:
+                raise SeaweedFSError(
+                    f"the restarted master did not find volumes {sorted(self.volumes - self.volume_ids())} within "
+                    f"{timeout:.0f} s; the end of {self.server.log_path}:\n{_tail(self.server.log_path)}"
+                )
+            time.sleep(0.2)
+
+    def volume_ids(self) -> frozenset[int]:
+        """The volume ids the master's /vol/status lists (empty when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['master']}/vol/status", timeout=5) as answer:
+                status = json.load(answer)
+        except (OSError, ValueError):
+            return frozenset()
+        racks = (rack for center in status["Volumes"]["DataCenters"].values() for rack in center.values())
+        return frozenset(volume["Id"] for rack in racks for node in rack.values() for volume in node)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is flushed; the data folder stays for `start()`."""
+        self.volumes = self.volume_ids()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        _remove_sockets(self.ports)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process, self.ports)
+
+
+def _remove_sockets(ports: dict[str, int]) -> None:
     # The gRPC listeners also open unix sockets at fixed places in /tmp, named by port; weed leaves them behind.
     for service in _SERVICES:
         for port in (ports[service], ports[f"{service}.grpc"]):
@@ -184,6 +250,15 @@ def _stop(process: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
 @contextlib.contextmanager
 def running_seaweedfs(tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0) -> Iterator[S3Server]:
     """A SeaweedFS S3 server with its data in `tmp_dir`, stopped on exit (on errors too)."""
+    with restartable_seaweedfs(tmp_dir, region=region, timeout=timeout) as weed:
+        yield weed.server
+
+
+@contextlib.contextmanager
+def restartable_seaweedfs(
+    tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0
+) -> Iterator[SeaweedFSProcess]:
+    """As `running_seaweedfs`, yielding the process handle (`kill()`, `start()`) with the server in `.server`."""
     weed = find_weed()
     data_dir = tmp_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -208,22 +283,14 @@ def running_seaweedfs(tmp_dir: Path, *, region: str = "us-east-1", timeout: floa
     ports.update({f"{name}.grpc": port_list[len(_SERVICES) + i] for i, name in enumerate(_SERVICES)})
     (tmp_dir / "master.toml").write_text(_MASTER_TOML)
     log_path = tmp_dir / "weed.log"
+    log_path.write_bytes(b"")
     server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, region, log_path)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            _command(weed, data_dir, identities, ports),
-            cwd=tmp_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the test runner, which stops the server in order
-            preexec_fn=die_with_parent,
-        )
-        try:
-            _wait_until_ready(server, process, timeout)
-            yield server
-        finally:
-            _stop(process, ports)
+    handle = SeaweedFSProcess(server, _command(weed, data_dir, identities, ports), tmp_dir, ports)
+    try:
+        handle.start(timeout)
+        yield handle
+    finally:
+        handle.stop()
 
 
 def main() -> None:

@@ -444,7 +444,13 @@ class GateSpec(ApiModel):
     failure_condition: Condition = Field(
         default=None, description="CEL expression; true means the measurement failed, e.g. result < 0.5."
     )
-    count: int = Field(default=1, ge=1, le=100, description="Measurements to take. Default: 1.")
+    count: int = Field(
+        default=1,
+        ge=1,
+        le=100,
+        description="Conclusive (Successful or Failed) measurements to take; an Inconclusive one (empty result) is "
+        "taken again, up to inconclusiveLimit. Default: 1.",
+    )
     interval_seconds: int = Field(default=0, ge=0, description="Seconds between measurements. Default: 0.")
     initial_delay_seconds: int = Field(default=0, ge=0, description="Wait before the first measurement. Default: 0.")
     failure_limit: int = Field(default=0, ge=0, description="Failed measurements tolerated. Default: 0.")

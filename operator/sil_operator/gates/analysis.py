@@ -5,8 +5,9 @@ Semantics follow Argo Rollouts analysis, which our users already know:
   run (Prometheus unreachable, bad query, condition error) is Error;
 - a gate is Failed once failures exceed `failureLimit`, Inconclusive once inconclusive results exceed
   `inconclusiveLimit`, Error once consecutive errors exceed `consecutiveErrorLimit` (Error over Inconclusive over
-  Failed when several are exceeded at once, see `assess`), and Successful when `count` measurements were taken
-  within those limits. Only Successful ever promotes.
+  Failed when several are exceeded at once, see `assess`), and Successful when `count` conclusive (Successful or
+  Failed) measurements were taken within those limits; an Inconclusive one is measured again (Argo counts it, and
+  a gate would then complete on an empty answer). Only Successful ever promotes.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ def assess(gate: GateSpec, status: GateStatus) -> GatePhase:
         return GatePhase.INCONCLUSIVE
     if status.failed > gate.failure_limit:
         return GatePhase.FAILED
-    if status.successful + status.failed + status.inconclusive >= gate.count:
+    if status.successful + status.failed >= gate.count:
+        # Conclusive measurements only: an empty result (Inconclusive) within inconclusiveLimit is measured again,
+        # it never completes a gate (Argo counts it, so a count-1 gate with one empty answer would promote).
         return GatePhase.SUCCESSFUL
     return GatePhase.RUNNING if status.measurements else GatePhase.PENDING
 

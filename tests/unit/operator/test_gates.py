@@ -97,7 +97,7 @@ S, F, N, E = GatePhase.SUCCESSFUL, GatePhase.FAILED, GatePhase.INCONCLUSIVE, Gat
         ({"count": 3}, [S, S], GatePhase.RUNNING),
         ({"count": 3, "failureLimit": 1}, [S, F, S], GatePhase.SUCCESSFUL),
         ({"count": 3, "failureLimit": 1}, [F, F], GatePhase.FAILED),
-        ({"count": 2, "inconclusiveLimit": 1}, [N, S], GatePhase.SUCCESSFUL),
+        ({"count": 2, "inconclusiveLimit": 1}, [N, S, S], GatePhase.SUCCESSFUL),
         ({"consecutiveErrorLimit": 2}, [E, E], GatePhase.RUNNING),
         ({"consecutiveErrorLimit": 2}, [E, E, E], GatePhase.ERROR),
         ({"consecutiveErrorLimit": 1}, [E, S], GatePhase.SUCCESSFUL),
@@ -106,6 +106,23 @@ S, F, N, E = GatePhase.SUCCESSFUL, GatePhase.FAILED, GatePhase.INCONCLUSIVE, Gat
 )
 def test_gate_phase_from_its_measurements(limits: dict[str, int], phases: list[GatePhase], expected: GatePhase) -> None:
     assert assess(gate(successCondition="true", **limits), gate_status(*phases)) is expected
+
+
+@pytest.mark.parametrize(
+    ("limits", "phases"),
+    [
+        ({"inconclusiveLimit": 5}, [N]),
+        ({"inconclusiveLimit": 5, "consecutiveErrorLimit": 5}, [E, E, N]),
+        ({"count": 2, "inconclusiveLimit": 1}, [N, S]),
+        ({"count": 2, "inconclusiveLimit": 3}, [N, N, N]),
+    ],
+)
+def test_an_empty_result_is_not_a_conclusive_measurement_so_it_never_completes_a_gate(
+    limits: dict[str, int], phases: list[GatePhase]
+) -> None:
+    """`count` conclusive measurements make a gate Successful; an Inconclusive one (no data, e.g. Prometheus just
+    restarted and has not scraped yet) is measured again, within inconclusiveLimit, and never promotes."""
+    assert assess(gate(successCondition="true", **limits), gate_status(*phases)) is GatePhase.RUNNING
 
 
 @pytest.mark.parametrize(
