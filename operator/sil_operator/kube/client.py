@@ -1,14 +1,21 @@
 """The few Kubernetes API calls the operator makes, idempotent, and never blocking the event loop.
 
-The official client is synchronous; every call runs in a worker thread (`asyncio.to_thread`), so kopf's event loop
-keeps serving watches while a request is in flight. Create treats 409 (already exists) as success and delete
-treats 404 as success: with deterministic names that is what makes a replayed action harmless.
+The official client is synchronous; every call runs in a worker thread of the client's own pool, so kopf's event
+loop keeps serving watches while a request is in flight. The pool (and the HTTP connection pool) holds
+`SIL_KUBE_API_THREADS` threads, default 32: asyncio's default executor has min(32, CPUs + 4) threads, 6 on a 2-core
+node, and with hundreds of loops every handoff queued behind the other loops' requests (bench/scale.py).
+Create treats 409 (already exists) as success and delete treats 404 as success: with deterministic names that is
+what makes a replayed action harmless.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +26,23 @@ from sil_operator.kube.objects import LABEL_LOOP
 
 log = logging.getLogger("selfimprove.operator")
 
+API_THREADS_ENV = "SIL_KUBE_API_THREADS"
+DEFAULT_API_THREADS = 32
+
+
+def api_threads(environ: dict[str, str] | None = None) -> int:
+    """Requests the operator keeps in flight at once: SIL_KUBE_API_THREADS (at least 1), default 32."""
+    raw = (os.environ if environ is None else environ).get(API_THREADS_ENV, "")
+    if not raw:
+        return DEFAULT_API_THREADS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{API_THREADS_ENV}={raw!r}: expected a whole number of threads, e.g. 32") from None
+    if value < 1:
+        raise ValueError(f"{API_THREADS_ENV}={raw!r}: expected at least 1 thread")
+    return value
+
 
 @dataclass
 class Created:
@@ -28,13 +52,25 @@ class Created:
 
 
 class KubeApi:
-    def __init__(self, api_client: Any = None) -> None:
+    def __init__(self, api_client: Any = None, threads: int | None = None) -> None:
         from kubernetes import client
 
-        self._client = api_client or client.ApiClient()
+        self.threads = threads or api_threads()
+        if api_client is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = self.threads
+            api_client = client.ApiClient(configuration)
+        self._client = api_client
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="kube-api")
         self.core = client.CoreV1Api(self._client)
         self.batch = client.BatchV1Api(self._client)
         self.custom = client.CustomObjectsApi(self._client)
+
+    async def _call(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Runs one blocking client call on the client's own thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, functools.partial(function, *args, **kwargs)
+        )
 
     @staticmethod
     def from_kubeconfig(path: str | None = None) -> KubeApi:
@@ -53,16 +89,17 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return await asyncio.to_thread(
+            body: dict[str, Any] = await self._call(
                 self.custom.get_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL, name
             )
+            return body
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
     async def patch_loop_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await asyncio.to_thread(
+        await self._call(
             self.custom.patch_namespaced_custom_object_status,
             API_GROUP,
             API_VERSION,
@@ -79,7 +116,7 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            secret = await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             raise KeyError(f"Secret {namespace}/{name}: {error.reason} ({error.status})") from error
         data = secret.data or {}
@@ -95,15 +132,13 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            await asyncio.to_thread(self.core.read_namespaced_secret, name, namespace)
+            await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             return f"Secret {namespace}/{name}: {error.reason} ({error.status})"
         return None
 
     async def list_jobs(self, namespace: str, loop: str) -> list[dict[str, Any]]:
-        result = await asyncio.to_thread(
-            self.batch.list_namespaced_job, namespace, label_selector=f"{LABEL_LOOP}={loop}"
-        )
+        result = await self._call(self.batch.list_namespaced_job, namespace, label_selector=f"{LABEL_LOOP}={loop}")
         return [self._client.sanitize_for_serialization(job) for job in result.items]
 
     async def list_job_events(self, namespace: str, job: str, uid: str) -> list[dict[str, Any]]:
@@ -122,7 +157,7 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            result = await asyncio.to_thread(list_call, namespace, **selector)
+            result = await self._call(list_call, namespace, **selector)
         except ApiException as error:
             if error.status != 403:
                 raise
@@ -135,7 +170,7 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            resources = await asyncio.to_thread(self.custom.get_api_resources, group, version)
+            resources = await self._call(self.custom.get_api_resources, group, version)
         except ApiException as error:
             if error.status == 404:
                 return False
@@ -144,7 +179,7 @@ class KubeApi:
 
     async def list_jobsets(self, namespace: str, loop: str) -> list[dict[str, Any]]:
         """The loop's JobSets (its multi-node stage runs), by the same label as its Jobs."""
-        result = await asyncio.to_thread(
+        result = await self._call(
             self.custom.list_namespaced_custom_object,
             JOBSET_GROUP,
             JOBSET_VERSION,
@@ -166,7 +201,7 @@ class KubeApi:
             JOBSET_KIND: self._create_jobset,
         }[manifest["kind"]]
         try:
-            await asyncio.to_thread(create, namespace, manifest)
+            await self._call(create, namespace, manifest)
         except ApiException as error:
             if error.status == 409:
                 return Created(name, created=False)
@@ -182,7 +217,7 @@ class KubeApi:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            await asyncio.to_thread(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+            await self._call(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
         except ApiException as error:
             if error.status != 404:
                 raise
