@@ -119,8 +119,6 @@ def test_a_two_iteration_loop_runs_end_to_end(tmp_path: Path, base_model: Path) 
 
 
 def _stage_processes(config_fragment: str) -> list[int]:
-    """Stage processes (a fresh `python -m sil_stages`, or a child of the fork server, whose command line is the
-    server's: it names the run folder inside the store) and fork servers whose command line names the fragment."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -128,8 +126,7 @@ def _stage_processes(config_fragment: str) -> list[int]:
                 cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            stage_or_server = "sil_stages" in cmdline or "sil_operator.local.forkserver" in cmdline
-            if stage_or_server and config_fragment in cmdline:
+            if "sil_stages" in cmdline and config_fragment in cmdline:
                 found.append(int(proc.name))
     return found
 

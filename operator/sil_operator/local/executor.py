@@ -5,7 +5,7 @@ which then stops the stage itself) and with a parent-death signal, so `kill -9` 
 instead of leaving an orphan writing into the store. The next `sil run` restarts that stage from scratch; the
 stage's atomic writes and manifest-last rule make the half-done attempt harmless.
 
-By default the stage processes are forked from a fork server (`sil_operator.local.forkserver`) that imported the
+By default the stage processes are forked from a fork server (`sil_stages.forkserver`) that imported the
 stage libraries once, which saves each stage the seconds of importing torch and transformers; the child is set up
 as the subprocess would be (session, parent-death signal, log, environment). `SIL_FORK_SERVER=0` in the
 environment of `sil run` starts each stage as a plain subprocess instead.

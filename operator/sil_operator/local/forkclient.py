@@ -1,4 +1,4 @@
-"""The runner's side of the fork server (`sil_operator.local.forkserver`): start it, ask it for stage runs, read
+"""The runner's side of the fork server (`sil_stages.forkserver`): start it, ask it for stage runs, read
 their exit codes, stop it.
 
 A stage run here is a `ForkedStage`, which answers the questions the executor asks a `subprocess.Popen` (poll,
@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-SERVER_MODULE = "sil_operator.local.forkserver"
+SERVER_MODULE = "sil_stages.forkserver"
 SERVER_GONE = -signal.SIGKILL
 """The exit code reported for a stage whose server died: the server's death killed it (parent-death signal)."""
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sil_operator.local.forkserver import PRELOAD, cuda_driver_loaded, preload_entries
+from sil_stages.forkserver import PRELOAD, cuda_driver_loaded, preload_entries
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -228,7 +228,7 @@ def test_stages_are_forked_from_the_fork_server_by_default(tmp_path: Path) -> No
     stage = stage_info(tmp_path)
     server_log = (tmp_path / "store" / "local" / "logs" / "forkserver.log").read_text()
     assert f"forkserver {stage['ppid']}: ready" in server_log, "the stage's parent is the fork server"
-    assert "sil_operator.local.forkserver" in stage["cmdline"]
+    assert "sil_stages.forkserver" in stage["cmdline"]
 
 
 def test_sil_fork_server_0_starts_each_stage_as_a_fresh_python(tmp_path: Path) -> None:
@@ -245,7 +245,7 @@ def test_a_forked_stage_computes_with_torch_on_the_threads_its_environment_sets(
     write_loop(tmp_path, "torch", env={"OMP_NUM_THREADS": "2"})
     run_loop(tmp_path, sil_env(preload="sil_stages.cli,torch"))
     stage = stage_info(tmp_path)
-    assert "sil_operator.local.forkserver" in stage["cmdline"]
+    assert "sil_stages.forkserver" in stage["cmdline"]
     assert "preload torch:" in (tmp_path / "store" / "local" / "logs" / "forkserver.log").read_text()
     assert (stage["omp"], stage["threads"], stage["product"]) == ("2", 2, 64.0**3)
     assert stage["cuda_initialized"] is False

@@ -1,6 +1,6 @@
 """The fork server of `sil run`: imports the stage libraries once, then forks a fresh child per stage run.
 
-    python -m sil_operator.local.forkserver <run dir>
+    python -m sil_stages.forkserver <run dir>
 
 Importing torch, transformers and trl takes seconds; a stage process started from scratch pays them every time.
 This process imports them once (never computing, so no OpenMP pool or CUDA context exists before a fork) and
@@ -27,7 +27,9 @@ When the imports brought up the CUDA driver (a library asked for a device count 
 hand each child a driver it cannot use: the server then execs a fresh `python -m sil_stages` in each child, which
 is the plain subprocess path with the same protocol.
 
-Only the standard library is imported at module level: the stage libraries are the preload, chosen here.
+Only the standard library is imported at module level: the stage libraries are the preload, chosen here. It lives
+in `sil_stages` because it is a way of running stage programs (like `sil_stages.launcher`) and imports them; the
+runner's side, `sil_operator.local.forkclient`, only starts it as a program.
 """
 
 from __future__ import annotations
@@ -188,11 +190,12 @@ class Server:
         self.by_id.clear()
 
     def fork(self, argv: list[str], log: str) -> int:
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; covered by the tests that run stages through the server
             code = 1
             try:
-                code = self.child(argv, log)
+                code = self.child(argv, log, server)
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             except BaseException:
@@ -204,9 +207,8 @@ class Server:
                 os._exit(code)
         return pid
 
-    def child(self, argv: list[str], log: str) -> int:  # pragma: no cover - runs in the forked child
+    def child(self, argv: list[str], log: str, server: int) -> int:  # pragma: no cover - the forked child
         """Becomes the stage process: what `python -m sil_stages <argv>` would be, started from here."""
-        server = os.getppid()
         os.setsid()
         die_with_parent()
         if os.getppid() != server:
@@ -251,7 +253,7 @@ def answer(message: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m sil_operator.local.forkserver <run dir>", file=sys.stderr)
+        print("usage: python -m sil_stages.forkserver <run dir>", file=sys.stderr)
         return 2
     started = time.monotonic()
 
