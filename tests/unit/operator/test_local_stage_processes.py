@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from sil_operator.local.executor import fork_server_enabled
+from sil_operator.local.forkclient import ForkServer
 from sil_stages.forkserver import PRELOAD, cuda_driver_loaded, preload_entries
 
 pytestmark = pytest.mark.timeout(120)
@@ -273,3 +275,35 @@ def test_the_fork_server_preloads_the_stage_libraries_unless_told_otherwise() ->
 )
 def test_forking_is_unsafe_once_the_cuda_driver_is_loaded(maps: str, loaded: bool) -> None:
     assert cuda_driver_loaded(maps) is loaded
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(None, True), ("1", True), ("", True), ("0", False), ("false", False), ("Off", False), ("no", False)],
+)
+def test_sil_fork_server_opts_out_with_0_false_no_or_off(value: str | None, enabled: bool) -> None:
+    assert fork_server_enabled({} if value is None else {"SIL_FORK_SERVER": value}) is enabled
+
+
+def test_a_stage_whose_fork_server_died_failed_and_its_log_says_why(tmp_path: Path) -> None:
+    env = {**os.environ, "SIL_FORK_SERVER_PRELOAD": "sil_stages.cli"}
+    server = ForkServer(tmp_path, env, tmp_path / "forkserver.log", None)
+    stage = server.start(["select", "--config", "{}"], tmp_path / "stage.log")
+    server.process.kill()
+    assert stage.wait(timeout=30) == -signal.SIGKILL
+    assert "the fork server of this run ended" in (tmp_path / "stage.log").read_text()
+    assert not server.alive
+    server.close()
+
+
+def test_a_stage_run_in_the_fork_server_exits_with_its_own_code_and_writes_its_log(tmp_path: Path) -> None:
+    env = {**os.environ, "SIL_FORK_SERVER_PRELOAD": "sil_stages.cli"}
+    server = ForkServer(tmp_path, env, tmp_path / "forkserver.log", None)
+    try:
+        stage = server.start(["select", "--config", "{}"], tmp_path / "stage.log")
+        assert stage.wait(timeout=60) == 2
+        assert stage.pid is not None and not alive(stage.pid)
+        assert "config field `loop`: Field required" in (tmp_path / "stage.log").read_text()
+    finally:
+        server.close()
+    assert server.process.returncode == 0 and not server.alive
