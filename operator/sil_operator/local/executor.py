@@ -4,6 +4,11 @@ A stage process is tied to the runner's life: it is started in its own session (
 which then stops the stage itself) and with a parent-death signal, so `kill -9` of `sil run` also ends the stage
 instead of leaving an orphan writing into the store. The next `sil run` restarts that stage from scratch; the
 stage's atomic writes and manifest-last rule make the half-done attempt harmless.
+
+By default the stage processes are forked from a fork server (`sil_stages.forkserver`) that imported the
+stage libraries once, which saves each stage the seconds of importing torch and transformers; the child is set up
+as the subprocess would be (session, parent-death signal, log, environment). `SIL_FORK_SERVER=0` in the
+environment of `sil run` starts each stage as a plain subprocess instead.
 """
 
 from __future__ import annotations
@@ -14,14 +19,23 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
+from sil_operator.local.forkclient import ForkServer
 from sil_operator.planner import StartStage
 
 _PR_SET_PDEATHSIG = 1
+FORK_SERVER_VARIABLE = "SIL_FORK_SERVER"
+_OFF = ("0", "false", "no", "off")
+
+
+def fork_server_enabled(environ: Mapping[str, str]) -> bool:
+    """The fork server is the default; `SIL_FORK_SERVER=0` (or false, no, off) opts out."""
+    return environ.get(FORK_SERVER_VARIABLE, "").strip().lower() not in _OFF
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -29,10 +43,26 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _parent_death() -> Callable[[], None] | None:
+    return _die_with_parent if sys.platform == "linux" else None
+
+
+class StageHandle(Protocol):
+    """What the runner asks of a stage process: a `subprocess.Popen`, or a `ForkedStage` of the fork server."""
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class StageProcess:
     action: StartStage
-    process: subprocess.Popen[bytes]
+    process: StageHandle
     log_path: Path
     started_at: datetime
 
@@ -52,11 +82,26 @@ class StageProcess:
 class LocalExecutor:
     """Starts and watches at most one stage process at a time (stages of a loop run in order)."""
 
-    def __init__(self, run_dir: Path, env: Mapping[str, str], python_path: list[Path]) -> None:
+    def __init__(
+        self, run_dir: Path, env: Mapping[str, str], python_path: list[Path], fork_server: bool | None = None
+    ) -> None:
         self.run_dir = run_dir
         self._env = dict(env)
         self._python_path = python_path
+        self.fork_server = fork_server_enabled(os.environ) if fork_server is None else fork_server
+        self._server: ForkServer | None = None
         self.processes: dict[tuple[int, str], StageProcess] = {}
+
+    def stage_env(self) -> dict[str, str]:
+        """The environment of every stage process (and of the fork server, which imports with it)."""
+        env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1"}
+        # Torch's CPU kernels oversubscribe a small machine shared with the runner (measured: 30x slower training
+        # on 2 busy cores). Half the cores is a safe default; the environment or spec.runtime.env wins.
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(p) for p in self._python_path] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        return env
 
     def start(self, action: StartStage, now: datetime) -> StageProcess:
         configs = self.run_dir / "configs"
@@ -66,30 +111,35 @@ class LocalExecutor:
         config_path = configs / f"{action.run_name}.json"
         config_path.write_text(action.config.model_dump_json(indent=2), encoding="utf-8")
         log_path = logs / f"{action.run_name}.log"
-        env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1"}
-        # Torch's CPU kernels oversubscribe a small machine shared with the runner (measured: 30x slower training
-        # on 2 busy cores). Half the cores is a safe default; the environment or spec.runtime.env wins.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(p) for p in self._python_path] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-        )
-        command = [sys.executable, "-m", "sil_stages", action.stage, "--config", f"@{config_path}"]
+        arguments = [action.stage, "--config", f"@{config_path}"]
+        command = [sys.executable, "-m", "sil_stages", *arguments]
+        process: StageHandle
         with log_path.open("ab") as log:
             log.write(f"# attempt {action.attempt}: {' '.join(command)}\n".encode())
             log.flush()
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-            )
+            if self.fork_server:
+                process = self._fork_server().start(arguments, log_path)
+            else:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=self.stage_env(),
+                    start_new_session=True,
+                    preexec_fn=_parent_death(),
+                )
         self._journal(action, now)
         running = StageProcess(action, process, log_path, now)
         self.processes[running.key] = running
         return running
+
+    def _fork_server(self) -> ForkServer:
+        """The running fork server, started at the first stage (and again if it died: its log says why)."""
+        if self._server is None or not self._server.alive:
+            log_path = self.run_dir / "logs" / "forkserver.log"
+            self._server = ForkServer(self.run_dir, self.stage_env(), log_path, _parent_death())
+        return self._server
 
     def _journal(self, action: StartStage, now: datetime) -> None:
         """One line per launch: the record that shows which stage ran how often (also across restarts)."""
@@ -116,6 +166,7 @@ class LocalExecutor:
             return
 
     def stop_all(self, grace_seconds: float = 10.0) -> None:
+        """SIGTERM to every running stage, SIGKILL after the grace period, then the fork server ends."""
         for stage in self.running():
             stage.process.send_signal(signal.SIGTERM)
         for stage in self.processes.values():
@@ -124,3 +175,6 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 stage.process.kill()
                 stage.process.wait()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
