@@ -2,8 +2,10 @@
 
 The official client is synchronous; every call runs in a worker thread of the client's own pool, so kopf's event
 loop keeps serving watches while a request is in flight. The pool (and the HTTP connection pool) holds
-`SIL_KUBE_API_THREADS` threads, default 32: asyncio's default executor has min(32, CPUs + 4) threads, 6 on a 2-core
-node, and with hundreds of loops every handoff queued behind the other loops' requests (bench/scale.py).
+`SIL_KUBE_API_THREADS` threads, by default what asyncio's default executor has: min(32, CPUs + 4). More is not
+better everywhere: on a 2-core node with 100 loops, 32 threads made reconciles interleave more (more reads per
+stage transition) and raised the operator's CPU per transition from 0.10 to 0.17 s and the handoff p99 from 22 to
+36 s (bench/RESULTS.md); raise it on a large node with a fast API server.
 Create treats 409 (already exists) as success and delete treats 404 as success: with deterministic names that is
 what makes a replayed action harmless.
 """
@@ -27,18 +29,19 @@ from sil_operator.kube.objects import LABEL_LOOP
 log = logging.getLogger("selfimprove.operator")
 
 API_THREADS_ENV = "SIL_KUBE_API_THREADS"
-DEFAULT_API_THREADS = 32
+DEFAULT_API_THREADS = min(32, (os.cpu_count() or 1) + 4)
+"""asyncio's default executor size."""
 
 
 def api_threads(environ: dict[str, str] | None = None) -> int:
-    """Requests the operator keeps in flight at once: SIL_KUBE_API_THREADS (at least 1), default 32."""
+    """Requests the operator keeps in flight at once: SIL_KUBE_API_THREADS (at least 1), default min(32, CPUs + 4)."""
     raw = (os.environ if environ is None else environ).get(API_THREADS_ENV, "")
     if not raw:
         return DEFAULT_API_THREADS
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{API_THREADS_ENV}={raw!r}: expected a whole number of threads, e.g. 32") from None
+        raise ValueError(f"{API_THREADS_ENV}={raw!r}: expected a whole number of threads, e.g. 16") from None
     if value < 1:
         raise ValueError(f"{API_THREADS_ENV}={raw!r}: expected at least 1 thread")
     return value

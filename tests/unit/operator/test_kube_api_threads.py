@@ -1,4 +1,5 @@
-"""The operator's Kubernetes calls run on a pool sized for many loops, not asyncio's default of CPUs + 4 threads."""
+"""The operator's Kubernetes calls run on a pool of its own whose size (and HTTP connections) the operator's environment
+sets, asyncio's default size unless told."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_calls_run_concurrently_on_the_clients_own_pool_and_http_connections_mat
 
     def blocking_call() -> None:
         names.add(threading.current_thread().name)
-        barrier.wait()  # returns only when 12 calls are in flight at once: asyncio's default pool has 6 on 2 CPUs
+        barrier.wait()  # returns only when 12 calls are in flight at once
 
     async def twelve_calls() -> None:
         await asyncio.gather(*(api._call(blocking_call) for _ in range(12)))
