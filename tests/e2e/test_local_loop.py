@@ -33,7 +33,9 @@ def base_model() -> Path:
     return EXAMPLE / ".base-model"
 
 
-def small_loop(tmp_path: Path, base_model: Path, iterations: int = 2) -> Path:
+def small_loop(
+    tmp_path: Path, base_model: Path, iterations: int = 2, optimize_epochs: int = 2, optimize_batch_size: int = 32
+) -> Path:
     """The demo loop, shrunk: fewer prompts and samples, so an iteration takes seconds of compute."""
     document: dict[str, Any] = {
         "apiVersion": "selfimprove.dev/v1alpha1",
@@ -54,7 +56,14 @@ def small_loop(tmp_path: Path, base_model: Path, iterations: int = 2) -> Path:
                 "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
                 "keep": {"minScore": 1.0, "topK": 2},
             },
-            "optimize": {"hyperparameters": {"learningRate": 1.0e-3, "epochs": 2, "batchSize": 32, "maxLength": 16}},
+            "optimize": {
+                "hyperparameters": {
+                    "learningRate": 1.0e-3,
+                    "epochs": optimize_epochs,
+                    "batchSize": optimize_batch_size,
+                    "maxLength": 16,
+                }
+            },
             "evaluate": {
                 "datasets": [{"name": "heldout", "uri": str(EXAMPLE / "data" / "heldout.jsonl")}],
                 "refinement": {"method": "self-consistency", "samples": 4},
@@ -134,7 +143,9 @@ def _stage_processes(config_fragment: str) -> list[int]:
 def test_kill_9_during_optimize_then_the_same_command_finishes_without_redoing_earlier_stages(
     tmp_path: Path, base_model: Path
 ) -> None:
-    loop = small_loop(tmp_path, base_model)
+    # Forked from the pre-imported fork server, a 2-epoch optimize (4 steps) ends within a second of its launch; 100
+    # epochs of batches of 8 (about 700 steps, 10 s here) keep it training well past the moment it is killed.
+    loop = small_loop(tmp_path, base_model, optimize_epochs=100, optimize_batch_size=8)
     store = tmp_path / "store"
     runner = subprocess.Popen(
         [*SIL, "run", str(loop)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -144,7 +155,7 @@ def test_kill_9_during_optimize_then_the_same_command_finishes_without_redoing_e
         assert runner.poll() is None, "sil run ended before reaching optimize"
         assert time.monotonic() < deadline, "optimize never started"
         time.sleep(0.2)
-    time.sleep(3)  # well inside optimize: imports done, training under way or about to be
+    time.sleep(1.5)  # inside optimize: the model loaded, training under way or about to be
     assert not (store / "iterations" / "1" / "optimize" / "_manifest.json").exists()
     os.kill(runner.pid, signal.SIGKILL)
     runner.wait()
