@@ -279,6 +279,9 @@ def scenario(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFacto
             'sum(selfimprove_loops{phase="Failed"})': 1.0,
             "sum(selfimprove_iterations_started_total)": 3.0,  # walk: 2, breaks: 1
             f'count(selfimprove_eval_score{{namespace="{namespace}"}})': 4.0,
+            # Each iteration's select and acquire groups are pushed after its evaluate group: wait for the last.
+            f'count(selfimprove_select_kept{{namespace="{namespace}"}})': 2.0,
+            f'count(selfimprove_acquire_prompts_from_file{{namespace="{namespace}"}})': 2.0,
         }
         wait_until(
             lambda: all(scalar(prometheus, q) == v for q, v in expected.items()),
