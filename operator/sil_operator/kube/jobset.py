@@ -26,7 +26,6 @@ failed attempts; spec.suspend → suspended; ready child Jobs → ready.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -35,11 +34,11 @@ from sil_operator.failures import LoopProblem
 from sil_operator.kube.objects import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_RUN,
-    CONTAINER_NAME,
     KUEUE_PRIORITY_LABEL,
     KUEUE_QUEUE_LABEL,
     LABEL_MANAGED_BY,
     LoopIdentity,
+    indexed_group,
     labels,
     owner_reference,
     retries_left,
@@ -54,8 +53,6 @@ JOBSET_PLURAL: Final = "jobsets"
 JOBSET_KIND: Final = "JobSet"
 REPLICATED_JOB: Final = "node"
 """The one replicated Job of a stage's JobSet; its pods are `<jobset>-node-0-<node rank>`."""
-MASTER_PORT: Final = 29500
-"""torch.distributed's customary rendezvous port, on node 0."""
 INPUT_REJECTED_RULE: Final = "inputRejected"
 """The failurePolicy rule that fails the JobSet at once when a pod exited 2 (its Job failed by PodFailurePolicy)."""
 FAIL_JOBSET_REASON: Final = "FailJobSetFailurePolicyAction"
@@ -78,12 +75,6 @@ def master_address(run_name: str) -> str:
 
 def _without_kueue(values: Mapping[str, str]) -> dict[str, str]:
     return {key: value for key, value in values.items() if key not in (KUEUE_QUEUE_LABEL, KUEUE_PRIORITY_LABEL)}
-
-
-def _add_env(container: dict[str, Any], extra: Mapping[str, str]) -> None:
-    """Adds the variables the user's runtime.env does not set already (theirs win, as for the scratch variables)."""
-    present = {variable["name"] for variable in container["env"]}
-    container["env"] += [{"name": key, "value": value} for key, value in extra.items() if key not in present]
 
 
 def failure_policy(max_restarts: int) -> dict[str, Any]:
@@ -111,14 +102,12 @@ def stage_jobset(loop: LoopIdentity, spec: LoopSpec, action: StartStage, default
             f"{HOSTNAME_LIMIT} characters; shorten the loop's name"
         )
     job = stage_job(loop, spec, action, default_image)
+    indexed_group(job, spec, action.stage, nodes, master_address(action.run_name))
     runtime = spec.runtime.for_stage(action.stage)
-    job_spec = copy.deepcopy(job["spec"])
+    job_spec = job["spec"]
     job_spec.pop("suspend", None)  # the JobSet is suspended, and suspends its Jobs
-    job_spec.update({"completionMode": "Indexed", "completions": nodes, "parallelism": nodes, "backoffLimit": 0})
     pod = job_spec["template"]
     pod["metadata"]["labels"] = _without_kueue(pod["metadata"]["labels"])
-    container = next(c for c in pod["spec"]["containers"] if c["name"] == CONTAINER_NAME)
-    _add_env(container, {"SIL_MASTER_ADDR": master_address(action.run_name), "SIL_MASTER_PORT": str(MASTER_PORT)})
     stage_labels = labels(loop, action.iteration, action.stage)
     # The child Job gets no loop label: it is not a stage Job (the JobSet is), and the operator lists stage Jobs by
     # that label.

@@ -343,24 +343,28 @@ def group_service(loop: LoopIdentity, spec: LoopSpec, action: StartStage) -> dic
     }
 
 
+def indexed_group(job: dict[str, Any], spec: LoopSpec, stage: str, nodes: int, master_addr: str) -> dict[str, Any]:
+    """`job` (a stage Job) made the Job of a group of `nodes` pods, in place: Indexed (each pod's
+    JOB_COMPLETION_INDEX is its node rank), all pods at once, no retry in place (one failed pod fails the group,
+    see the module docstring), and rank 0's address in the pods' environment unless runtime.env sets it. Both
+    multi-node engines build their group from this: the Indexed Job engine and each JobSet's replicated Job."""
+    job["spec"].update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
+    user_env = spec.runtime.for_stage(stage).env or {}
+    group_env = {MASTER_ADDR_ENV: master_addr, MASTER_PORT_ENV: str(DEFAULT_MASTER_PORT)}
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    container["env"] += [{"name": key, "value": value} for key, value in group_env.items() if key not in user_env]
+    return job
+
+
 def group_job(
     loop: LoopIdentity, spec: LoopSpec, action: StartStage, default_image: str | None, nodes: int
 ) -> dict[str, Any]:
-    """The stage Job of a run that spans `nodes` pods: Indexed, all pods at once, no retry in place (see the module
-    docstring), pods named in the group's Service, and rank 0's address in their environment."""
-    job = stage_job(loop, spec, action, default_image)
+    """The stage Job of a run that spans `nodes` pods (`indexed_group`), its pods named in the group's Service."""
     service = group_service_name(action.run_name)
-    job["spec"].update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
-    pod_spec = job["spec"]["template"]["spec"]
-    pod_spec["subdomain"] = service
-    user_env = spec.runtime.for_stage(action.stage).env or {}
-    group_env = {
-        # An Indexed Job's pod i has hostname <job>-<i>; in the Service's subdomain: <job>-<i>.<service>.<ns>.svc
-        MASTER_ADDR_ENV: f"{action.run_name}-0.{service}.{loop.namespace}.svc",
-        MASTER_PORT_ENV: str(DEFAULT_MASTER_PORT),
-    }
-    (container,) = pod_spec["containers"]
-    container["env"] += [{"name": key, "value": value} for key, value in group_env.items() if key not in user_env]
+    # An Indexed Job's pod i has hostname <job>-<i>; in the Service's subdomain: <job>-<i>.<service>.<ns>.svc
+    master_addr = f"{action.run_name}-0.{service}.{loop.namespace}.svc"
+    job = indexed_group(stage_job(loop, spec, action, default_image), spec, action.stage, nodes, master_addr)
+    job["spec"]["template"]["spec"]["subdomain"] = service
     return job
 
 
