@@ -1,20 +1,22 @@
 """Builds the reward model in `.reward-model/`: a one-label sequence classifier that scores `prompt + answer`.
 
-The loop in this folder has no verifier: it keeps the answers this model scores highest. The model starts from
-the base model's weights (`../arithmetic/.base-model`, which must exist: `python ../arithmetic/make_base_model.py`)
-with a one-output score head, and the whole network is fine-tuned with TRL's RewardTrainer (Bradley-Terry loss:
-the correct sum must outscore the wrong one) on `data/pairs.jsonl`: 1,885 labelled sums that are neither the
-loop's prompts nor held out, each against the base model's own wrong samples and synthetic near misses
-(`make_pairs.py`). `Recipe` can instead freeze the base and add layers (`freeze_base`, `extra_layers`) or start
-from random weights (`init_from_base=False`).
-Measured on the shared 2-core CPU (load ~5; evaluate_reward_model.py, 500 train prompts, 4 samples each), the
-recipe does NOT make a good enough judge: see the numbers in loop.yaml's header. Frozen base + 2 layers, 1 epoch,
-lr 2e-3 (157 s): held-out pairwise accuracy 0.738, best-of-4 precision 0.262 at temperature 1.0 (samples 0.208
-right). Full fine-tune, 1 epoch, lr 5e-4 (65 s): 0.733 and 0.290 at temperature 0.7 (samples 0.281 right).
-Full fine-tune, 3 epochs, lr 5e-4 (90 to 167 s): pairwise 0.877, best-of-4 precision 0.430 at temperature 0.7.
-Full fine-tune, 8 epochs, lr 5e-4 (this recipe; 243 s): pairwise 0.950, best-of-4 precision 0.506 at
-temperature 0.7, 0.614 among prompts whose top reward is >= 4 (33% of them); the loop needs about 0.85.
-The first version, trained on the 700 pretraining sums only, reached 0.85 pairwise but 0.30 best-of-4.
+The loop in this folder has no verifier: it keeps the answers this model scores highest. Three steps, all on
+`data/pairs.jsonl` (1,885 labelled sums that are neither the loop's prompts nor held out, each against the base
+model's own wrong samples and synthetic near misses; `make_pairs.py`):
+1. Warm start: the base model (`../arithmetic/.base-model`, which must exist: `python
+   ../arithmetic/make_base_model.py`) is fine-tuned as a language model on the labelled sums (TRL's SFTTrainer,
+   `sft_epochs`), as RLHF reward models start from the SFT model: the network learns to add before it learns to
+   judge (alone, this model answers 0.855 of the held-out sums greedily).
+2. Depth: `extra_layers` layers are stacked on it, starting as the identity, with a one-output score head. A
+   2-layer model can compute a sum digit by digit but has no layers left to compare it with the written answer.
+3. Reward training: TRL's RewardTrainer (Bradley-Terry loss) fine-tunes the whole network on the pairs plus
+   `cross_prompt_pairs` pairs per pair whose rejected text is another prompt's wrong answer, so a score means
+   "right" across prompts and `select.keep.minScore` can drop prompts whose every sample is wrong.
+Measured (evaluate_reward_model.py, 500 train prompts, 4 base-model samples each at temperature 0.7, of which
+0.281 are right and 0.652 of prompts have one right): this recipe ranks held-out near misses right 0.996 of the
+time, its top pick of 4 is right for 0.648 of prompts (the ceiling is 0.652), and the top picks scoring >= 3
+(0.594 of prompts) are 0.997 right. Without the warm start, the extra layers or the cross-prompt pairs, the top
+picks were at most 0.73 right at any threshold: bench/RESULTS.md has each variant.
 
 The text the model sees is exactly `prompt + completion` (`"23+58=81"`), tokenized without special tokens: the
 pairs are tokenized here rather than by the trainer, which would append an end-of-sequence token the loop's
@@ -47,17 +49,25 @@ class Recipe:
     """Everything that decides the weights; change any of it and the model is rebuilt."""
 
     init_from_base: bool = True
-    extra_layers: int = 0
+    extra_layers: int = 2
     """Layers added on top of the base model's, starting as the identity (their output projections are zero)."""
     freeze_base: bool = False
     """Train only the added layers, the final norm and the score head: the base model's computation is kept."""
     seed: int = 0
     learning_rate: float = 5e-4
-    epochs: float = 8.0
+    epochs: float = 4.0
     batch_size: int = 128
     warmup_ratio: float = 0.05
     """A fraction of the steps (transformers 5 reads a `warmup_steps` below 1 as a ratio)."""
     weight_decay: float = 0.0
+    sft_epochs: float = 12.0
+    """Before the reward training, fine-tune the base model as a language model on the pairs' labelled sums (each
+    prompt with its correct answer) for this many epochs, and start the reward model from that: 0 = from the base."""
+    sft_learning_rate: float = 1e-3
+    cross_prompt_pairs: int = 1
+    """Extra pairs per labelled pair whose rejected answer belongs to another prompt (a right sum must outscore a
+    wrong sum of any prompt): Bradley-Terry on same-prompt pairs only ranks a prompt's answers, and the loop's
+    `keep.minScore` needs a score that means "right" across prompts."""
 
     def digest(self, base: Path) -> str:
         base_recipe = (base / "recipe.json").read_bytes() if (base / "recipe.json").is_file() else b""
@@ -65,11 +75,28 @@ class Recipe:
         return hashlib.sha256(payload).hexdigest()
 
 
-def tokenized_pairs(tokenizer: Any) -> Any:
+def tokenized_pairs(tokenizer: Any, recipe: Recipe) -> Any:
     """The pairs as `chosen_ids`/`rejected_ids`, so the trainer uses them as they are (no EOS appended)."""
+    import random
+
     from datasets import Dataset
 
     records = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = random.Random(recipe.seed)
+    crossed: list[dict[str, str]] = []
+    for record in records:
+        for _ in range(recipe.cross_prompt_pairs):
+            other = rng.choice(records)
+            while other["prompt"] == record["prompt"]:
+                other = rng.choice(records)
+            crossed.append(
+                {
+                    "prompt": "",
+                    "chosen": record["prompt"] + record["chosen"],
+                    "rejected": other["prompt"] + other["rejected"],
+                }
+            )
+    records = records + crossed
 
     def ids(text: str) -> list[int]:
         encoded: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -86,7 +113,57 @@ def tokenized_pairs(tokenizer: Any) -> Any:
     )
 
 
+def labelled_sums() -> list[dict[str, str]]:
+    """Each distinct prompt of the pairs with its correct answer, in first-seen order."""
+    seen: dict[str, str] = {}
+    for line in PAIRS.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            record = json.loads(line)
+            seen.setdefault(record["prompt"], record["chosen"])
+    return [{"prompt": prompt, "completion": answer} for prompt, answer in seen.items()]
+
+
+def sft_warm_start(recipe: Recipe, base: Path, output: Path) -> None:
+    """The base model fine-tuned as a language model on the labelled sums: the reward model's starting weights."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
+
+    set_seed(recipe.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with tempfile.TemporaryDirectory(prefix="arithmetic-reward-sft-") as tmp:
+        args = SFTConfig(
+            output_dir=tmp,
+            learning_rate=recipe.sft_learning_rate,
+            num_train_epochs=recipe.sft_epochs,
+            per_device_train_batch_size=32,
+            warmup_steps=0.1,
+            max_length=32,
+            seed=recipe.seed,
+            bf16=False,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=25,
+        )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=Dataset.from_list(labelled_sums()), processing_class=tokenizer
+        )
+        trainer.train()
+    model.save_pretrained(output)
+    tokenizer.save_pretrained(output)
+
+
 def build(recipe: Recipe, base: Path, output: Path) -> None:
+    if recipe.sft_epochs > 0:
+        with tempfile.TemporaryDirectory(prefix="arithmetic-reward-init-") as init:
+            sft_warm_start(recipe, base, Path(init))
+            train_reward_model(recipe, base, Path(init), output)
+    else:
+        train_reward_model(recipe, base, base, output)
+
+
+def train_reward_model(recipe: Recipe, base: Path, init: Path, output: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
     from trl import RewardConfig, RewardTrainer  # type: ignore[attr-defined]
@@ -97,9 +174,9 @@ def build(recipe: Recipe, base: Path, output: Path) -> None:
     base_layers = config.num_hidden_layers
     config.num_hidden_layers = base_layers + recipe.extra_layers
     if recipe.init_from_base:
-        model = AutoModelForSequenceClassification.from_pretrained(base, config=config)
+        model = AutoModelForSequenceClassification.from_pretrained(init, config=config)
     else:
-        model = AutoModelForSequenceClassification.from_config(config)
+        model = AutoModelForSequenceClassification.from_config(config)  # type: ignore[no-untyped-call]
     with torch.no_grad():
         for layer in model.model.layers[base_layers:]:
             layer.self_attn.o_proj.weight.zero_()
@@ -125,7 +202,7 @@ def build(recipe: Recipe, base: Path, output: Path) -> None:
             logging_steps=25,
         )
         trainer = RewardTrainer(
-            model=model, args=args, train_dataset=tokenized_pairs(tokenizer), processing_class=tokenizer
+            model=model, args=args, train_dataset=tokenized_pairs(tokenizer, recipe), processing_class=tokenizer
         )
         trainer.train()
     staging = output.with_name(output.name + ".tmp")
@@ -146,14 +223,25 @@ def is_current(recipe: Recipe, base: Path, output: Path) -> bool:
     return bool(json.loads(marker.read_text(encoding="utf-8")).get("digest") == recipe.digest(base))
 
 
+def parse_field(key: str, value: str) -> Any:
+    """A `--set` value in the type of the recipe field it overrides."""
+    default = getattr(Recipe(), key)
+    if isinstance(default, bool):
+        return value.lower() in ("1", "true", "yes")
+    return type(default)(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=DEFAULT_BASE, help="the base model folder (default: %(default)s)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="FIELD=VALUE", help="override a recipe field, e.g. epochs=3"
+    )
     args = parser.parse_args()
     if not (args.base / "config.json").is_file():
         parser.error(f"--base {args.base} holds no model: build it with python examples/arithmetic/make_base_model.py")
-    recipe = Recipe()
+    recipe = Recipe(**{key: parse_field(key, value) for key, value in (item.split("=", 1) for item in args.set)})
     if is_current(recipe, args.base, args.output):
         print(f"{args.output} already holds this recipe's model; nothing to do")
         return

@@ -7,6 +7,7 @@ below asks for at least that, and the promotion gate (result >= champion + 0.01)
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -66,6 +67,15 @@ def stage_metrics(tmp_path: Path, stage: str) -> dict[str, float]:
     manifest = json.loads((tmp_path / "store" / "iterations" / "1" / stage / "_manifest.json").read_text())
     metrics: dict[str, float] = manifest["metrics"]
     return metrics
+
+
+def load_verifier() -> Any:
+    """The example's `arithmetic:verify`, loaded from its file (for checking what a verifier-free loop kept)."""
+    spec = importlib.util.spec_from_file_location("arithmetic_verifier", EXAMPLE / "arithmetic.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.verify
 
 
 def optimize_metrics(tmp_path: Path) -> dict[str, float]:
@@ -129,3 +139,28 @@ def test_generated_prompts_improve_the_base_model_and_evaluate_reports_sampling_
         assert pass_at == sorted(pass_at), "pass@k grows with k"
         assert evaluate[f"heldout/{model}/best_of_n_score"] == pytest.approx(pass_at[2]), "an exact scorer: oracle"
     assert evaluate["heldout/champion/pass_at_8"] > BASE_SCORE, "sampling 8 beats greedy for the base model"
+
+
+@pytest.mark.timeout(1500)
+def test_a_learned_reward_model_alone_selects_data_that_improves_the_base_model(
+    tmp_path: Path, base_model: Path
+) -> None:
+    """examples/arithmetic-rm's first iteration as it is, its reward model built by its own script with the
+    committed recipe (a warm start on the labelled sums, 2 extra layers, Bradley-Terry with cross-prompt pairs;
+    minutes on this CPU, then cached in examples/arithmetic-rm/.reward-model). The loop has no verifier: the test
+    checks the kept data with one afterwards (measured: 0.545 -> 0.750, the kept data 98 % right)."""
+    folder = EXAMPLE.parent / "arithmetic-rm"
+    subprocess.run([sys.executable, str(folder / "make_reward_model.py")], check=True, timeout=1200)
+    scorer = {"type": "reward-model", "model": str(folder / ".reward-model"), "batchSize": 512}
+    loop = method_loop(tmp_path, "arithmetic-rm", base_model, {"select": {"scorer": scorer}})
+    iteration = run_one_iteration(tmp_path, loop)
+    assert iteration["decision"] == "Promoted"
+    assert iteration["candidateScore"] >= BASE_SCORE + NOISE
+    verify = load_verifier()
+    kept_file = tmp_path / "store" / "iterations" / "1" / "select" / "kept.jsonl"
+    kept = [json.loads(line) for line in kept_file.read_text().splitlines()]
+    right = sum(verify(row["prompt"], row["completion"], {}) == 1.0 for row in kept)
+    assert len(kept) > 1000, "minScore kept most prompts that had a right sample"
+    assert right / len(kept) > 0.9, "the reward model's top picks are right, where the samples are 28 % right"
+    selected = stage_metrics(tmp_path, "select")
+    assert selected["train_examples"] == len(kept)
