@@ -17,7 +17,7 @@ Measured (evaluate_reward_model.py, 500 train prompts, 4 base-model samples each
 time, its top pick of 4 is right for 0.648 of prompts (the ceiling is 0.652), and the top picks scoring >= 3
 (0.594 of prompts) are 0.997 right. Without the warm start, the extra layers or the cross-prompt pairs, the top
 picks were at most 0.73 right at any threshold that kept a tenth of the prompts: bench/RESULTS.md has each variant.
-The build takes 4 min 21 s on the 2-core CPU and gives the same weights on every run.
+The build takes 4 min 21 s on the 2-core CPU; two builds (one thread, two threads) gave bitwise the same weights.
 
 The text the model sees is exactly `prompt + completion` (`"23+58=81"`), tokenized without special tokens: the
 pairs are tokenized here rather than by the trainer, which would append an end-of-sequence token the loop's
