@@ -17,6 +17,8 @@ if _REPO_ROOT not in sys.path:  # `pytest` (unlike `python -m pytest`) does not 
     sys.path.insert(0, _REPO_ROOT)
 
 from tests.integration.controlplane import ControlPlane, ControlPlaneError  # noqa: E402
+from tests.servers.prometheus import PrometheusServer, running_prometheus  # noqa: E402
+from tests.servers.seaweedfs import S3Server, running_seaweedfs  # noqa: E402
 
 _started: list[ControlPlane] = []
 
@@ -33,6 +35,20 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server per test module that asks for one (a module may define its own instead)."""
+    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """Prometheus with its Pushgateway per test module that asks for one (a module may define its own instead)."""
+    with running_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
+        yield server
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -5,7 +5,6 @@ through the Pushgateway, and promotion's checks pass on its checkpoints."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,10 @@ from tests.fakestages import expected_decisions, running_fake_stages, score
 from tests.fakestages.loops import credentials_secret, s3_prometheus_loop
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
-from tests.servers.prometheus import PrometheusServer, running_prometheus
-from tests.servers.seaweedfs import S3Server, running_seaweedfs
+from tests.servers.prometheus import PrometheusServer
+from tests.servers.seaweedfs import S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    with running_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
-        yield server
 
 
 def test_fake_stages_drive_an_s3_loop_with_a_prometheus_gate_to_the_predicted_decisions(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from sil_stages.store import Store
 from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
-from tests.servers.prometheus import PrometheusServer, running_prometheus
-from tests.servers.seaweedfs import S3Server, running_seaweedfs
+from tests.servers.prometheus import PrometheusServer
+from tests.servers.seaweedfs import S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -32,18 +31,6 @@ QUERY = (
     'selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
     'dataset="heldout",model="{{model}}"}'
 )
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    with running_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    with running_prometheus(tmp_path_factory.mktemp("prometheus")) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
