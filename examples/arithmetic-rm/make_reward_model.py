@@ -76,28 +76,30 @@ class Recipe:
         return hashlib.sha256(payload).hexdigest()
 
 
-def tokenized_pairs(tokenizer: Any, recipe: Recipe) -> Any:
-    """The pairs as `chosen_ids`/`rejected_ids`, so the trainer uses them as they are (no EOS appended)."""
+def read_pairs() -> list[dict[str, str]]:
+    """`data/pairs.jsonl`: `{"prompt", "chosen", "rejected"}` per line."""
+    return [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def text_pairs(records: list[dict[str, str]], recipe: Recipe) -> list[tuple[str, str]]:
+    """(chosen, rejected) texts: each pair as written, then `cross_prompt_pairs` per pair whose rejected text is
+    a wrong answer of another prompt (drawn with the recipe's seed)."""
     import random
 
-    from datasets import Dataset
-
-    records = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    pairs = [(record["prompt"] + record["chosen"], record["prompt"] + record["rejected"]) for record in records]
     rng = random.Random(recipe.seed)
-    crossed: list[dict[str, str]] = []
     for record in records:
         for _ in range(recipe.cross_prompt_pairs):
             other = rng.choice(records)
             while other["prompt"] == record["prompt"]:
                 other = rng.choice(records)
-            crossed.append(
-                {
-                    "prompt": "",
-                    "chosen": record["prompt"] + record["chosen"],
-                    "rejected": other["prompt"] + other["rejected"],
-                }
-            )
-    records = records + crossed
+            pairs.append((record["prompt"] + record["chosen"], other["prompt"] + other["rejected"]))
+    return pairs
+
+
+def tokenized_pairs(tokenizer: Any, recipe: Recipe) -> Any:
+    """The pairs as `chosen_ids`/`rejected_ids`, so the trainer uses them as they are (no EOS appended)."""
+    from datasets import Dataset
 
     def ids(text: str) -> list[int]:
         encoded: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -105,11 +107,8 @@ def tokenized_pairs(tokenizer: Any, recipe: Recipe) -> Any:
 
     return Dataset.from_list(
         [
-            {
-                "chosen_ids": ids(record["prompt"] + record["chosen"]),
-                "rejected_ids": ids(record["prompt"] + record["rejected"]),
-            }
-            for record in records
+            {"chosen_ids": ids(chosen), "rejected_ids": ids(rejected)}
+            for chosen, rejected in text_pairs(read_pairs(), recipe)
         ]
     )
 
@@ -117,10 +116,8 @@ def tokenized_pairs(tokenizer: Any, recipe: Recipe) -> Any:
 def labelled_sums() -> list[dict[str, str]]:
     """Each distinct prompt of the pairs with its correct answer, in first-seen order."""
     seen: dict[str, str] = {}
-    for line in PAIRS.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            record = json.loads(line)
-            seen.setdefault(record["prompt"], record["chosen"])
+    for record in read_pairs():
+        seen.setdefault(record["prompt"], record["chosen"])
     return [{"prompt": prompt, "completion": answer} for prompt, answer in seen.items()]
 
 

@@ -7,7 +7,6 @@ below asks for at least that, and the promotion gate (result >= champion + 0.01)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from sil_stages.scoring import import_function
 from tests.e2e.test_local_loop import EXAMPLE, SIL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -67,15 +67,6 @@ def stage_metrics(tmp_path: Path, stage: str) -> dict[str, float]:
     manifest = json.loads((tmp_path / "store" / "iterations" / "1" / stage / "_manifest.json").read_text())
     metrics: dict[str, float] = manifest["metrics"]
     return metrics
-
-
-def load_verifier() -> Any:
-    """The example's `arithmetic:verify`, loaded from its file (for checking what a verifier-free loop kept)."""
-    spec = importlib.util.spec_from_file_location("arithmetic_verifier", EXAMPLE / "arithmetic.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.verify
 
 
 def optimize_metrics(tmp_path: Path) -> dict[str, float]:
@@ -143,7 +134,7 @@ def test_generated_prompts_improve_the_base_model_and_evaluate_reports_sampling_
 
 @pytest.mark.timeout(1500)
 def test_a_learned_reward_model_alone_selects_data_that_improves_the_base_model(
-    tmp_path: Path, base_model: Path
+    tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """examples/arithmetic-rm's first iteration as it is, its reward model built by its own script with the
     committed recipe (a warm start on the labelled sums, 2 extra layers, Bradley-Terry with cross-prompt pairs;
@@ -156,7 +147,8 @@ def test_a_learned_reward_model_alone_selects_data_that_improves_the_base_model(
     iteration = run_one_iteration(tmp_path, loop)
     assert iteration["decision"] == "Promoted"
     assert iteration["candidateScore"] >= BASE_SCORE + NOISE
-    verify = load_verifier()
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    verify = import_function("arithmetic:verify", field="verifier")
     kept_file = tmp_path / "store" / "iterations" / "1" / "select" / "kept.jsonl"
     kept = [json.loads(line) for line in kept_file.read_text().splitlines()]
     right = sum(verify(row["prompt"], row["completion"], {}) == 1.0 for row in kept)
