@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.9.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit lint typecheck testenv servers clean-demo
+.PHONY: install demo test unit lint typecheck testenv servers images image-gpu image-tools clean-demo
 
 # Debian packages the tests start as processes (never as services): Prometheus, its Pushgateway (and promtool),
 # openssl for the control plane's keys. Installed only when missing.
@@ -42,8 +42,30 @@ servers:
 	  for svc in prometheus prometheus-pushgateway; do $$SUDO service $$svc stop >/dev/null 2>&1 || true; done; \
 	fi
 
-test: install testenv servers lint typecheck
-	$(PY) -m pytest
+# The images' build tools from Debian's packages (no Docker engine needed): podman builds and runs them, with runc
+# (crun refuses a cgroup v1 hybrid host); debootstrap makes the local base image (hack/images/base.sh).
+IMAGE_PACKAGES := podman buildah runc debootstrap fuse-overlayfs uidmap
+
+image-tools:
+	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+# The operator and CPU stage images (layers cached: seconds when nothing changed). SIL_IMAGE_BASE=public builds on
+# the Dockerfiles' public bases instead of a Debian base made here; see images/README.md.
+images: image-tools
+	bash hack/images/build.sh operator stage-cpu
+
+# The GPU stage image (vLLM, DeepSpeed, torch with CUDA): not part of `make test`.
+image-gpu: image-tools
+	bash hack/images/build.sh stage-gpu
+
+test: install testenv servers images lint typecheck
+	SIL_IMAGES_BUILT=1 $(PY) -m pytest
 
 unit: install servers
 	$(PY) -m pytest tests/unit
@@ -54,4 +76,4 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers tests/fakestages tests/chaos
+	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers tests/fakestages tests/chaos tests/containers

@@ -125,6 +125,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         loop_dir=args.loop.resolve().parent,
         on_event=progress.event,
         on_status=progress.status,
+        stage_image=args.stage_image or None,
+        container_engine=args.container_engine,
     )
     console.print(f"[bold]sil run[/] {loop.metadata.name} → {loop.spec.storage.uri}", highlight=False)
     try:
@@ -278,6 +280,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a loop on this machine (continues an interrupted run)")
     run.add_argument("loop", type=Path, help="loop file (YAML)")
+    run.add_argument(
+        "--stage-image",
+        default=os.environ.get("SIL_STAGE_IMAGE", ""),
+        help="run each stage in a container of this image, as a stage Job runs it (default: $SIL_STAGE_IMAGE; "
+        "unset: local processes)",
+    )
+    run.add_argument(
+        "--container-engine", default="podman", help="the engine that runs --stage-image (podman's command line)"
+    )
     run.set_defaults(handler=cmd_run)
     validate = commands.add_parser("validate", help="check a loop file without running it")
     validate.add_argument("loop", type=Path)

@@ -38,6 +38,13 @@ class StageImageMissing(LoopProblem):
     permanent = True
 
 
+class StageInputUnreadable(LoopProblem):
+    """`sil run --stage-image`: a local file a stage reads is not readable by the image's user; fix its mode."""
+
+    reason = "StageInputUnreadable"
+    permanent = True
+
+
 class SecretUnavailable(LoopProblem):
     """A Secret the loop names is missing or unusable; creating or fixing it heals the loop."""
 

@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -69,7 +67,10 @@ class TransformersEngine:
         self._progress = progress
 
     def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
+        # Imported here, as torch is: the operator side imports this module (through the scorer registry) in an
+        # image that has neither (images/operator.Dockerfile; tests/unit/test_import_boundaries.py).
         import torch
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         torch.manual_seed(request.seed)
         greedy = request.temperature <= 0.0

@@ -20,6 +20,7 @@ denied) become a `StoreError` at once, naming the URI and what to do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import shutil
@@ -95,6 +96,18 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.cache
+def process_umask() -> int:
+    """This process's umask, read without changing it (os.umask can only be read by setting it, racing threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def is_remote(uri: str) -> bool:
@@ -439,6 +452,9 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            # mkstemp's 0600 would outlive the rename: give the file the mode a plain write gets (0666 less the umask),
+            # so that another user (a serving process, a stage container's user) can read a file store's artifacts.
+            os.fchmod(fd, 0o666 & ~process_umask())
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

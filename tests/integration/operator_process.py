@@ -22,6 +22,10 @@ class OperatorProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     """More `sil operator` flags, e.g. `leader_election_args(...)` or `["--liveness", URL]`."""
+    image: str | None = None
+    """Run the operator image's entrypoint (`sil operator`) with podman instead of this checkout's CLI: host
+    network, read-only root, the image's user; the control plane's folder and `mounts` mounted at the same paths."""
+    mounts: list[Path] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -33,9 +37,12 @@ class OperatorProcess:
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
+        command = [sys.executable, "-m", "sil_operator.cli", "operator", "--namespace", self.namespace]
+        if self.image is not None:
+            command = self._container_command(env)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sil_operator.cli", "operator", "--namespace", self.namespace, *self.extra_args],
+            [*command, *self.extra_args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -43,11 +50,49 @@ class OperatorProcess:
         )
         log.close()
 
+    @property
+    def container_name(self) -> str:
+        return f"sil-operator-{self.namespace}-{os.getpid()}"
+
+    def _container_command(self, env: dict[str, str]) -> list[str]:
+        from tests.containers.images import podman, run_flags
+
+        passed = {k: v for k, v in env.items() if k in self._CONTAINER_ENV or k.startswith("SIL_")}
+        mounts = {self.plane.work_dir, *self.mounts}
+        return [
+            podman(),
+            "run",
+            "--rm",
+            f"--name={self.container_name}",
+            *run_flags(),
+            "--network=host",
+            "--read-only",
+            "--tmpfs=/tmp",
+            "--cap-drop=all",
+            "--security-opt=no-new-privileges",
+            *(f"--volume={path}:{path}:ro" for path in sorted(mounts)),
+            *(f"--env={key}={value}" for key, value in sorted(passed.items())),
+            str(self.image),
+            "--namespace",
+            self.namespace,
+        ]
+
+    _CONTAINER_ENV = ("KUBECONFIG", "PYTHONUNBUFFERED")
+
     def kill(self) -> None:
         """kill -9: no cleanup, no graceful shutdown."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
+        self._remove_container()
+
+    def _remove_container(self) -> None:
+        if self.image is not None:
+            from tests.containers.images import podman
+
+            subprocess.run(
+                [podman(), "rm", "--force", "--time=0", self.container_name], capture_output=True, check=False
+            )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -57,6 +102,7 @@ class OperatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        self._remove_container()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -74,8 +120,12 @@ def running_operator(
     log_path: Path,
     extra_env: dict[str, str] | None = None,
     extra_args: list[str] | None = None,
+    image: str | None = None,
+    mounts: list[Path] | None = None,
 ) -> Iterator[OperatorProcess]:
-    operator = OperatorProcess(plane, log_path, namespace, dict(extra_env or {}), list(extra_args or []))
+    operator = OperatorProcess(
+        plane, log_path, namespace, dict(extra_env or {}), list(extra_args or []), image, list(mounts or [])
+    )
     operator.start()
     try:
         yield operator

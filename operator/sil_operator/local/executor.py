@@ -25,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
+from sil_operator.local.containers import StageContainers
 from sil_operator.local.forkclient import ForkServer
 from sil_operator.planner import StartStage
 
@@ -83,12 +84,21 @@ class LocalExecutor:
     """Starts and watches at most one stage process at a time (stages of a loop run in order)."""
 
     def __init__(
-        self, run_dir: Path, env: Mapping[str, str], python_path: list[Path], fork_server: bool | None = None
+        self,
+        run_dir: Path,
+        env: Mapping[str, str],
+        python_path: list[Path],
+        fork_server: bool | None = None,
+        containers: StageContainers | None = None,
     ) -> None:
         self.run_dir = run_dir
         self._env = dict(env)
         self._python_path = python_path
-        self.fork_server = fork_server_enabled(os.environ) if fork_server is None else fork_server
+        self.containers = containers
+        # A stage in a container is a process of the container engine: there is nothing to fork from.
+        self.fork_server = containers is None and (
+            fork_server_enabled(os.environ) if fork_server is None else fork_server
+        )
         self._server: ForkServer | None = None
         self.processes: dict[tuple[int, str], StageProcess] = {}
 
@@ -113,12 +123,25 @@ class LocalExecutor:
         log_path = logs / f"{action.run_name}.log"
         arguments = [action.stage, "--config", f"@{config_path}"]
         command = [sys.executable, "-m", "sil_stages", *arguments]
+        if self.containers is not None:
+            command = self.containers.command(action.stage, config_path, action.run_name, action.attempt)
         process: StageHandle
         with log_path.open("ab") as log:
             log.write(f"# attempt {action.attempt}: {' '.join(command)}\n".encode())
             log.flush()
             if self.fork_server:
                 process = self._fork_server().start(arguments, log_path)
+            elif self.containers is not None:
+                # The engine's client forwards signals to the container (SIGTERM, SIGINT); `stop_all` removes
+                # a container that outlives its grace period.
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=_parent_death(),
+                )
             else:
                 process = subprocess.Popen(
                     command,
@@ -167,7 +190,8 @@ class LocalExecutor:
 
     def stop_all(self, grace_seconds: float = 10.0) -> None:
         """SIGTERM to every running stage, SIGKILL after the grace period, then the fork server ends."""
-        for stage in self.running():
+        running = self.running()
+        for stage in running:
             stage.process.send_signal(signal.SIGTERM)
         for stage in self.processes.values():
             try:
@@ -175,6 +199,8 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 stage.process.kill()
                 stage.process.wait()
+            if self.containers is not None and stage in running:
+                self.containers.remove(stage.action.run_name, stage.action.attempt)
         if self._server is not None:
             self._server.close()
             self._server = None

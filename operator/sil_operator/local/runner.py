@@ -22,6 +22,7 @@ from sil_operator.api.spec import SelfImprovementLoop
 from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus, Measurement, StagePhase
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
+from sil_operator.local.containers import StageContainers
 from sil_operator.local.executor import LocalExecutor, StageProcess
 from sil_operator.manifests import ManifestCache
 from sil_operator.planner import (
@@ -106,6 +107,9 @@ class LocalRunner:
     on_status: Callable[[LoopStatus], None] = lambda status: None
     clock: Callable[[], datetime] = utcnow
     provider: MetricsProvider | None = None
+    stage_image: str | None = None
+    """Run each stage in a container of this image (`sil run --stage-image`, sil_operator.local.containers)."""
+    container_engine: str = "podman"
     _pending: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -114,7 +118,17 @@ class LocalRunner:
         self.run_dir = run_dir_for(self.storage)
         self._manifests = ManifestCache(self.store, self.storage)
         env = dict(spec.runtime.env or {})
-        self.executor = LocalExecutor(self.run_dir, env, [self.loop_dir])
+        containers = None
+        if self.stage_image:
+            store_dir = self.run_dir if is_remote(self.storage) else local_path(self.storage)
+            containers = StageContainers(
+                image=self.stage_image,
+                store_dir=store_dir,
+                python_path=[self.loop_dir],
+                env=env,
+                engine=self.container_engine,
+            )
+        self.executor = LocalExecutor(self.run_dir, env, [self.loop_dir], containers=containers)
         self._provider: MetricsProvider = self.provider or local_provider(self.loop, self.store)
 
     # -- the loop -------------------------------------------------------------------------------------------

