@@ -12,6 +12,7 @@
 # SIL_TORCH_INDEX_URL (default https://pypi.org/simple): where the CPU stage image takes torch. PyPI alone works
 # everywhere; https://download.pytorch.org/whl/cpu gives a CPU-only torch and an image about 4 GB smaller.
 # SIL_IMAGE_TAG (default dev) and SIL_IMAGE_REPOSITORY (default localhost/selfimprove) name the images.
+# SIL_IMAGE_NO_CACHE=1 builds every layer again (cold-build timings).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -52,7 +53,9 @@ for name in "$@"; do
   started=$(date +%s)
   echo "build.sh: building $image from $dockerfile" >&2
   # Host network: the RUN steps reach the package registries the host reaches, and no bridge is set up.
-  "$PODMAN" build --layers --network host "${limits[@]}" "${secret[@]}" "${base_args[@]}" "${extra[@]}" \
+  cache=(--layers)
+  [ -z "${SIL_IMAGE_NO_CACHE:-}" ] || cache=(--no-cache)
+  "$PODMAN" build "${cache[@]}" --network host "${limits[@]}" "${secret[@]}" "${base_args[@]}" "${extra[@]}" \
     --file "$dockerfile" --tag "$image" . >&2
   size=$("$PODMAN" image inspect "$image" --format '{{.Size}}')
   echo "build.sh: $image built in $(( $(date +%s) - started )) s, $(( size / 1000000 )) MB" >&2
