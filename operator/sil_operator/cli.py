@@ -282,9 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("loop", type=Path, help="loop file (YAML)")
     run.add_argument(
         "--stage-image",
-        default=os.environ.get("SIL_STAGE_IMAGE", ""),
-        help="run each stage in a container of this image, as a stage Job runs it (default: $SIL_STAGE_IMAGE; "
-        "unset: local processes)",
+        default="",
+        help="run each stage in a container of this image (podman), as its stage Job runs it; default: local processes",
     )
     run.add_argument(
         "--container-engine", default="podman", help="the engine that runs --stage-image (podman's command line)"

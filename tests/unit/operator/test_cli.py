@@ -83,3 +83,15 @@ def test_explain_documents_fields(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "spec.select.keep.topK"]) == 0
     assert "at most this many completions per prompt" in capsys.readouterr().out.lower()
     assert main(["explain", "spec.select.keep.nope"]) == 2
+
+
+def test_sil_run_takes_a_stage_image_only_from_its_flag_never_from_the_operators_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SIL_STAGE_IMAGE is the operator's default image for Jobs; a local run must not start containers because of it."""
+    from sil_operator.cli import build_parser
+
+    monkeypatch.setenv("SIL_STAGE_IMAGE", "registry.example/stage:1")
+    assert build_parser().parse_args(["run", "loop.yaml"]).stage_image == ""
+    parsed = build_parser().parse_args(["run", "--stage-image", "localhost/selfimprove/stage-cpu:dev", "loop.yaml"])
+    assert (parsed.stage_image, parsed.container_engine) == ("localhost/selfimprove/stage-cpu:dev", "podman")
