@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,20 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_BUSY, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_LOST_LEADERSHIP = 4
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a supervisor, a CI timeout): the same orderly stop as Ctrl-C. Without it the default action
+    would end `sil run` at once, its stages dying by the parent-death signal and a container's engine client with
+    them, leaving the container running."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the stop short (10 s at most)
+    raise Terminated
+
+
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -129,6 +144,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         container_engine=args.container_engine,
     )
     console.print(f"[bold]sil run[/] {loop.metadata.name} → {loop.spec.storage.uri}", highlight=False)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with progress.spinner:
             status = runner.run()
@@ -138,9 +154,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (StoreError, LoopProblem) as error:  # what failed and what to do, as one line; no traceback
         console.print(f"[red]error:[/] {classify(error).line()}", highlight=False, soft_wrap=True)
         return EXIT_FAILED
+    except Terminated:
+        console.print("[yellow]terminated[/] (SIGTERM): run the same command again to continue where it stopped")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: run the same command again to continue where it stopped")
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return _finish(status, loop, console)
 
 

@@ -202,6 +202,26 @@ def test_ctrl_c_of_sil_run_stops_the_running_stage_and_the_fork_server(tmp_path:
     assert gone(left), f"still running after Ctrl-C: {[pid for pid in left if alive(pid)]}"
 
 
+def test_sigterm_of_sil_run_stops_the_running_stage_and_the_fork_server_as_ctrl_c_does(tmp_path: Path) -> None:
+    write_loop(tmp_path, "sleep")
+    runner = subprocess.Popen(
+        [*SIL, "run", "loop.yaml"], cwd=tmp_path, env=sil_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        stage_info(tmp_path)
+        left = processes_of(tmp_path)
+        assert len(left) == 2, "the stage and its fork server"
+        runner.send_signal(signal.SIGTERM)  # `kill`, a supervisor, a CI timeout
+        assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+        assert runner.stdout is not None
+        assert "terminated" in runner.stdout.read().decode()
+    finally:
+        runner.kill()
+    assert gone(left), f"still running after SIGTERM: {[pid for pid in left if alive(pid)]}"
+    status = json.loads((tmp_path / "store" / "status.json").read_text())
+    assert status["phase"] != "Failed", "a stop is not a failure: the same command continues"
+
+
 def test_kill_9_of_sil_run_leaves_neither_stage_nor_fork_server(tmp_path: Path) -> None:
     write_loop(tmp_path, "sleep")
     runner = subprocess.Popen(
