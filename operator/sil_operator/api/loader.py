@@ -26,6 +26,22 @@ class SpecError(ValueError):
         super().__init__(f"{source}: invalid SelfImprovementLoop\n" + "\n".join(f"  {p}" for p in problems))
 
 
+RENAMED_FIELDS: dict[str, str] = {
+    "spec.select.keep.maxPerPrompt": "renamed: write `topK` (spec.select.keep.topK) with the same number",
+}
+"""Fields an earlier version accepted, and what they became: an old loop file gets the new name, not a bare
+'unknown field'."""
+
+REPLACED_VALUES: dict[str, tuple[type, str]] = {
+    "spec.select.keep.dedupe": (
+        bool,
+        "`dedupe: true` became `dedupe: {method: exact}` (`{method: minhash}` also drops near-duplicates); "
+        "for `false`, leave the field out",
+    ),
+}
+"""Fields whose old value form changed: (the old value's type, what to write now)."""
+
+
 def _describe(error: dict[str, Any]) -> str:
     kind = error.get("type", "")
     loc = [str(part) for part in error["loc"]]
@@ -39,7 +55,12 @@ def _describe(error: dict[str, Any]) -> str:
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
     if kind == "extra_forbidden":
+        if path in RENAMED_FIELDS:
+            return f"{path}: {RENAMED_FIELDS[path]}"
         return f"{path}: unknown field (check its spelling; `sil explain` lists the fields)"
+    replaced = REPLACED_VALUES.get(path)
+    if replaced is not None and isinstance(error.get("input"), replaced[0]):
+        return f"{path}: {replaced[1]}"
     if kind == "missing":
         return f"{path}: required field is missing"
     given = error.get("input")

@@ -228,3 +228,19 @@ def test_several_nodes_and_deepspeed_are_valid_specs_for_the_multi_node_engine()
     )
     distributed = parse_loop(document).spec.optimize.distributed
     assert (distributed.nodes, distributed.processes_per_node, distributed.deepspeed) == (4, 8, "zero3-offload")
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"spec.select.keep.maxPerPrompt": 2}, "spec.select.keep.maxPerPrompt: renamed: write `topK`"),
+        ({"spec.select.keep.dedupe": True}, "spec.select.keep.dedupe: `dedupe: true` became `dedupe: {method: exact}`"),
+    ],
+)
+def test_an_old_loop_file_is_told_what_a_renamed_field_became_not_only_that_it_is_unknown(
+    changes: dict[str, Any], expected: str
+) -> None:
+    document = patched(valid_loop(), changes)
+    with pytest.raises(SpecError) as raised:
+        parse_loop(document)
+    assert any(problem.startswith(expected) for problem in raised.value.problems), raised.value.problems
