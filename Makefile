@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 TORCH ?= torch==2.9.1
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test unit lint typecheck testenv servers images image-gpu image-tools clean-demo
+.PHONY: install demo test unit lint typecheck testenv servers images image-gpu image-tools node test-node clean-demo
 
 # Debian packages the tests start as processes (never as services): Prometheus, its Pushgateway (and promtool),
 # openssl for the control plane's keys. Installed only when missing.
@@ -64,8 +64,17 @@ images: image-tools
 image-gpu: image-tools
 	bash hack/images/build.sh stage-gpu
 
-test: install testenv servers images lint typecheck
+# The node tier's binaries (containerd, kubelet, CNI plugins, pause), built from Go modules and cached.
+node: testenv image-tools
+	bash hack/node/build.sh
+
+# The node tier: a real kubelet and containerd running the images, inside a network namespace with no route out.
+test-node: install testenv servers images node
+	SIL_IMAGES_BUILT=1 bash hack/node/netns.sh $(PY) -m pytest tests/node
+
+test: install testenv servers images node lint typecheck
 	SIL_IMAGES_BUILT=1 $(PY) -m pytest
+	SIL_IMAGES_BUILT=1 bash hack/node/netns.sh $(PY) -m pytest tests/node
 
 unit: install servers
 	$(PY) -m pytest tests/unit
@@ -76,4 +85,4 @@ lint: install
 
 typecheck: install
 	$(VENV)/bin/mypy
-	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers tests/fakestages tests/chaos tests/containers
+	$(VENV)/bin/mypy tests/integration tests/podrunner tests/servers tests/fakestages tests/chaos tests/containers tests/node

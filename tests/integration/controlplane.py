@@ -159,12 +159,16 @@ class ControlPlane:
         controllers_qps: float | None = None,
         audited_users: Sequence[str] = (),
         ready_timeout: float = 60.0,
+        address: str = "127.0.0.1",
     ) -> ControlPlane:
         """Start every component and return once the API server serves and the nodes are Ready.
 
         ``fake_nodes`` sizes the kwok GPU nodes (default: ``FAKE_GPU_NODES``, 8 GPUs and 110 pods each);
         ``controllers_qps`` lifts the client rate limit of the Job controller and the scheduler (see the field);
         ``audited_users`` get their own kubeconfig and an audit log of their requests (see the field).
+        ``address``: where the API server listens and what it advertises (the `kubernetes` Service's endpoint).
+        Loopback everywhere but in the node tier (tests/node), whose namespace has no route out and whose real
+        kubelet and in-cluster pods need a node address; there the Service's endpoint is kept by the API server.
 
         On any failure the processes already started are stopped before the error propagates.
         """
@@ -179,7 +183,7 @@ class ControlPlane:
             bin_dir=bin_dir,
             work_dir=work_dir,
             kubeconfig=work_dir / "kubeconfig",
-            server=f"https://127.0.0.1:{port}",
+            server=f"https://{address}:{port}",
             token=token,
             ca_file=work_dir / "pki" / "apiserver.crt",
             fake_nodes=fake_nodes or FakeNodes(),
@@ -188,7 +192,7 @@ class ControlPlane:
             _owns_work_dir=owns,
         )
         try:
-            plane._start_etcd_and_apiserver(port)
+            plane._start_etcd_and_apiserver(port, address)
             plane._wait_ready(ready_timeout)
             plane.timings["api_ready_s"] = time.monotonic() - started
             plane._start_controllers()
@@ -269,7 +273,7 @@ class ControlPlane:
                     f"{proc.name} exited with code {code}; the end of {proc.log_path}:\n{proc.tail()}"
                 )
 
-    def _start_etcd_and_apiserver(self, apiserver_port: int) -> None:
+    def _start_etcd_and_apiserver(self, apiserver_port: int, address: str = "127.0.0.1") -> None:
         pki = self.work_dir / "pki"
         pki.mkdir(exist_ok=True)
         sa_key, sa_pub = pki / "sa.key", pki / "sa.pub"
@@ -325,8 +329,8 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={address}",
+                f"--advertise-address={address}",
                 f"--secure-port={apiserver_port}",
                 f"--cert-dir={pki}",  # self-signed serving certificate: apiserver.crt
                 f"--token-auth-file={tokens}",
@@ -335,7 +339,10 @@ class ControlPlane:
                 f"--service-account-key-file={sa_pub}",
                 f"--service-account-signing-key-file={sa_key}",
                 "--service-cluster-ip-range=10.96.0.0/16",
-                "--endpoint-reconciler-type=none",
+                # Loopback cannot be the `kubernetes` Service's endpoint; the node tier's in-cluster clients need one.
+                f"--endpoint-reconciler-type={'none' if address == '127.0.0.1' else 'lease'}",
+                # A real kubelet is reached by its InternalIP, never by a DNS lookup of its name (logs, exec).
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--profiling=false",
                 *audit,
@@ -454,7 +461,8 @@ class ControlPlane:
                     "status": {"capacity": capacity, "allocatable": capacity},
                 }
             )
-        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        if nodes:  # none for the node tier, whose one node is a real kubelet
+            self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
 
     def _start_pod_runner(self) -> None:
         self.pod_runner_node = POD_RUNNER_NODE

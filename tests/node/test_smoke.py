@@ -1,0 +1,47 @@
+"""The real node serves pods: the kubelet registered, Ready, and a pod in the stage image runs to completion."""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.controlplane import wait_until
+from tests.node.node import NODE_NAME, RealNode
+
+
+def test_the_kubelet_runs_a_pod_in_the_stage_image_as_its_non_root_user(
+    node: RealNode, node_images: dict[str, str], node_namespace: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "whoami", "namespace": node_namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "stage",
+                    "image": node_images["stage-cpu"],
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", "import os, sil_stages.cli; print('uid', os.getuid())"],
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                        "readOnlyRootFilesystem": True,
+                    },
+                }
+            ],
+        },
+    }
+    node.plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+
+    def finished() -> str | None:
+        phase = node.plane.get_json("pod", "whoami", "-n", node_namespace).get("status", {}).get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    wait_until(finished, 180, "the pod to finish on the real node")
+    status = node.plane.get_json("pod", "whoami", "-n", node_namespace)
+    assert status["spec"]["nodeName"] == NODE_NAME
+    assert status["status"]["phase"] == "Succeeded", json.dumps(status["status"], indent=1)
+    logs = node.plane.kubectl("logs", "whoami", "-n", node_namespace).stdout
+    assert "uid 65532" in logs
