@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
@@ -249,6 +249,17 @@ _CREDENTIAL_VARIABLES = (
 """The environment that decides which credentials a new boto3 session finds."""
 
 
+@dataclass(frozen=True)
+class S3Credentials:
+    """Keys given to a Store explicitly instead of found in the environment: the operator reads them from a loop's
+    `spec.storage.credentialsSecret`, the Secret its stage pods get, so that one operator serves loops whose stores
+    have different owners. Held in memory only: never in a config, a manifest or a log (repr hides the secret)."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
 class S3Clients:
     """boto3 S3 clients, made on demand and shared: one per endpoint, region, timeouts and credentials.
 
@@ -265,22 +276,41 @@ class S3Clients:
         self._sessions: dict[tuple[str | None, ...], Any] = {}
         self._clients: dict[tuple[Any, ...], S3Client] = {}
 
-    def get(self, endpoint: str | None, region: str, timeouts: StoreTimeouts) -> S3Client:
-        credentials = tuple(os.environ.get(name) for name in _CREDENTIAL_VARIABLES)
+    def get(
+        self, endpoint: str | None, region: str, timeouts: StoreTimeouts, explicit: S3Credentials | None = None
+    ) -> S3Client:
+        """A client for `explicit` credentials, or for those the environment leads boto3 to."""
+        if explicit is not None:
+            credentials: tuple[str | None, ...] = (
+                "explicit",
+                explicit.access_key_id,
+                explicit.secret_access_key,
+                explicit.session_token,
+            )
+        else:
+            credentials = tuple(os.environ.get(name) for name in _CREDENTIAL_VARIABLES)
         key = (endpoint, region, timeouts, credentials)
         with self._lock:
             client = self._clients.get(key)
             if client is None:
-                client = self._make(self._session(credentials), endpoint, region, timeouts)
+                client = self._make(self._session(credentials, explicit), endpoint, region, timeouts)
                 self._clients[key] = client
             return client
 
-    def _session(self, credentials: tuple[str | None, ...]) -> Any:
+    def _session(self, credentials: tuple[str | None, ...], explicit: S3Credentials | None) -> Any:
         import boto3
 
         session = self._sessions.get(credentials)
         if session is None:
-            session = self._sessions[credentials] = boto3.session.Session()
+            if explicit is None:
+                session = boto3.session.Session()
+            else:
+                session = boto3.session.Session(
+                    aws_access_key_id=explicit.access_key_id,
+                    aws_secret_access_key=explicit.secret_access_key,
+                    aws_session_token=explicit.session_token,
+                )
+            self._sessions[credentials] = session
         return session
 
     @staticmethod
@@ -311,10 +341,13 @@ class Store:
         options: StorageOptions | None = None,
         timeouts: StoreTimeouts | None = None,
         clients: S3Clients | None = None,
+        credentials: S3Credentials | None = None,
     ) -> None:
         """`clients` shares S3 clients with other Stores of the process (the operator's one Store per loop);
-        without it the Store makes its own, on first use."""
+        without it the Store makes its own, on first use. `credentials`: S3 keys to use instead of the
+        environment's (the operator's reading of a loop's credentials Secret)."""
         self._options = options
+        self._credentials = credentials
         self._timeouts = timeouts or StoreTimeouts()
         self._clients = clients or S3Clients()
         self._s3: S3Client | None = None
@@ -329,7 +362,7 @@ class Store:
                 region = (self._options.region if self._options else None) or os.environ.get(
                     "AWS_DEFAULT_REGION", "us-east-1"
                 )
-                self._s3 = self._clients.get(endpoint, region, self._timeouts)
+                self._s3 = self._clients.get(endpoint, region, self._timeouts, self._credentials)
             return self._s3
 
     @contextmanager

@@ -130,6 +130,25 @@ class KubeApi:
         except (ValueError, UnicodeDecodeError) as error:
             raise KeyError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from error
 
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str]:
+        """Every key of a Secret, decoded (keys that are not UTF-8 text are left out). Raises KeyError naming the
+        Secret when it cannot be read."""
+        import base64
+
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        except ApiException as error:
+            raise KeyError(f"Secret {namespace}/{name}: {error.reason} ({error.status})") from error
+        decoded: dict[str, str] = {}
+        for key, value in (secret.data or {}).items():
+            try:
+                decoded[key] = base64.b64decode(value).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                continue
+        return decoded
+
     async def secret_problem(self, namespace: str, name: str) -> str | None:
         """None when the Secret exists; else what is wrong with it, naming it."""
         from kubernetes.client.exceptions import ApiException

@@ -53,8 +53,10 @@ from sil_operator.kube.observe import (
     finding_from_events,
     finding_from_pods,
     has_pods,
+    job_failed,
     needs_diagnosis,
     observe_jobs,
+    oom_killed,
     rejected_input,
     termination_message,
 )
@@ -65,7 +67,7 @@ from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage,
 from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
 from sil_stages.contract import StorageOptions, utcnow
-from sil_stages.store import S3Clients, Store
+from sil_stages.store import S3Clients, S3Credentials, Store, StoreError, is_remote
 
 log = logging.getLogger("selfimprove.operator")
 
@@ -97,6 +99,8 @@ class LoopMemory:
 
     options: StorageOptions
     manifests: ManifestCache
+    credentials: S3Credentials | None = None
+    """The S3 keys of the loop's credentials Secret the Store uses (None: the operator's own environment)."""
     """Also holds the loop's Store (its S3 client is shared with the other loops of the same endpoint)."""
     measurements: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
 
@@ -120,6 +124,8 @@ class Controller:
     specs: dict[tuple[str, str], tuple[str, int, SelfImprovementLoop]] = field(default_factory=dict)
     """The parsed spec per loop with the uid and generation it was parsed at (see `_parse`)."""
     s3_clients: S3Clients = field(default_factory=S3Clients)
+    store_credentials: dict[tuple[str, str], tuple[tuple[str, int], S3Credentials]] = field(default_factory=dict)
+    """Per loop: the credentials Secret's name and the generation it was read for, and its keys."""
     """One S3 client per endpoint for all loops' Stores (a client per loop cost ~12 MB each: bench/scale.py)."""
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
@@ -130,6 +136,7 @@ class Controller:
             self.specs.pop(key, None)
             self.phases.pop(key, None)
             self.failures.pop(key, None)
+            self.store_credentials.pop(key, None)
             self.offload.forget(key)
             self._count_phases()
             return ReconcileResult(None)
@@ -137,7 +144,19 @@ class Controller:
             loop = self._parse(namespace, name, body)
         except SpecError as error:
             return await self._invalid(body, error)
-        memory = await self.offload.run(key, self._memory, namespace, name, loop)
+        try:
+            return await self._reconcile_parsed(namespace, name, body, loop)
+        except StoreError:
+            # Keys rotated in the Secret (same generation) show up as store errors: read the Secret again next time.
+            self.store_credentials.pop(key, None)
+            raise
+
+    async def _reconcile_parsed(
+        self, namespace: str, name: str, body: Mapping[str, Any], loop: SelfImprovementLoop
+    ) -> ReconcileResult:
+        key = (namespace, name)
+        credentials = await self._store_credentials(loop, namespace, int(body["metadata"].get("generation", 1)))
+        memory = await self.offload.run(key, self._memory, namespace, name, loop, credentials)
         store = memory.manifests.store
         ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         status = _retry_after_spec_change(status_from_body(body), ref.generation)
@@ -183,14 +202,16 @@ class Controller:
         return loop
 
     # -- observing ------------------------------------------------------------------------------------------
-    def _memory(self, namespace: str, name: str, loop: SelfImprovementLoop) -> LoopMemory:
-        """The loop's memory; started afresh when its storage settings changed."""
+    def _memory(
+        self, namespace: str, name: str, loop: SelfImprovementLoop, credentials: S3Credentials | None = None
+    ) -> LoopMemory:
+        """The loop's memory; started afresh when its storage settings or credentials changed."""
         storage = loop.spec.storage
         options = StorageOptions(uri=storage.uri, endpoint=storage.endpoint, region=storage.region)
         memory = self.memory.get((namespace, name))
-        if memory is None or memory.options != options:
-            store = Store(options, OPERATOR_STORE_TIMEOUTS, self.s3_clients)
-            memory = LoopMemory(options, ManifestCache(store, storage.uri))
+        if memory is None or memory.options != options or memory.credentials != credentials:
+            store = Store(options, OPERATOR_STORE_TIMEOUTS, self.s3_clients, credentials)
+            memory = LoopMemory(options, ManifestCache(store, storage.uri), credentials=credentials)
             self.memory[(namespace, name)] = memory
         return memory
 
@@ -268,6 +289,8 @@ class Controller:
                     found = finding_from_events(await self.api.list_job_events(namespace, meta["name"], meta["uid"]))
             elif rejected_input(job) and status.phase not in TERMINAL_PHASES:
                 found = termination_message(await self.api.list_job_pods(namespace, meta["name"]))
+            elif job_failed(job) and status.phase not in TERMINAL_PHASES:
+                found = oom_killed(await self.api.list_job_pods(namespace, meta["name"]))
             if found is not None:
                 findings[meta["name"]] = found
         return findings
@@ -332,6 +355,40 @@ class Controller:
         if not await self.jobset_served():
             return []
         return [as_job(jobset) for jobset in await self.api.list_jobsets(namespace, name)]
+
+    async def _store_credentials(
+        self, loop: SelfImprovementLoop, namespace: str, generation: int
+    ) -> S3Credentials | None:
+        """The S3 keys in the loop's credentials Secret, which the operator reads the store with, as its stage pods
+        do: an operator in a cluster has no keys of its own for each team's bucket. Read once per loop generation
+        (and again after a failure); without a Secret, or for a file:// store, the operator's own environment
+        (e.g. an IAM role) serves. A Secret that is missing or lacks the keys is SecretUnavailable: Degraded, naming
+        it, healed once it is fixed."""
+        secret = loop.spec.storage.credentials_secret
+        if secret is None or not is_remote(loop.spec.storage.uri):
+            return None
+        key = (namespace, loop.metadata.name)
+        cached = self.store_credentials.get(key)
+        if cached is not None and cached[0] == (secret, generation):
+            return cached[1]
+        try:
+            data = await self.api.read_secret(namespace, secret)
+        except KeyError as error:
+            raise SecretUnavailable(
+                f"spec.storage.credentialsSecret: {error.args[0]}; create it with AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or fix the name"
+            ) from None
+        missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not data.get(k)]
+        if missing:
+            raise SecretUnavailable(
+                f"spec.storage.credentialsSecret: Secret {namespace}/{secret} has no {' and no '.join(missing)}; "
+                "add the keys the store needs"
+            )
+        credentials = S3Credentials(
+            data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"], data.get("AWS_SESSION_TOKEN") or None
+        )
+        self.store_credentials[key] = ((secret, generation), credentials)
+        return credentials
 
     async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
         """The storage Secret exists before a Job refers to it (else its pod would hang in

@@ -185,6 +185,41 @@ def termination_message(pods: Iterable[Mapping[str, Any]]) -> Finding | None:
     return None
 
 
+OOM_KILLED = "OOMKilled"
+
+
+def job_failed(job: Mapping[str, Any]) -> bool:
+    """The Job controller gave up on this Job (its retries spent, or a FailJob rule)."""
+    return _condition(job, "Failed") is not None
+
+
+def oom_killed(pods: Iterable[Mapping[str, Any]]) -> Finding | None:
+    """A stage container the kernel killed for going over its memory limit, with that limit: the Job's own status
+    says only BackoffLimitExceeded, and the fix (a larger limit) is in the spec."""
+    for pod in pods:
+        containers = (pod.get("spec") or {}).get("containers") or []
+        limit = next(
+            (
+                ((c.get("resources") or {}).get("limits") or {}).get("memory")
+                for c in containers
+                if c.get("name") == CONTAINER_NAME
+            ),
+            None,
+        )
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            state = container.get("state") or {}
+            terminated = state.get("terminated") or (container.get("lastState") or {}).get("terminated") or {}
+            if container.get("name") == CONTAINER_NAME and terminated.get("reason") == OOM_KILLED:
+                over = f"its memory limit {limit}" if limit else "the node's memory (no limit set)"
+                return Finding(
+                    OOM_KILLED,
+                    f"pod {_meta(pod).get('name', '?')}: OOMKilled (exit {terminated.get('exitCode', 137)}), over "
+                    f"{over}; raise spec.runtime.resources.limits.memory (one stage: "
+                    "spec.runtime.stages.<stage>.resources)",
+                )
+    return None
+
+
 def is_group(job: Mapping[str, Any]) -> bool:
     """An Indexed Job: the pods of one multi-node stage run (kube/objects.group_job), which fail together."""
     return (job.get("spec") or {}).get("completionMode") == "Indexed"
@@ -259,6 +294,9 @@ def observe_job(
         if finding is not None and finding.message:
             said = f"{said}; the stage said: {finding.message}"
         permanent = rejected_input(job)
+        reason = str(failed.get("reason") or "Failed")
+        if finding is not None and finding.reason == OOM_KILLED:
+            reason = OOM_KILLED
         return StageObservation(
             phase=StagePhase.FAILED,
             attempts=max(attempts, earlier_attempts + 1),
@@ -267,7 +305,7 @@ def observe_job(
             started_at=started,
             finished_at=_time(failed.get("lastTransitionTime")),
             message=said,
-            reason=INPUT_REJECTED if permanent else str(failed.get("reason") or "Failed"),
+            reason=INPUT_REJECTED if permanent else reason,
             permanent=permanent,
         )
     if (job.get("spec") or {}).get("suspend"):

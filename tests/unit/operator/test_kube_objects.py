@@ -36,6 +36,7 @@ from sil_operator.kube.observe import (
     needs_diagnosis,
     observe_job,
     observe_jobs,
+    oom_killed,
     termination_message,
 )
 from sil_operator.planner import Observation, StartStage, plan, run_name
@@ -855,6 +856,37 @@ def test_the_termination_message_of_the_failed_stage_container_is_its_last_log_l
         message="select.keep.minScore: fix it"
     )
     assert termination_message([pod("c", failed, container_name="sidecar")]) is None
+
+
+def oom_pod(name: str, limit: str | None, where: str = "state") -> dict[str, Any]:
+    killed = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    status = {"name": "stage", "state": {"waiting": {"reason": "ContainerCreating"}}, "lastState": {}}
+    status[where] = killed
+    resources = {"limits": {"memory": limit}} if limit else {}
+    return {
+        "metadata": {"name": name},
+        "spec": {"containers": [{"name": "stage", "resources": resources}]},
+        "status": {"containerStatuses": [status]},
+    }
+
+
+def test_a_stage_killed_for_its_memory_is_named_oomkilled_with_its_limit_and_the_field_to_raise() -> None:
+    found = oom_killed([pod("a", {"terminated": {"exitCode": 1, "reason": "Error"}}), oom_pod("b", "200Mi")])
+    assert found is not None and found.reason == "OOMKilled"
+    assert found.message is not None
+    assert "pod b: OOMKilled (exit 137), over its memory limit 200Mi" in found.message
+    assert "spec.runtime.resources.limits.memory" in found.message
+    restarted = oom_killed([oom_pod("c", None, where="lastState")])
+    assert restarted is not None and "the node's memory (no limit set)" in str(restarted.message)
+    assert oom_killed([pod("d", {"terminated": {"exitCode": 1, "reason": "Error"}})]) is None
+
+
+def test_a_job_that_failed_after_oom_kills_fails_its_stage_with_reason_oomkilled() -> None:
+    status = {"failed": 2, "conditions": [condition("Failed", "BackoffLimitExceeded", "Job has reached the limit")]}
+    said = oom_killed([oom_pod("demo-1-optimize-x", "200Mi")])
+    seen = observe_job(k8s_job(1, "optimize", status=status, backoff_limit=1), None, finding=said)
+    assert (seen.phase, seen.reason, seen.attempts, seen.permanent) == (StagePhase.FAILED, "OOMKilled", 2, False)
+    assert seen.message is not None and "over its memory limit 200Mi" in seen.message
 
 
 class MetricsSpy:

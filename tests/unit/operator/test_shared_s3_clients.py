@@ -50,3 +50,24 @@ def test_shared_clients_differ_by_region_timeouts_and_credentials(monkeypatch: p
     rotated = clients.get(ENDPOINT, "us-east-1", StoreTimeouts())
     assert rotated is not base, "changed credentials in the environment get a client that uses them"
     assert rotated._request_signer._credentials.access_key == "another-key"
+
+
+def test_explicit_credentials_get_a_client_of_their_own_whatever_the_environment_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator reads a loop's credentials Secret and gives its Store those keys: two loops with different
+    Secrets must not share a client, and the operator's own environment must not leak into either."""
+    from sil_stages.store import S3Credentials
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")
+    shared = S3Clients()
+    timeouts = StoreTimeouts()
+    team_a = shared.get("http://127.0.0.1:1", "us-east-1", timeouts, S3Credentials("team-a", "secret-a"))
+    team_b = shared.get("http://127.0.0.1:1", "us-east-1", timeouts, S3Credentials("team-b", "secret-b"))
+    own = shared.get("http://127.0.0.1:1", "us-east-1", timeouts)
+    assert len({id(team_a), id(team_b), id(own)}) == 3
+    assert shared.get("http://127.0.0.1:1", "us-east-1", timeouts, S3Credentials("team-a", "secret-a")) is team_a
+    assert team_a._request_signer._credentials.access_key == "team-a"
+    assert own._request_signer._credentials.access_key == "operator-key"
+    assert "secret-a" not in repr(S3Credentials("team-a", "secret-a"))
