@@ -5,7 +5,8 @@
 #   bash hack/node/build.sh --check  print the folder if it is complete, fail otherwise
 #
 # Binaries: containerd, containerd-shim-runc-v2, ctr (github.com/containerd/containerd/v2, hack/node/go.mod);
-# kubelet (k8s.io/kubernetes, the control plane's module in hack/testenv/go.mod); the CNI plugins
+# kubelet (k8s.io/kubernetes, the control plane's module in hack/testenv/go.mod); kube-proxy (the same
+# k8s.io/kubernetes version, from hack/node/proxy/go.mod: its extra dependencies stay out of the control plane's); the CNI plugins
 # bridge, host-local, loopback and portmap in cni/ (github.com/containernetworking/plugins); and pause, the sandbox
 # process (a static C program from the kubernetes module). runc is Debian's (`make image-tools`).
 # They land in ${XDG_CACHE_HOME:-~/.cache}/selfimprove/node/<versions>-<hash>/bin, built once.
@@ -18,7 +19,7 @@ source "${here}/versions.env"
 # shellcheck source=../testenv/versions.env
 source "${testenv}/versions.env"
 
-binaries=(containerd containerd-shim-runc-v2 ctr kubelet pause cni/bridge cni/host-local cni/loopback cni/portmap)
+binaries=(containerd containerd-shim-runc-v2 ctr kubelet kube-proxy pause cni/bridge cni/host-local cni/loopback cni/portmap)
 mode="${1:-build}"
 log() { echo "node: $*" >&2; }
 die() { echo "node: error: $*" >&2; exit 1; }
@@ -32,6 +33,7 @@ missing_in() {
 }
 
 key_hash="$(cat "${here}/versions.env" "${here}/go.mod" "${here}/go.sum" "${testenv}/go.mod" "${testenv}/go.sum" \
+  "${here}/proxy/go.mod" "${here}/proxy/go.sum" \
   | sha256sum | cut -c1-12)"
 cache_root="${SIL_NODE_CACHE:-${XDG_CACHE_HOME:-${HOME}/.cache}/selfimprove/node}"
 dest="${cache_root}/k8s-${KUBERNETES_VERSION}_containerd-${CONTAINERD_VERSION}_cni-${CNI_PLUGINS_VERSION}-${key_hash}"
@@ -83,6 +85,9 @@ for cmd in kubelet; do
   (cd "${testenv}" && CGO_ENABLED=0 nice "${GO}" build -trimpath -ldflags "-s -w ${k8s_ldflags}" \
     -o "${staging}/bin/${cmd}" "k8s.io/kubernetes/cmd/${cmd}")
 done
+log "go build k8s.io/kubernetes/cmd/kube-proxy -> kube-proxy"
+(cd "${here}/proxy" && CGO_ENABLED=0 nice "${GO}" build -trimpath -ldflags "-s -w ${k8s_ldflags}" \
+  -o "${staging}/bin/kube-proxy" k8s.io/kubernetes/cmd/kube-proxy)
 pause_c="$(cd "${testenv}" && "${GO}" list -m -f '{{.Dir}}' k8s.io/kubernetes)/build/pause/linux/pause.c"
 gcc -Os -static -o "${staging}/bin/pause" -DVERSION="${PAUSE_IMAGE##*:}-selfimprove" "${pause_c}"
 strip "${staging}/bin/pause"

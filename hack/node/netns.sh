@@ -16,7 +16,13 @@ command -v ip >/dev/null || { echo "netns.sh: ip is missing: apt-get install ipr
 NODE_IP=${SIL_NODE_IP:-10.250.0.1}
 ns=sil-node-$$
 ip netns add "$ns"
-trap 'ip netns delete "$ns" 2>/dev/null || true' EXIT
+# On the way out, whatever still runs in the namespace (a container's shim or process left by a killed test run)
+# is killed before the namespace goes.
+cleanup() {
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  ip netns delete "$ns" 2>/dev/null || true
+}
+trap cleanup EXIT
 ip -n "$ns" link set lo up
 ip -n "$ns" addr add "${NODE_IP}/32" dev lo
 

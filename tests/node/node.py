@@ -1,4 +1,5 @@
-"""A real node for the test control plane: containerd (CRI) and a kubelet, in the node tier's network namespace.
+"""A real node for the test control plane: containerd (CRI), a kubelet and kube-proxy, in the node tier's network
+namespace.
 
 The kubelet registers with the API server as `sil-node` at the namespace's node address, runs pods with runc
 (Debian's) through containerd's CRI plugin, networks them with the CNI bridge plugin (10.88.0.0/16 inside the
@@ -26,11 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.integration.controlplane import ControlPlane
-from tests.servers.processes import free_port
+from tests.servers.processes import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD = REPO / "hack" / "node" / "build.sh"
 NODE_NAME = "sil-node"
+RELEASE_NAMESPACE = "selfimprove-system"
+"""Where the tests install the operator with the Helm chart."""
+TASK_IMAGE = "localhost/selfimprove/stage-arithmetic:dev"
+"""The demo's verifier on top of the CPU stage image: how a team ships its task code."""
 POD_SUBNET = "10.88.0.0/16"
 
 
@@ -79,9 +84,15 @@ class RealNode:
         self._start_containerd()
         self._import_pause_image()
         self._start_kubelet()
+        self._start_kube_proxy()
         self.wait_ready(timeout)
 
     def stop(self) -> None:
+        """Pods first (the kubelet unmounts their volumes and containerd removes their containers), then the node's
+        processes, then whatever they left mounted under the work folder (a kubelet never stops cleanly alone)."""
+        if self._processes:
+            with contextlib.suppress(Exception):
+                self.plane.kubectl("delete", "pods", "--all", "--all-namespaces", "--wait=true", timeout=90)
         for _name, process in reversed(self._processes):
             if process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -93,14 +104,27 @@ class RealNode:
                     process.wait()
         self._processes.clear()
         # The shims (and their containers) outlive containerd by design: end them with the node.
-        subprocess.run(["pkill", "-f", f"containerd-shim-runc-v2.*{self.socket}"], check=False)
+        subprocess.run(["pkill", "-9", "-f", f"containerd-shim-runc-v2.*{self.socket}"], check=False)
+        self._unmount_leftovers()
+
+    def _unmount_leftovers(self) -> None:
+        root = str(self.work_dir.resolve())
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:
+            points = [line.split()[1] for line in mounts if line.split()[1].startswith(root)]
+        for point in sorted(points, key=len, reverse=True):  # the deepest first
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         logs = self.work_dir / "logs"
         logs.mkdir(exist_ok=True)
         with (logs / f"{name}.log").open("ab") as log:
             process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.work_dir
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.work_dir,
+                preexec_fn=die_with_parent,  # a killed test run leaves no node behind (netns.sh kills the rest)
             )
         self._processes.append((name, process))
         return process
@@ -154,6 +178,7 @@ class RealNode:
                     sandbox = "{node_versions()["PAUSE_IMAGE"]}"
                 [plugins."io.containerd.cri.v1.runtime"]
                   restrict_oom_score_adj = true
+                  netns_mounts_under_state_dir = true
                   enable_unprivileged_ports = true
                   [plugins."io.containerd.cri.v1.runtime".containerd]
                     default_runtime_name = "runc"
@@ -216,6 +241,18 @@ class RealNode:
             save.wait()
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(image_id)
+
+    @staticmethod
+    def podman_images() -> list[str]:
+        listed = subprocess.run(
+            ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True
+        )
+        return listed.stdout.split()
+
+    def tag_and_import(self, image: str, name: str) -> None:
+        """`image` under another name, in podman and in the node's containerd."""
+        subprocess.run(["podman", "tag", image, name], check=True, capture_output=True)
+        self.import_from_podman(name)
 
     def _import_pause_image(self) -> None:
         name = node_versions()["PAUSE_IMAGE"]
@@ -280,6 +317,29 @@ class RealNode:
                 "--v=1",
             ],
         )
+
+    def _start_kube_proxy(self) -> None:
+        """Services' cluster IPs (the `kubernetes` Service for the in-cluster operator) as iptables rules."""
+        config = self.work_dir / "kube-proxy-config.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+                    "kind": "KubeProxyConfiguration",
+                    "clientConnection": {"kubeconfig": str(self.plane.kubeconfig)},
+                    "hostnameOverride": NODE_NAME,
+                    "clusterCIDR": POD_SUBNET,
+                    "mode": "iptables",
+                    "bindAddress": self.address,
+                    "healthzBindAddress": f"127.0.0.1:{free_port()}",
+                    "metricsBindAddress": f"127.0.0.1:{free_port()}",
+                    # No conntrack sysctls: the namespace's own defaults serve a test node.
+                    "conntrack": {"maxPerCore": 0, "min": 0},
+                    "iptables": {"localhostNodePorts": False},
+                }
+            )
+        )
+        self._spawn("kube-proxy", [str(self.bin_dir / "kube-proxy"), f"--config={config}", "--v=1"])
 
     def _check_alive(self) -> None:
         for name, process in self._processes:

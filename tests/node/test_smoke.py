@@ -1,4 +1,5 @@
-"""The real node serves pods: the kubelet registered, Ready, and a pod in the stage image runs to completion."""
+"""The real node serves pods: the kubelet registered, Ready, and a pod of the stage image (the task image built on
+the CPU stage image) runs to completion as the image's user, on a read-only root."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import json
 from tests.integration.controlplane import wait_until
 from tests.node.node import NODE_NAME, RealNode
 
+PROBE = """
+import os, sil_stages.cli
+print("uid", os.getuid())
+try:
+    open("/opt/venv/written-by-a-stage", "w")
+except OSError as error:
+    print("root filesystem", error.strerror)
+"""
 
-def test_the_kubelet_runs_a_pod_in_the_stage_image_as_its_non_root_user(
-    node: RealNode, node_images: dict[str, str], node_namespace: str
+
+def test_the_kubelet_runs_a_pod_in_the_stage_image_as_its_non_root_user_on_a_read_only_root(
+    node: RealNode, task_image: str, node_namespace: str
 ) -> None:
     pod = {
         "apiVersion": "v1",
@@ -21,9 +31,9 @@ def test_the_kubelet_runs_a_pod_in_the_stage_image_as_its_non_root_user(
             "containers": [
                 {
                     "name": "stage",
-                    "image": node_images["stage-cpu"],
+                    "image": task_image,
                     "imagePullPolicy": "Never",
-                    "command": ["python", "-c", "import os, sil_stages.cli; print('uid', os.getuid())"],
+                    "command": ["python", "-c", PROBE],
                     "securityContext": {
                         "allowPrivilegeEscalation": False,
                         "capabilities": {"drop": ["ALL"]},
@@ -45,3 +55,4 @@ def test_the_kubelet_runs_a_pod_in_the_stage_image_as_its_non_root_user(
     assert status["status"]["phase"] == "Succeeded", json.dumps(status["status"], indent=1)
     logs = node.plane.kubectl("logs", "whoami", "-n", node_namespace).stdout
     assert "uid 65532" in logs
+    assert "root filesystem Read-only file system" in logs, "readOnlyRootFilesystem enforced by the kubelet"

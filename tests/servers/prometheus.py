@@ -161,12 +161,15 @@ class PrometheusServer:
 
 
 @contextlib.contextmanager
-def running_prometheus(tmp_dir: Path, scrape_targets: Sequence[str] = ()) -> Iterator[PrometheusServer]:
-    """A Pushgateway and a Prometheus scraping it (and `scrape_targets`, "host:port"), stopped on exit."""
+def running_prometheus(
+    tmp_dir: Path, scrape_targets: Sequence[str] = (), host: str = "127.0.0.1"
+) -> Iterator[PrometheusServer]:
+    """A Pushgateway and a Prometheus scraping it (and `scrape_targets`, "host:port"), stopped on exit. `host`: the
+    address both listen on (loopback but in the node tier, whose pods push to the node address in its namespace)."""
     prometheus_bin, pushgateway_bin = binary("prometheus"), binary("pushgateway")
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    pushgateway_address = f"127.0.0.1:{free_port()}"
-    prometheus_address = f"127.0.0.1:{free_port()}"
+    pushgateway_address = f"{host}:{free_port()}"
+    prometheus_address = f"{host}:{free_port()}"
     config = tmp_dir / "prometheus.yml"
     config.write_text(json.dumps(prometheus_config(pushgateway_address, scrape_targets), indent=2))  # YAML ⊇ JSON
     pushgateway = _Server(

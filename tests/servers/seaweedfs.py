@@ -104,12 +104,12 @@ def find_weed() -> Path:
     )
 
 
-def _command(weed: Path, data_dir: Path, identities: Path, ports: dict[str, int]) -> list[str]:
+def _command(weed: Path, data_dir: Path, identities: Path, ports: dict[str, int], host: str) -> list[str]:
     return [
         str(weed),
         "server",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={host}",
+        f"-ip.bind={host}",
         f"-dir={data_dir}",
         f"-master.port={ports['master']}",
         f"-master.port.grpc={ports['master.grpc']}",
@@ -189,6 +189,7 @@ class SeaweedFSProcess:
     command: list[str]
     work_dir: Path
     ports: dict[str, int]
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
     volumes: frozenset[int] = frozenset()
     """The volumes the master knew before `kill()`: a restart is ready once the volume server registered them."""
@@ -219,7 +220,7 @@ class SeaweedFSProcess:
     def volume_ids(self) -> frozenset[int]:
         """The volume ids the master's /vol/status lists (empty when it does not answer)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['master']}/vol/status", timeout=5) as answer:
+            with urllib.request.urlopen(f"http://{self.host}:{self.ports['master']}/vol/status", timeout=5) as answer:
                 status = json.load(answer)
         except (OSError, ValueError):
             return frozenset()
@@ -248,15 +249,18 @@ def _remove_sockets(ports: dict[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def running_seaweedfs(tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0) -> Iterator[S3Server]:
-    """A SeaweedFS S3 server with its data in `tmp_dir`, stopped on exit (on errors too)."""
-    with restartable_seaweedfs(tmp_dir, region=region, timeout=timeout) as weed:
+def running_seaweedfs(
+    tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0, host: str = "127.0.0.1"
+) -> Iterator[S3Server]:
+    """A SeaweedFS S3 server with its data in `tmp_dir`, stopped on exit (on errors too). `host`: the address it
+    listens on (loopback but in the node tier, whose pods reach it at the node address inside its namespace)."""
+    with restartable_seaweedfs(tmp_dir, region=region, timeout=timeout, host=host) as weed:
         yield weed.server
 
 
 @contextlib.contextmanager
 def restartable_seaweedfs(
-    tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0
+    tmp_dir: Path, *, region: str = "us-east-1", timeout: float = 60.0, host: str = "127.0.0.1"
 ) -> Iterator[SeaweedFSProcess]:
     """As `running_seaweedfs`, yielding the process handle (`kill()`, `start()`) with the server in `.server`."""
     weed = find_weed()
@@ -284,8 +288,8 @@ def restartable_seaweedfs(
     (tmp_dir / "master.toml").write_text(_MASTER_TOML)
     log_path = tmp_dir / "weed.log"
     log_path.write_bytes(b"")
-    server = S3Server(f"http://127.0.0.1:{ports['s3']}", access_key, secret_key, region, log_path)
-    handle = SeaweedFSProcess(server, _command(weed, data_dir, identities, ports), tmp_dir, ports)
+    server = S3Server(f"http://{host}:{ports['s3']}", access_key, secret_key, region, log_path)
+    handle = SeaweedFSProcess(server, _command(weed, data_dir, identities, ports, host), tmp_dir, ports, host)
     try:
         handle.start(timeout)
         yield handle

@@ -87,7 +87,7 @@ class StageStatus(ApiModel):
     message: str | None = None
     reason: str | None = Field(
         default=None,
-        description="Why the stage failed or cannot run: InputRejected (exit code 2), ManifestMissing, "
+        description="Why the stage failed or cannot run: InputRejected (exit code 2), ManifestMissing, OOMKilled, "
         "BackoffLimitExceeded, DeadlineExceeded, FailedCreate, ImagePullBackOff, ...",
     )
     metrics: dict[str, float] = Field(default_factory=dict)
