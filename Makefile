@@ -43,8 +43,9 @@ servers:
 	fi
 
 # The images' build tools from Debian's packages (no Docker engine needed): podman builds and runs them, with runc
-# (crun refuses a cgroup v1 hybrid host); debootstrap makes the local base image (hack/images/base.sh).
-IMAGE_PACKAGES := podman buildah runc debootstrap fuse-overlayfs uidmap
+# (crun refuses a cgroup v1 hybrid host); debootstrap makes the local base image (hack/images/base.sh); the node
+# tier adds iptables (kube-proxy), iproute2 (its network namespace), conntrack, and gcc (the static pause process).
+IMAGE_PACKAGES := podman buildah runc debootstrap fuse-overlayfs uidmap iptables iproute2 conntrack gcc libc6-dev
 
 image-tools:
 	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
