@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.arithmetic_loop import arithmetic_loop
 from tests.integration.controlplane import wait_until
 from tests.integration.test_helm_chart import Helm
 from tests.node.conftest import TIMINGS
@@ -54,61 +55,34 @@ def test_the_chart_runs_the_operator_in_cluster_from_its_image_with_leader_elect
 def arithmetic_loop_in_s3(
     namespace: str, name: str, s3: S3Server, prometheus: PrometheusServer, uris: dict[str, str]
 ) -> dict[str, Any]:
-    """The demo loop, small enough for minutes on a CPU: every input in S3, the verifier in the stage image."""
-    return {
-        "apiVersion": "selfimprove.dev/v1alpha1",
-        "kind": "SelfImprovementLoop",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"uri": uris["model"]},
-            "storage": {"uri": f"s3://loops/{name}", "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"},
-            "maxIterations": 2,
-            "runtime": {
-                "backoffLimit": 0,
-                "env": {"OMP_NUM_THREADS": "1"},
-                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "4Gi"}},
-            },
-            # The settings of the demo's first iterations (tests/integration/arithmetic_loop.py), which promote.
-            "acquire": {
-                "prompts": {"uri": uris["prompts"], "perIteration": 4000},
-                "samplesPerPrompt": 4,
-                "sampling": {"temperature": 1.0, "maxNewTokens": 8},
-                "batchSize": 256,
-            },
-            "select": {
-                "scorer": {"type": "verifier", "verifier": "arithmetic:verify"},
-                "keep": {"minScore": 1.0, "topK": 2},
-            },
-            "optimize": {
-                "hyperparameters": {
-                    "learningRate": 1.0e-3,
-                    "warmupRatio": 0.1,
-                    "epochs": 3,
-                    "batchSize": 32,
-                    "maxLength": 32,
-                },
-            },
-            "evaluate": {
-                "datasets": [{"name": "heldout", "uri": uris["heldout"]}],
-                "maxNewTokens": 8,
-                "pushgateway": {"address": prometheus.pushgateway_url},
-            },
-            "promotion": {
-                "prometheus": {"address": prometheus.url},
-                "gates": [
-                    {
-                        "name": "heldout-improves",
-                        "query": QUERY,
-                        "successCondition": "result > champion",
-                        "initialDelaySeconds": 3,
-                        "inconclusiveLimit": 2,
-                        "count": 1,
-                        "intervalSeconds": 2,
-                    }
-                ],
-            },
-        },
+    """The demo loop of the integration tests (its first iterations promote), with every input in S3 and the verifier
+    in the stage image: no pod runner to target, no PYTHONPATH to pass."""
+    storage = {"uri": f"s3://loops/{name}", "endpoint": s3.endpoint, "credentialsSecret": "s3-credentials"}
+    document = arithmetic_loop(namespace, name, uris["model"], storage)
+    spec = document["spec"]
+    spec["runtime"] = {
+        "backoffLimit": 0,
+        "env": {"OMP_NUM_THREADS": "1"},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "4Gi"}},
     }
+    spec["acquire"]["prompts"]["uri"] = uris["prompts"]
+    spec["evaluate"]["datasets"] = [{"name": "heldout", "uri": uris["heldout"]}]
+    spec["evaluate"]["pushgateway"] = {"address": prometheus.pushgateway_url}
+    spec["promotion"] = {
+        "prometheus": {"address": prometheus.url},
+        "gates": [
+            {
+                "name": "heldout-improves",
+                "query": QUERY,
+                "successCondition": "result > champion",
+                "initialDelaySeconds": 3,
+                "inconclusiveLimit": 2,
+                "count": 1,
+                "intervalSeconds": 2,
+            }
+        ],
+    }
+    return document
 
 
 def test_a_loop_applied_with_kubectl_runs_every_stage_in_the_stage_image_on_the_kubelet_and_succeeds(
