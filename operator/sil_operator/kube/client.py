@@ -112,17 +112,21 @@ class KubeApi:
             {"status": status},
         )
 
-    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        """One key of a Secret, decoded. Raises KeyError naming the Secret and key when it is not there."""
-        import base64
-
+    async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
+        """A Secret's data, base64 as the API gives it. Raises KeyError naming the Secret when it cannot be read."""
         from kubernetes.client.exceptions import ApiException
 
         try:
             secret = await self._call(self.core.read_namespaced_secret, name, namespace)
         except ApiException as error:
             raise KeyError(f"Secret {namespace}/{name}: {error.reason} ({error.status})") from error
-        data = secret.data or {}
+        return dict(secret.data or {})
+
+    async def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret, decoded. Raises KeyError naming the Secret and key when it is not there."""
+        import base64
+
+        data = await self._secret_data(namespace, name)
         if key not in data:
             raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
         try:
@@ -135,14 +139,8 @@ class KubeApi:
         Secret when it cannot be read."""
         import base64
 
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            secret = await self._call(self.core.read_namespaced_secret, name, namespace)
-        except ApiException as error:
-            raise KeyError(f"Secret {namespace}/{name}: {error.reason} ({error.status})") from error
         decoded: dict[str, str] = {}
-        for key, value in (secret.data or {}).items():
+        for key, value in (await self._secret_data(namespace, name)).items():
             try:
                 decoded[key] = base64.b64decode(value).decode("utf-8")
             except (ValueError, UnicodeDecodeError):

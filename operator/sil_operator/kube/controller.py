@@ -99,9 +99,9 @@ class LoopMemory:
 
     options: StorageOptions
     manifests: ManifestCache
+    """Also holds the loop's Store (its S3 client is shared with the other loops of the same endpoint)."""
     credentials: S3Credentials | None = None
     """The S3 keys of the loop's credentials Secret the Store uses (None: the operator's own environment)."""
-    """Also holds the loop's Store (its S3 client is shared with the other loops of the same endpoint)."""
     measurements: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
 
 
@@ -124,9 +124,9 @@ class Controller:
     specs: dict[tuple[str, str], tuple[str, int, SelfImprovementLoop]] = field(default_factory=dict)
     """The parsed spec per loop with the uid and generation it was parsed at (see `_parse`)."""
     s3_clients: S3Clients = field(default_factory=S3Clients)
+    """One S3 client per endpoint for all loops' Stores (a client per loop cost ~12 MB each: bench/scale.py)."""
     store_credentials: dict[tuple[str, str], tuple[tuple[str, int], S3Credentials]] = field(default_factory=dict)
     """Per loop: the credentials Secret's name and the generation it was read for, and its keys."""
-    """One S3 client per endpoint for all loops' Stores (a client per loop cost ~12 MB each: bench/scale.py)."""
 
     async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
         key = (namespace, name)
@@ -155,10 +155,10 @@ class Controller:
         self, namespace: str, name: str, body: Mapping[str, Any], loop: SelfImprovementLoop
     ) -> ReconcileResult:
         key = (namespace, name)
-        credentials = await self._store_credentials(loop, namespace, int(body["metadata"].get("generation", 1)))
+        ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
+        credentials = await self._store_credentials(loop, namespace, ref.generation)
         memory = await self.offload.run(key, self._memory, namespace, name, loop, credentials)
         store = memory.manifests.store
-        ref = LoopRef(name, namespace, int(body["metadata"].get("generation", 1)))
         status = _retry_after_spec_change(status_from_body(body), ref.generation)
         jobs = await self.api.list_jobs(namespace, name) + await self._jobsets_as_jobs(namespace, name)
         findings = await self._findings(namespace, jobs, status)
