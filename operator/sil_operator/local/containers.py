@@ -28,6 +28,14 @@ from typing import Any
 from sil_operator.failures import StageInputUnreadable
 from sil_operator.kube.objects import SCRATCH_DIR, SCRATCH_ENV, TMP_DIR
 
+
+def stage_threads() -> str:
+    """OMP_NUM_THREADS for a stage unless the environment or spec.runtime.env sets it: torch's CPU kernels
+    oversubscribe a small machine shared with the runner (measured: 30x slower training on 2 busy cores), so half the
+    cores. The same for a stage process and a stage container."""
+    return str(max(1, (os.cpu_count() or 2) // 2))
+
+
 NPROC_CAP = 32768
 """The most processes a container is given: runc sets the limit, and the kernel refuses one above the caller's hard
 limit (seen: 65536 refused under a hard limit of 96367; 32768 accepted)."""
@@ -114,15 +122,16 @@ class StageContainers:
         return f"sil-{run_name}-a{attempt}-{os.getpid()}"
 
     def command(self, stage: str, config_path: Path, run_name: str, attempt: int) -> list[str]:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        text = config_path.read_text(encoding="utf-8")
+        config = json.loads(text)
         store = self.store_dir.resolve()
-        readonly = covering_mounts([config_path, *self.python_path, *referenced_paths(config)])
+        inputs = list(referenced_paths(config))
+        readonly = covering_mounts([config_path, *self.python_path, *inputs])
         # Inside the store: already mounted (writable). Above it: mounted read-only, the store's own mount (deeper)
         # stays writable, as podman orders mounts by depth.
         readonly = [p for p in readonly if p != store and store not in p.parents]
         as_root = self.uid == 0
         if as_root:
-            inputs = [p for p in referenced_paths(config) if store not in p.parents and p != store]
             private = unreadable_by_others([*inputs, *self.python_path], skip=store)
             if private:
                 shown = ", ".join(f"{p} (mode {p.stat().st_mode & 0o777:04o})" for p in private[:3])
@@ -143,7 +152,7 @@ class StageContainers:
             "--security-opt=no-new-privileges",
             f"--tmpfs={TMP_DIR}:rw,mode=1777",
             f"--tmpfs={SCRATCH_DIR}:rw,mode=1777",
-            f"--network={'host' if _names_a_url(config) else 'none'}",
+            f"--network={'host' if 'http://' in text or 'https://' in text else 'none'}",
             *ulimit_flags(),
         ]
         if not as_root:
@@ -154,7 +163,7 @@ class StageContainers:
         env = {
             **SCRATCH_ENV,
             "PYTHONUNBUFFERED": "1",
-            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // 2)),
+            "OMP_NUM_THREADS": stage_threads(),
             "PYTHONPATH": os.pathsep.join(str(p.resolve()) for p in self.python_path),
             **self.env,
         }
@@ -171,7 +180,3 @@ class StageContainers:
             timeout=60,
             check=False,
         )
-
-
-def _names_a_url(config: Any) -> bool:
-    return "http://" in json.dumps(config) or "https://" in json.dumps(config)

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sil_operator.local.containers import StageContainers
+from sil_operator.local.containers import StageContainers, stage_threads
 from sil_operator.local.forkclient import ForkServer
 from sil_operator.planner import StartStage
 
@@ -105,9 +105,7 @@ class LocalExecutor:
     def stage_env(self) -> dict[str, str]:
         """The environment of every stage process (and of the fork server, which imports with it)."""
         env = {**os.environ, **self._env, "PYTHONUNBUFFERED": "1"}
-        # Torch's CPU kernels oversubscribe a small machine shared with the runner (measured: 30x slower training
-        # on 2 busy cores). Half the cores is a safe default; the environment or spec.runtime.env wins.
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // 2)))
+        env.setdefault("OMP_NUM_THREADS", stage_threads())  # the environment or spec.runtime.env wins
         env["PYTHONPATH"] = os.pathsep.join(
             [str(p) for p in self._python_path] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
         )
@@ -131,24 +129,15 @@ class LocalExecutor:
             log.flush()
             if self.fork_server:
                 process = self._fork_server().start(arguments, log_path)
-            elif self.containers is not None:
-                # The engine's client forwards signals to the container (SIGTERM, SIGINT); `stop_all` removes
-                # a container that outlives its grace period.
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_parent_death(),
-                )
             else:
+                # A container's engine client gets this process's environment (the stage's own is in the command)
+                # and forwards signals to the container; `stop_all` removes one that outlives its grace period.
                 process = subprocess.Popen(
                     command,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env=self.stage_env(),
+                    env=None if self.containers is not None else self.stage_env(),
                     start_new_session=True,
                     preexec_fn=_parent_death(),
                 )
