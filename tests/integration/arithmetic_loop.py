@@ -11,9 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.podrunner import RUNNER_LABEL, RUNNER_LABEL_VALUE
+from tests.servers.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "arithmetic"
+HELDOUT_QUERY = (
+    'selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
+    'dataset="heldout",model="{{model}}"}'
+)
+"""The held-out score evaluate pushes, as a gate asks Prometheus for it."""
 
 
 def arithmetic_loop(namespace: str, name: str, model_uri: str, storage: dict[str, Any]) -> dict[str, Any]:
@@ -64,4 +70,24 @@ def arithmetic_loop(namespace: str, name: str, model_uri: str, storage: dict[str
                 "maxNewTokens": 8,
             },
         },
+    }
+
+
+def gated_on_prometheus(spec: dict[str, Any], prometheus: PrometheusServer, success_condition: str) -> None:
+    """Evaluate pushes to `prometheus`'s Pushgateway and one held-out gate reads Prometheus, on `success_condition`."""
+    spec["evaluate"]["pushgateway"] = {"address": prometheus.pushgateway_url}
+    spec["promotion"] = {
+        "prometheus": {"address": prometheus.url},
+        "gates": [
+            {
+                "name": "heldout-improves",
+                "query": HELDOUT_QUERY,
+                "successCondition": success_condition,
+                # Prometheus scrapes the Pushgateway every second: give it a few before the first look.
+                "initialDelaySeconds": 3,
+                "inconclusiveLimit": 2,
+                "count": 1,
+                "intervalSeconds": 2,
+            }
+        ],
     }

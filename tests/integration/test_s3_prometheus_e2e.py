@@ -19,18 +19,13 @@ import yaml
 
 from sil_stages.contract import StorageOptions
 from sil_stages.store import Store
-from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop
+from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop, gated_on_prometheus
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.servers.prometheus import PrometheusServer
 from tests.servers.seaweedfs import S3Server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
-
-QUERY = (
-    'selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
-    'dataset="heldout",model="{{model}}"}'
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +50,7 @@ def loop(
     spec = document["spec"]
     spec["maxIterations"] = 1
     spec["optimize"]["hyperparameters"]["learningRate"] = lr
-    spec["evaluate"]["pushgateway"] = {"address": prometheus.pushgateway_url}
-    spec["promotion"] = {
-        "prometheus": {"address": prometheus.url},
-        "gates": [
-            {
-                "name": "heldout-improves",
-                "query": QUERY,
-                "successCondition": "result >= champion + 0.01",
-                # Prometheus scrapes the Pushgateway every second: give it a few before the first look.
-                "initialDelaySeconds": 3,
-                "inconclusiveLimit": 2,
-                "count": 1,
-                "intervalSeconds": 2,
-            }
-        ],
-    }
+    gated_on_prometheus(spec, prometheus, "result >= champion + 0.01")
     return document
 
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.containers.images import podman
 from tests.integration.controlplane import ControlPlane
 from tests.servers.processes import die_with_parent, free_port
 
@@ -114,7 +115,7 @@ class RealNode:
         for point in sorted(points, key=len, reverse=True):  # the deepest first
             subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         logs = self.work_dir / "logs"
         logs.mkdir(exist_ok=True)
         with (logs / f"{name}.log").open("ab") as log:
@@ -124,6 +125,7 @@ class RealNode:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.work_dir,
+                env=env,
                 preexec_fn=die_with_parent,  # a killed test run leaves no node behind (netns.sh kills the rest)
             )
         self._processes.append((name, process))
@@ -196,9 +198,9 @@ class RealNode:
                 """
             )
         )
-        env_path = f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
-        os.environ["PATH"] = env_path  # containerd finds its shim on PATH
-        self._spawn("containerd", [str(self.bin_dir / "containerd"), "--config", str(config)])
+        # containerd finds its shim on PATH
+        env = {**os.environ, "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+        self._spawn("containerd", [str(self.bin_dir / "containerd"), "--config", str(config)], env)
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             self._check_alive()
@@ -225,13 +227,13 @@ class RealNode:
     def import_from_podman(self, image: str, timeout: float = 1800) -> None:
         """`podman save IMAGE | ctr import -` unless containerd already holds this build of it (same image ID)."""
         image_id = subprocess.run(
-            ["podman", "image", "inspect", image, "--format", "{{.Id}}"], capture_output=True, text=True, check=True
+            [podman(), "image", "inspect", image, "--format", "{{.Id}}"], capture_output=True, text=True, check=True
         ).stdout.strip()
         marker = self.containerd_root / "imported" / image.replace("/", "_").replace(":", "_")
         if self.has_image(image) and marker.exists() and marker.read_text() == image_id:
             return
         save = subprocess.Popen(
-            ["podman", "save", "--format", "docker-archive", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [podman(), "save", "--format", "docker-archive", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         assert save.stdout is not None
         try:
@@ -245,13 +247,13 @@ class RealNode:
     @staticmethod
     def podman_images() -> list[str]:
         listed = subprocess.run(
-            ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True
+            [podman(), "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, check=True
         )
         return listed.stdout.split()
 
     def tag_and_import(self, image: str, name: str) -> None:
         """`image` under another name, in podman and in the node's containerd."""
-        subprocess.run(["podman", "tag", image, name], check=True, capture_output=True)
+        subprocess.run([podman(), "tag", image, name], check=True, capture_output=True)
         self.import_from_podman(name)
 
     def _import_pause_image(self) -> None:
@@ -264,8 +266,6 @@ class RealNode:
         (context / "Containerfile").write_text(
             'FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT ["/pause"]\n'
         )
-        from tests.containers.images import podman
-
         subprocess.run([podman(), "build", "-q", "-t", name, str(context)], check=True, capture_output=True)
         self.import_from_podman(name)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.arithmetic_loop import arithmetic_loop
+from tests.integration.arithmetic_loop import arithmetic_loop, gated_on_prometheus
 from tests.integration.controlplane import wait_until
 from tests.integration.test_helm_chart import Helm
 from tests.node.conftest import TIMINGS
@@ -25,11 +25,6 @@ from tests.servers.prometheus import PrometheusServer
 from tests.servers.seaweedfs import S3Server
 
 pytestmark = [pytest.mark.timeout(2400)]
-
-QUERY = (
-    'selfimprove_eval_score{namespace="{{namespace}}",loop="{{loop}}",iteration="{{iteration}}",'
-    'dataset="heldout",model="{{model}}"}'
-)
 
 
 def operator_pod(node: RealNode) -> dict[str, Any]:
@@ -67,21 +62,7 @@ def arithmetic_loop_in_s3(
     }
     spec["acquire"]["prompts"]["uri"] = uris["prompts"]
     spec["evaluate"]["datasets"] = [{"name": "heldout", "uri": uris["heldout"]}]
-    spec["evaluate"]["pushgateway"] = {"address": prometheus.pushgateway_url}
-    spec["promotion"] = {
-        "prometheus": {"address": prometheus.url},
-        "gates": [
-            {
-                "name": "heldout-improves",
-                "query": QUERY,
-                "successCondition": "result > champion",
-                "initialDelaySeconds": 3,
-                "inconclusiveLimit": 2,
-                "count": 1,
-                "intervalSeconds": 2,
-            }
-        ],
-    }
+    gated_on_prometheus(spec, prometheus, "result > champion")
     return document
 
 
