@@ -12,7 +12,9 @@ names the package.
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,6 +244,19 @@ def test_prometheus_scrapes_the_operator_s_metrics(tmp_path: Path) -> None:
         http_server.shutdown()
         http_server.server_close()
         thread.join(10)
+
+
+def test_a_new_pushgateway_starts_empty_whatever_an_earlier_one_was_pushed(tmp_path: Path) -> None:
+    """Debian's Pushgateway persists its groups to one system-wide file by default; a test's groups must not
+    reach another test's alerts."""
+    grouping = {"namespace": NAMESPACE, "loop": LOOP, "iteration": "1"}
+    sample = MetricSample(name="selfimprove_eval_score", labels={**grouping, "dataset": "heldout"}, value=0.5)
+    for run in ("first", "second"):
+        with running_prometheus(tmp_path / run) as server:
+            with urllib.request.urlopen(f"{server.pushgateway_url}/api/v1/metrics", timeout=10) as response:
+                groups = json.loads(response.read())["data"]
+            assert groups == [], f"the {run} Pushgateway starts with no groups"
+            push(server.pushgateway_url, [sample], grouping, timeout=10)
 
 
 # -- what Prometheus 2.42 cannot exercise: auth, TLS, slowness, absence ------------------------------------------

@@ -174,7 +174,14 @@ def running_prometheus(
     config.write_text(json.dumps(prometheus_config(pushgateway_address, scrape_targets), indent=2))  # YAML ⊇ JSON
     pushgateway = _Server(
         "prometheus-pushgateway",
-        [pushgateway_bin, f"--web.listen-address={pushgateway_address}", "--log.level=warn"],
+        # Debian's build persists every group to /var/lib/prometheus/pushgateway.data by default: one file shared
+        # by every test (and every run) would feed one test's groups to another's alerts. Each server its own.
+        [
+            pushgateway_bin,
+            f"--web.listen-address={pushgateway_address}",
+            f"--persistence.file={tmp_dir / 'pushgateway.data'}",
+            "--log.level=warn",
+        ],
         f"http://{pushgateway_address}/-/ready",
         tmp_dir / "pushgateway.log",
     )
