@@ -83,6 +83,7 @@ unit: install servers
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check operator stages tests
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: install
 	$(VENV)/bin/mypy

@@ -15,7 +15,7 @@ small json files. Then, `--repeats` times each, in one run so that both see the 
 
 MB/s is 10^6 bytes per second of wall time, median over the repeats. `--sweep` also times the store's upload and
 download for a grid of part sizes and concurrencies (one repeat each), the evidence for `TRANSFER_CHUNK_BYTES` and
-`TRANSFER_CONCURRENCY` in `stages/sil_stages/store.py`. Prints a table and writes everything as JSON.
+`TRANSFER_CONCURRENCY` in `stages/sil_stages/core/store.py`. Prints a table and writes everything as JSON.
 
 Caveat: server and client share this machine's cores, so the numbers say how the transfer settings compare here,
 not what a remote S3 delivers (there, per-request latency makes parallel parts matter more, not less).
@@ -45,8 +45,8 @@ if str(REPO) not in sys.path:
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-import sil_stages.store as store_module  # noqa: E402
-from sil_stages.store import MIB, Store, join  # noqa: E402
+import sil_stages.core.store as store_module  # noqa: E402
+from sil_stages.core.store import MIB, Store, join  # noqa: E402
 from tests.servers.seaweedfs import S3Server, running_seaweedfs  # noqa: E402
 
 SWEEP_CHUNKS_MIB = (8, 16, 32, 64)

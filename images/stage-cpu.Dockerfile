@@ -61,7 +61,7 @@ FROM deps
 # The project as the wheel stage installed it, without its dependencies (the layers below have them) and without
 # the wheel; then the check that every stage program's module imports with what this image installs.
 COPY --from=wheel /install/ /opt/venv/
-RUN python -c "import sil_stages.cli, sil_stages.acquire, sil_stages.select, sil_stages.optimize, sil_stages.evaluate" \
+RUN python -c "import sil_stages.cli, sil_stages.acquire.stage, sil_stages.select.stage, sil_stages.optimize.stage, sil_stages.evaluate.stage" \
     && python -m sil_stages --help >/dev/null \
     && ! pip show kopf >/dev/null 2>&1
 

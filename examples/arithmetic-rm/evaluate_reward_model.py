@@ -65,8 +65,8 @@ def best_of_n(
     sys.path.insert(0, str(ARITHMETIC))
     from arithmetic import verify  # type: ignore[import-not-found]
 
-    from sil_stages.generation import SamplingRequest, TransformersEngine
-    from sil_stages.models import load_model, load_tokenizer
+    from sil_stages.core.generation import SamplingRequest, TransformersEngine
+    from sil_stages.core.models import load_model, load_tokenizer
 
     engine = TransformersEngine(load_model(str(base), device="cpu"), load_tokenizer(str(base)), batch_size=256)
     samples = engine.generate(prompts, SamplingRequest(n=n, temperature=temperature, max_new_tokens=8))

@@ -114,8 +114,8 @@ def labelled_sums() -> list[tuple[str, int]]:
 
 def on_policy_mistakes(prompts_and_sums: list[tuple[str, int]]) -> list[list[int]]:
     """Each prompt's distinct wrong numeric answers among the base model's samples at temperature 1.0."""
-    from sil_stages.generation import SamplingRequest, TransformersEngine
-    from sil_stages.models import load_model, load_tokenizer
+    from sil_stages.core.generation import SamplingRequest, TransformersEngine
+    from sil_stages.core.models import load_model, load_tokenizer
 
     engine = TransformersEngine(load_model(str(BASE), device="cpu"), load_tokenizer(str(BASE)), batch_size=256)
     request = SamplingRequest(n=ON_POLICY_SAMPLES, temperature=1.0, max_new_tokens=8, seed=SEED)

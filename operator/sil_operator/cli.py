@@ -25,8 +25,8 @@ from sil_operator.failures import LoopProblem, classify
 from sil_operator.local.runner import LocalRunner, RunnerBusy, load_status, run_dir_for
 from sil_operator.planner import Event
 from sil_operator.report import iteration_table, stage_summary, write_report
-from sil_stages.contract import StorageOptions
-from sil_stages.store import Store, StoreError, is_remote, local_path
+from sil_stages.core.contract import StorageOptions
+from sil_stages.core.store import Store, StoreError, is_remote, local_path
 
 if TYPE_CHECKING:
     from sil_operator.kube.leader import LeaderElector

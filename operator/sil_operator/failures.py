@@ -15,7 +15,7 @@ from datetime import datetime
 from sil_operator.api.status import Condition, LoopPhase, LoopStatus
 from sil_operator.manifests import ManifestUnreadable
 from sil_operator.planner import set_conditions
-from sil_stages.store import StoreError
+from sil_stages.core.store import StoreError
 
 DEGRADED = "Degraded"
 """The condition type the runners own: True while a failure persists, False once a reconcile succeeds."""

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from sil_stages.contract import Manifest, manifest_uri, stage_uri
-from sil_stages.store import Store, StoreError
+from sil_stages.core.contract import Manifest, manifest_uri, stage_uri
+from sil_stages.core.store import Store, StoreError
 
 
 class ManifestUnreadable(StoreError):

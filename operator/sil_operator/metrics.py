@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 from sil_operator.api.status import Decision, GatePhase, LoopPhase
-from sil_stages.contract import STAGES
+from sil_stages.core.contract import STAGES
 
 STAGE_DURATION_BUCKETS: tuple[float, ...] = (
     1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 57600, 86400,

@@ -47,10 +47,10 @@ from sil_operator.gates.analysis import (
     resolve_gate,
 )
 from sil_operator.stageconfig import AnyStageConfig, LoopRef, build_stage_config, checkpoint_uri
-from sil_stages.contract import STAGES
+from sil_stages.core.contract import STAGES
 
 INPUT_REJECTED_EXIT_CODE = 2
-"""A stage exits 2 on a StageInputError (sil_stages.errors): the input is wrong and a retry will not help."""
+"""A stage exits 2 on a StageInputError (sil_stages.core.errors): the input is wrong and a retry will not help."""
 INPUT_REJECTED = "InputRejected"
 """Stage reason: it exited 2; its failure is permanent."""
 MANIFEST_MISSING = "ManifestMissing"

@@ -11,7 +11,7 @@ take minutes in the operator's small pod; it checks:
 
 The trade-off: a file rewritten after evaluate with different bytes of the same size is not caught here; it is
 caught by the next stage that downloads the champion (acquire and optimize verify sha256 per file on S3, see
-`sil_stages.models`). An evaluate manifest without the digest (written by an older stage image) falls back to
+`sil_stages.core.models`). An evaluate manifest without the digest (written by an older stage image) falls back to
 re-hashing every file here, the old rule.
 
 Writing the pointer is one atomic put, and doing it twice with the same content is harmless (a replayed Promote
@@ -26,9 +26,9 @@ from datetime import datetime
 from sil_operator.failures import PromotionCheckFailed
 from sil_operator.manifests import read_manifest
 from sil_operator.planner import Promote
-from sil_stages.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
-from sil_stages.store import Store, StoreError
-from sil_stages.verify import check_sizes, verify_tree
+from sil_stages.core.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
+from sil_stages.core.store import Store, StoreError
+from sil_stages.core.verify import check_sizes, verify_tree
 
 _RERUN_HINT = "delete the optimize stage's _manifest.json of this iteration to train and evaluate it again"
 

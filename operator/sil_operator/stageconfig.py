@@ -1,7 +1,7 @@
 """From the user's spec to one stage's config (the stage contract). Pure: no I/O.
 
 The settings a stage shares with the spec (sampling, scorer, keep, hyperparameters, refinement, datasets) are the
-same models on both sides (sil_stages.settings), so they are handed over as they are.
+same models on both sides (sil_stages.core.settings), so they are handed over as they are.
 
 This is the only place that knows which spec field feeds which stage input, and the only place that wires one
 stage's outputs to the next stage's inputs through the store layout.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sil_operator.api.spec import LoopSpec
-from sil_stages.contract import (
+from sil_stages.core.contract import (
     AcquireConfig,
     EvaluateConfig,
     OptimizeConfig,
@@ -21,9 +21,9 @@ from sil_stages.contract import (
     StorageOptions,
     stage_uri,
 )
-from sil_stages.methods import get_method
-from sil_stages.optimization import Optimization
-from sil_stages.store import join
+from sil_stages.core.methods import method_spec
+from sil_stages.core.optimization import Optimization
+from sil_stages.core.store import join
 
 AnyStageConfig = AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig
 
@@ -92,7 +92,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             samples_uri=samples_uri(storage, iteration),
             scorer=select.scorer,
             keep=select.keep,
-            data=get_method(spec.optimize.method).data,
+            data=method_spec(spec.optimize.method).data,
             pairs=select.pairs,
             accumulate=select.accumulate,
             earlier_select_uris=tuple(stage_uri(storage, k, "select") for k in range(1, iteration)),

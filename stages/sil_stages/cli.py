@@ -4,7 +4,7 @@ Exit codes are part of the contract with the runners: 0 done (or already done: a
 runs), 2 the config or an input is wrong (one line on stderr names the field or URI and what to do; retrying
 will not help), 1 anything else (a traceback follows; a retry may help), 143 stopped by SIGTERM after saving a
 trainer checkpoint (optimize with checkpointEverySteps; a retry resumes from it). A stage run as several processes
-(`sil_stages.launcher`) exits with its ranks' code.
+(`sil_stages.optimize.launcher`) exits with its ranks' code.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sil_stages.contract import STAGES, Manifest, parse_stage_config
-from sil_stages.errors import StageInputError
-from sil_stages.launcher import record_exit_code
-from sil_stages.manifest import is_finished
-from sil_stages.store import Store
-from sil_stages.trainer_checkpoints import EXIT_STOPPED, TrainingStopped
+from sil_stages.core.contract import STAGES, Manifest, parse_stage_config
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.manifest import is_finished
+from sil_stages.core.store import Store
+from sil_stages.optimize.launcher import record_exit_code
+from sil_stages.optimize.trainer_checkpoints import EXIT_STOPPED, TrainingStopped
 
 log = logging.getLogger("sil_stages")
 
@@ -67,14 +67,14 @@ def describe_validation_error(error: ValidationError, stage: str) -> str:
 
 
 def _runner(stage: str) -> Callable[[Any, Store], Manifest | None]:
-    module = importlib.import_module(f"sil_stages.{stage}")
+    module = importlib.import_module(f"sil_stages.{stage}.stage")
     run: Callable[[Any, Store], Manifest | None] = module.run
     return run
 
 
 def _relauncher(stage: str) -> Callable[[Any, Store, Sequence[str]], int | None] | None:
     """A stage's `relaunch(config, store, arguments)`, which may run it as several processes (optimize)."""
-    module = importlib.import_module(f"sil_stages.{stage}")
+    module = importlib.import_module(f"sil_stages.{stage}.stage")
     relaunch: Callable[[Any, Store, Sequence[str]], int | None] | None = getattr(module, "relaunch", None)
     return relaunch
 

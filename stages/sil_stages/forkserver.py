@@ -28,8 +28,8 @@ hand each child a driver it cannot use: the server then execs a fresh `python -m
 is the plain subprocess path with the same protocol.
 
 Only the standard library is imported at module level: the stage libraries are the preload, chosen here. It lives
-in `sil_stages` because it is a way of running stage programs (like `sil_stages.launcher`) and imports them; the
-runner's side, `sil_operator.local.forkclient`, only starts it as a program.
+in `sil_stages` because it is a way of running stage programs (like `sil_stages.optimize.launcher`) and imports them;
+the runner's side, `sil_operator.local.forkclient`, only starts it as a program.
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ _PR_SET_PDEATHSIG = 1
 
 PRELOAD: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("sil_stages.cli", ()),
-    ("sil_stages.acquire", ()),
-    ("sil_stages.select", ()),
-    ("sil_stages.optimize", ()),
-    ("sil_stages.evaluate", ()),
+    ("sil_stages.acquire.stage", ()),
+    ("sil_stages.select.stage", ()),
+    ("sil_stages.optimize.stage", ()),
+    ("sil_stages.evaluate.stage", ()),
     ("numpy", ()),
     ("torch", ()),
     ("transformers", ("AutoModelForCausalLM", "AutoTokenizer", "Trainer", "TrainingArguments")),

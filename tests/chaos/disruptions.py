@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sil_stages.contract import Manifest, champion_uri, manifest_uri
-from sil_stages.store import Store, StoreError
-from sil_stages.verify import entries_under, verify_tree
+from sil_stages.core.contract import Manifest, champion_uri, manifest_uri
+from sil_stages.core.store import Store, StoreError
+from sil_stages.core.verify import entries_under, verify_tree
 from tests.chaos.audit import JobAudit
 from tests.chaos.settings import ChaosSettings
 from tests.integration.controlplane import ControlPlane
@@ -74,7 +74,7 @@ class Counts:
 
 
 def champion_problems(store: Store, storage_uris: list[str]) -> tuple[int, list[str]]:
-    """Reads every loop's champion.json; for each one, checks (sha256 and size, sil_stages.verify) that the
+    """Reads every loop's champion.json; for each one, checks (sha256 and size, sil_stages.core.verify) that the
     checkpoint it names matches its optimize manifest. Returns (pointers checked, problems)."""
     checked, problems = 0, []
     for storage in storage_uris:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sil_stages.contract import StorageOptions
-from sil_stages.store import Store
+from sil_stages.core.contract import StorageOptions
+from sil_stages.core.store import Store
 from tests.chaos.audit import JobAudit
 from tests.chaos.conftest import REPORTS
 from tests.chaos.disruptions import Chaos, champion_problems

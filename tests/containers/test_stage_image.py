@@ -95,7 +95,7 @@ def test_a_bad_stage_config_is_exit_code_2_of_the_container_naming_the_field(tmp
 
 def test_the_stage_image_runs_as_its_numeric_non_root_user_and_works_with_a_read_only_root(stage_image: str) -> None:
     probe = (
-        "import os, sil_stages.acquire\n"
+        "import os, sil_stages.acquire.stage\n"
         "print(os.getuid(), os.getgid())\n"
         "try:\n"
         "    open('/opt/venv/x', 'w')\n"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sil_stages.scoring import import_function
+from sil_stages.core.scoring import import_function
 from tests.e2e.test_local_loop import EXAMPLE, SIL
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -3,7 +3,7 @@
 
 Nothing is trained or generated. The files are small but real (the checkpoint's bytes are seeded per loop and
 iteration), so the checks that read them (promotion's size check, evaluate's sha256 verification of the candidate,
-`sil_stages.verify`) run exactly as they do on real stages.
+`sil_stages.core.verify`) run exactly as they do on real stages.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from sil_stages.contract import (
+from sil_stages.core.contract import (
     AcquireConfig,
     EvaluateConfig,
     Manifest,
@@ -22,12 +22,12 @@ from sil_stages.contract import (
     SelectConfig,
     manifest_uri,
 )
-from sil_stages.evaluate import RESULTS_FILE, DatasetGuards, Scores, flat_metrics, series_for
-from sil_stages.manifest import StageOutputs, is_finished
-from sil_stages.pushgateway import push
-from sil_stages.significance import PairedComparison
-from sil_stages.store import Store, StoreError
-from sil_stages.verify import entries_under, verify_tree
+from sil_stages.core.manifest import StageOutputs, is_finished
+from sil_stages.core.pushgateway import push
+from sil_stages.core.store import Store, StoreError
+from sil_stages.core.verify import entries_under, verify_tree
+from sil_stages.evaluate.significance import PairedComparison
+from sil_stages.evaluate.stage import RESULTS_FILE, DatasetGuards, Scores, flat_metrics, series_for
 from tests.fakestages.scores import score
 
 SAMPLES_FILE = "samples.jsonl"

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sil_stages.contract import StorageOptions, parse_stage_config
-from sil_stages.store import Store, StoreError, StoreTimeouts
+from sil_stages.core.contract import StorageOptions, parse_stage_config
+from sil_stages.core.store import Store, StoreError, StoreTimeouts
 from tests.fakestages.outputs import AnyConfig, write_stage
 
 log = logging.getLogger("fakestages")

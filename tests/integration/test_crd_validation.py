@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from sil_operator.api.spec import SelectSpec
-from sil_stages.settings import Refinement
+from sil_stages.core.settings import Refinement
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import kwok_loop

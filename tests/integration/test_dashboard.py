@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sil_stages.contract import MetricSample
-from sil_stages.pushgateway import push
+from sil_stages.core.contract import MetricSample
+from sil_stages.core.pushgateway import push
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import apply, kwok_loop, phase

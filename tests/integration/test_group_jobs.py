@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from sil_stages.launcher import free_port
+from sil_stages.optimize.launcher import free_port
 from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator

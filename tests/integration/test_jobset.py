@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from sil_stages.contract import StorageOptions, stage_uri
-from sil_stages.manifest import StageOutputs
-from sil_stages.store import Store
+from sil_stages.core.contract import StorageOptions, stage_uri
+from sil_stages.core.manifest import StageOutputs
+from sil_stages.core.store import Store
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator
 from tests.integration.test_operator import apply, events, get_loop, kwok_loop, phase, write_manifests

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sil_stages.contract import Manifest, manifest_uri, stage_uri
-from sil_stages.store import local_path
+from sil_stages.core.contract import Manifest, manifest_uri, stage_uri
+from sil_stages.core.store import local_path
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import OperatorProcess, running_operator
 

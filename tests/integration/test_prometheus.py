@@ -1,6 +1,6 @@
 """Prometheus gates against a real Prometheus: the evaluate stage's push, a scrape, the gate's query, its phase.
 
-The series go the way they go on a cluster: `sil_stages.pushgateway.push` (what the evaluate stage calls) puts
+The series go the way they go on a cluster: `sil_stages.core.pushgateway.push` (what the evaluate stage calls) puts
 them on a Pushgateway, Prometheus scrapes it every second, and `PrometheusProvider` answers the gate query that
 `resolve_gate` renders from the README's gate. Auth, TLS and timeouts, which Prometheus 2.42 cannot exercise
 (it has no auth of its own), are checked against a canned stand-in of its query API.
@@ -29,8 +29,8 @@ from sil_operator.gates.measure import measure
 from sil_operator.gates.prometheus import PrometheusProvider
 from sil_operator.gates.providers import QueryError, Sample
 from sil_operator.metrics import OperatorMetrics
-from sil_stages.contract import MetricSample
-from sil_stages.pushgateway import push
+from sil_stages.core.contract import MetricSample
+from sil_stages.core.pushgateway import push
 from tests.servers.processes import free_port
 from tests.servers.prometheus import (
     PrometheusServer,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from sil_stages.store import join
+from sil_stages.core.store import join
 from tests.integration.test_s3_store import bucket, s3_env, s3_server  # noqa: F401  (fixtures)
 from tests.unit.operator.test_promotion import (  # noqa: F401  (collected here with the s3 `storage`)
     test_a_missing_or_resized_checkpoint_file_is_refused,

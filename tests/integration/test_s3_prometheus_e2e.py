@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sil_stages.contract import StorageOptions
-from sil_stages.store import Store
+from sil_stages.core.contract import StorageOptions
+from sil_stages.core.store import Store
 from tests.integration.arithmetic_loop import EXAMPLE, REPO, arithmetic_loop, gated_on_prometheus
 from tests.integration.controlplane import ControlPlane, wait_until
 from tests.integration.operator_process import running_operator

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from sil_stages.contract import FileEntry, Manifest, manifest_uri, stage_uri
-from sil_stages.manifest import StageOutputs, is_finished
-from sil_stages.store import TRANSFER_CHUNK_BYTES, Store, StoreError, join, sha256_of
-from sil_stages.verify import download_verified, entries_under, verify_tree
+from sil_stages.core.contract import FileEntry, Manifest, manifest_uri, stage_uri
+from sil_stages.core.manifest import StageOutputs, is_finished
+from sil_stages.core.store import TRANSFER_CHUNK_BYTES, Store, StoreError, join, sha256_of
+from sil_stages.core.verify import download_verified, entries_under, verify_tree
 from tests.servers.seaweedfs import S3Server, SeaweedFSError, running_seaweedfs
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -173,8 +173,8 @@ _UPLOADER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from sil_stages.manifest import StageOutputs
-    from sil_stages.store import Store
+    from sil_stages.core.manifest import StageOutputs
+    from sil_stages.core.store import Store
 
     outputs = StageOutputs(Store(), sys.argv[1])
     outputs.upload_dir(Path(sys.argv[2]), "checkpoint")
@@ -309,7 +309,7 @@ def test_without_the_weed_binary_the_fixture_says_what_to_install(
 def test_an_endpoint_that_never_answers_is_retried_then_named(
     s3_env: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import sil_stages.store as store_module
+    import sil_stages.core.store as store_module
 
     monkeypatch.setattr(store_module, "TRANSFER_BACKOFF_SECONDS", 0.01)
     closed = socket.socket()

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sil_stages.contract import StorageOptions
-from sil_stages.store import Store
+from sil_stages.core.contract import StorageOptions
+from sil_stages.core.store import Store
 from tests.containers import images
 from tests.containers.images import podman
 from tests.integration.arithmetic_loop import EXAMPLE, REPO

@@ -32,10 +32,10 @@ OPERATOR_MODULES = (
 )
 STAGE_MODULES = (
     "sil_stages.cli",
-    "sil_stages.acquire",
-    "sil_stages.select",
-    "sil_stages.optimize",
-    "sil_stages.evaluate",
+    "sil_stages.acquire.stage",
+    "sil_stages.select.stage",
+    "sil_stages.optimize.stage",
+    "sil_stages.evaluate.stage",
     "sil_stages.forkserver",
 )
 

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from sil_operator.api.rules import CEL_RULE_ERROR
 from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
-from sil_stages.store import to_uri
+from sil_stages.core.store import to_uri
 
 
 class SpecError(ValueError):

@@ -5,7 +5,7 @@ Every field carries its type, default and interactions in its description: the s
 silently fall back to a default).
 
 Each rule is written once: settings that a stage is also given (sampling, scorer, keep, hyperparameters,
-refinement, datasets, storage) are the stage contract's own models (`sil_stages.settings`); field-level rules are
+refinement, datasets, storage) are the stage contract's own models (`sil_stages.core.settings`); field-level rules are
 pydantic constraints and patterns, which the CRD's schema carries; cross-field rules are CEL (`cel_rules`), which
 the CRD carries as x-kubernetes-validations and `sil validate` evaluates too (api/rules.py). The few rules the API
 server cannot check (a regex or a CEL condition given as a value must compile) are Python-only and say so.
@@ -20,9 +20,9 @@ from pydantic.alias_generators import to_camel
 
 from sil_operator.api.rules import CelRule, CelValidated, add_rules_to_schema
 from sil_operator.gates.cel import check_condition
-from sil_stages.methods import REGISTRY
-from sil_stages.optimization import Optimization
-from sil_stages.settings import (
+from sil_stages.core.methods import METHODS
+from sil_stages.core.optimization import Optimization
+from sil_stages.core.settings import (
     Accumulate,
     DataUri,
     DnsLabel,
@@ -297,7 +297,7 @@ class PromptSource(ApiModel):
 
 
 class AcquireSpec(Generation):
-    """The prompts, and the generation settings the acquire stage is given as they are (sil_stages.settings)."""
+    """The prompts, and the generation settings the acquire stage is given as they are (sil_stages.core.settings)."""
 
     prompts: PromptSource = Field(description="The prompts the champion answers. Required.")
 
@@ -319,9 +319,9 @@ class SelectSpec(ApiModel):
 
 
 def method_rules() -> tuple[CelRule, ...]:
-    """From the method registry: each method's settings block only with that method, and each method's checks."""
+    """From the methods' specs: each method's settings block only with that method, and each method's checks."""
     rules: list[CelRule] = []
-    for method in REGISTRY.values():
+    for method in METHODS.values():
         if method.settings is not None:
             rules.append(
                 CelRule(
@@ -336,7 +336,7 @@ def method_rules() -> tuple[CelRule, ...]:
 
 
 class OptimizeSpec(ApiModel, Optimization):
-    """The training settings the optimize stage is given as they are (sil_stages.optimization), plus init."""
+    """The training settings the optimize stage is given as they are (sil_stages.core.optimization), plus init."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = method_rules()
 
@@ -348,7 +348,7 @@ class OptimizeSpec(ApiModel, Optimization):
 
 
 class EvaluateSpec(ApiModel, Judging):
-    """The datasets, and the judging settings the evaluate stage is given as they are (sil_stages.settings)."""
+    """The datasets, and the judging settings the evaluate stage is given as they are (sil_stages.core.settings)."""
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         unique_names_rule("datasets", "dataset"),

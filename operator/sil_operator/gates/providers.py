@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sil_operator.manifests import read_manifest
-from sil_stages.store import Store, StoreError
+from sil_stages.core.store import Store, StoreError
 
 
 class QueryError(RuntimeError):

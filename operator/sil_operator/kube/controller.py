@@ -66,8 +66,8 @@ from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
 from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
-from sil_stages.contract import StorageOptions, utcnow
-from sil_stages.store import S3Clients, S3Credentials, Store, StoreError, is_remote
+from sil_stages.core.contract import StorageOptions, utcnow
+from sil_stages.core.store import S3Clients, S3Credentials, Store, StoreError, is_remote
 
 log = logging.getLogger("selfimprove.operator")
 

@@ -8,7 +8,7 @@ exactly `python -m sil_stages <stage> --config <json>`, as everywhere else. Stor
 Secret named in `spec.storage.credentialsSecret` through `envFrom`: they are never copied into the spec, the
 ConfigMap, the status, a log or an event.
 
-Stage exit codes mean something (sil_stages.errors): 2 is "bad input, a retry will not help", so the Job's
+Stage exit codes mean something (sil_stages.core.errors): 2 is "bad input, a retry will not help", so the Job's
 podFailurePolicy fails it at once on exit code 2, and does not count pods that were evicted or preempted
 (condition DisruptionTarget) against backoffLimit. The container's termination message is the last log line on
 failure: stages end a failure with one line that says what to do.
@@ -49,7 +49,7 @@ from typing import Any
 from sil_operator.api.spec import API_GROUP, API_VERSION, DEFAULT_SHM_SIZE, KIND, LoopSpec, StageRuntime
 from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, StartStage, backoff_limit
 from sil_operator.stageconfig import AnyStageConfig
-from sil_stages.contract import OptimizeConfig
+from sil_stages.core.contract import OptimizeConfig
 
 MANAGED_BY = "selfimprove-operator"
 LABEL_LOOP = f"{API_GROUP}/loop"
@@ -82,7 +82,7 @@ SCRATCH_ENV: dict[str, str] = {
     "SIL_MODEL_CACHE": f"{SCRATCH_DIR}/.cache/selfimprove/models",
     "TMPDIR": TMP_DIR,
 }
-"""Where stages write besides the store: caches on /scratch (HOME; Hugging Face; sil_stages.models' checkpoint
+"""Where stages write besides the store: caches on /scratch (HOME; Hugging Face; sil_stages.core.models' checkpoint
 cache), temporary files in TMPDIR (optimize's work dir). spec.runtime.env wins over these."""
 
 

@@ -29,7 +29,7 @@ from typing import Any, Final
 from sil_operator.api.status import Measurement, StagePhase
 from sil_operator.kube.objects import ANNOTATION_RUN, CONTAINER_NAME, LABEL_ITERATION, LABEL_STAGE
 from sil_operator.planner import INPUT_REJECTED, MANIFEST_MISSING, Observation, StageObservation
-from sil_stages.contract import manifest_uri, stage_uri
+from sil_stages.core.contract import manifest_uri, stage_uri
 
 
 class Unreadable:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sil_stages.store import StoreTimeouts
+from sil_stages.core.store import StoreTimeouts
 
 _T = TypeVar("_T")
 

@@ -40,14 +40,14 @@ from sil_operator.planner import (
 )
 from sil_operator.promotion import promote
 from sil_operator.stageconfig import LoopRef
-from sil_stages.contract import (
+from sil_stages.core.contract import (
     STAGES,
     Manifest,
     manifest_uri,
     stage_uri,
     utcnow,
 )
-from sil_stages.store import Store, StoreError, is_remote, local_path
+from sil_stages.core.store import Store, StoreError, is_remote, local_path
 
 STATUS_NAME = "status.json"
 POLL_SECONDS = 1.0
@@ -230,7 +230,7 @@ class LocalRunner:
 
 def failed_stage(running: StageProcess, code: int, manifest: str, now: datetime) -> StageObservation:
     """A stage process that ended without its manifest. Exit code 2 means the stage rejected its input
-    (sil_stages.errors): retrying will not help, so the loop fails at once."""
+    (sil_stages.core.errors): retrying will not help, so the loop fails at once."""
     if code == 0:
         reason, said = (
             MANIFEST_MISSING,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from sil_operator.metrics import OperatorMetrics
-from sil_stages.pushgateway import HELP as EVALUATION_HELP
+from sil_stages.core.pushgateway import HELP as EVALUATION_HELP
 
 FILES = Path(__file__).resolve().parents[3] / "charts" / "selfimprove" / "files"
 ALERTS = FILES / "alerts.yaml"

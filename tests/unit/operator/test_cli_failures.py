@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sil_operator.cli import main
-from sil_stages.contract import Manifest, MetricSample, manifest_uri, stage_uri
+from sil_stages.core.contract import Manifest, MetricSample, manifest_uri, stage_uri
 
 from .builders import T0
 from .test_cli import local_document, write_loop

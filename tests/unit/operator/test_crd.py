@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from sil_operator.api.spec import SelfImprovementLoop
 from sil_operator.crd import crd, crd_yaml
-from sil_stages.settings import DATA_URI_PATTERN, DNS_LABEL_PATTERN, MODEL_URI_PATTERN, VERIFIER_PATTERN
+from sil_stages.core.settings import DATA_URI_PATTERN, DNS_LABEL_PATTERN, MODEL_URI_PATTERN, VERIFIER_PATTERN
 
 CHECKED_IN = Path(__file__).resolve().parents[3] / "crds" / "selfimprove.dev_selfimprovementloops.yaml"
 

@@ -21,7 +21,7 @@ from sil_operator.failures import (
 )
 from sil_operator.manifests import ManifestUnreadable
 from sil_operator.planner import set_conditions
-from sil_stages.store import StoreError
+from sil_stages.core.store import StoreError
 
 from .builders import T0
 

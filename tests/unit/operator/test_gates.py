@@ -21,8 +21,8 @@ from sil_operator.gates.analysis import (
 from sil_operator.gates.cel import ConditionError, evaluate_condition
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, QueryError, Sample, parse_selector
-from sil_stages.contract import Manifest, MetricSample
-from sil_stages.store import Store
+from sil_stages.core.contract import Manifest, MetricSample
+from sil_stages.core.store import Store
 
 from .builders import T0
 

@@ -30,7 +30,7 @@ from sil_operator.kube.objects import (
 from sil_operator.kube.observe import observe_job, observe_jobs
 from sil_operator.planner import StartStage, run_name
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.contract import OptimizeConfig, parse_stage_config
+from sil_stages.core.contract import OptimizeConfig, parse_stage_config
 
 from .builders import make_spec
 

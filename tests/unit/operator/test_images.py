@@ -28,7 +28,7 @@ from sil_operator.cli import build_parser, cmd_operator
 from sil_operator.kube.objects import LoopIdentity, stage_job
 from sil_operator.planner import StartStage
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.contract import STAGES
+from sil_stages.core.contract import STAGES
 
 from .builders import make_spec
 

@@ -41,7 +41,7 @@ from sil_operator.kube.observe import (
 )
 from sil_operator.planner import Observation, StartStage, plan, run_name
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.contract import STAGES, AcquireConfig, parse_stage_config
+from sil_stages.core.contract import STAGES, AcquireConfig, parse_stage_config
 
 from .builders import T0, make_spec
 

@@ -1,6 +1,6 @@
 """How `sil run` reads a stage process that ended without its manifest: exit 2 is final, the rest are retried.
 
-A stage exits 2 when its input is wrong (sil_stages.errors.StageInputError): running it again would fail the same
+A stage exits 2 when its input is wrong (sil_stages.core.errors.StageInputError): running it again would fail the same
 way, so the local runner reports a permanent failure, as the podFailurePolicy of a stage Job does on Kubernetes.
 """
 

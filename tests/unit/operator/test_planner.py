@@ -19,8 +19,8 @@ from sil_operator.api.status import Decision, GatePhase, IterationStatus, LoopPh
 from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider
 from sil_operator.planner import MeasureGates, Promote, StageObservation, StartStage
-from sil_stages.contract import STAGES, AcquireConfig, Manifest, MetricSample, OptimizeConfig
-from sil_stages.store import Store
+from sil_stages.core.contract import STAGES, AcquireConfig, Manifest, MetricSample, OptimizeConfig
+from sil_stages.core.store import Store
 
 from .builders import T0, FakeWorld, loop_document, make_spec
 

@@ -20,11 +20,11 @@ import pytest
 from sil_operator.failures import PromotionCheckFailed
 from sil_operator.planner import Promote
 from sil_operator.promotion import promote
-from sil_stages.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
-from sil_stages.errors import StageInputError
-from sil_stages.manifest import StageOutputs
-from sil_stages.models import resolve_verified
-from sil_stages.store import Store, join
+from sil_stages.core.contract import ChampionPointer, Manifest, champion_uri, manifest_uri, stage_uri
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.manifest import StageOutputs
+from sil_stages.core.models import resolve_verified
+from sil_stages.core.store import Store, join
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 WEIGHTS = "checkpoint/model.safetensors"

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from sil_operator.kube.controller import Controller
-from sil_stages.contract import StorageOptions
-from sil_stages.store import S3Clients, Store, StoreTimeouts
+from sil_stages.core.contract import StorageOptions
+from sil_stages.core.store import S3Clients, Store, StoreTimeouts
 from tests.unit.operator.builders import make_loop
 
 ENDPOINT = "http://127.0.0.1:1"
@@ -57,7 +57,7 @@ def test_explicit_credentials_get_a_client_of_their_own_whatever_the_environment
 ) -> None:
     """The operator reads a loop's credentials Secret and gives its Store those keys: two loops with different
     Secrets must not share a client, and the operator's own environment must not leak into either."""
-    from sil_stages.store import S3Credentials
+    from sil_stages.core.store import S3Credentials
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "operator-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "operator-secret")

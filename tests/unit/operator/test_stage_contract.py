@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sil_operator.api.loader import parse_loop
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.contract import AcquireConfig, EvaluateConfig, Manifest, SelectConfig, parse_stage_config
+from sil_stages.core.contract import AcquireConfig, EvaluateConfig, Manifest, SelectConfig, parse_stage_config
 from tests.invalid_specs import valid_loop
 
 SELECT: dict[str, Any] = {

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sil_stages.contract import champion_uri, manifest_uri, stage_uri
-from sil_stages.store import Store, StoreError, join, sha256_of, to_uri
+from sil_stages.core.contract import champion_uri, manifest_uri, stage_uri
+from sil_stages.core.store import Store, StoreError, join, sha256_of, to_uri
 
 
 def test_the_layout_follows_the_design(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_an_atomic_write_to_a_file_store_gets_the_mode_of_a_plain_write_not_mkst
     """Another user (a serving process, the user of a stage image) must be able to read a file store's artifacts."""
     import os
 
-    from sil_stages.store import process_umask
+    from sil_stages.core.store import process_umask
 
     target = tmp_path / "out" / "manifest.json"
     Store().write_text(target.as_uri(), "{}")

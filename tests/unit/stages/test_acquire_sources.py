@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from sil_stages.acquire.self_instruct import DUPLICATE, EMPTY, NOVEL, instruction_prompts, new_prompt, novelty
 from sil_stages.cli import main
-from sil_stages.self_instruct import DUPLICATE, EMPTY, NOVEL, instruction_prompts, new_prompt, novelty
-from sil_stages.settings import Novelty, SelfInstruct
+from sil_stages.core.settings import Novelty, SelfInstruct
 from tests.unit.stages.conftest import ALPHABET, StageConfig, output_dir, read_jsonl, write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from sil_stages.dedupe import make_deduper, preload, shingles
-from sil_stages.settings import Dedupe
+from sil_stages.core.settings import Dedupe
+from sil_stages.select.dedupe import make_deduper, preload, shingles
 
 
 def _admitted(settings: Dedupe, texts: list[str]) -> list[str]:

@@ -163,7 +163,7 @@ def test_deepspeed_on_cpu_fails_with_exit_2_naming_the_field(
 STOP_AT_STEP_4 = """
 import os, signal, sys
 from transformers import TrainerCallback
-from sil_stages.methods import sft, training
+from sil_stages.optimize.methods import sft, training
 
 class SigtermDuringStep4(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):

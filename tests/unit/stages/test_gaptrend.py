@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sil_stages.contract import Manifest, MetricSample, StorageOptions, manifest_uri, stage_uri
-from sil_stages.gaptrend import (
+from sil_stages.core.contract import Manifest, MetricSample, StorageOptions, manifest_uri, stage_uri
+from sil_stages.core.store import Store
+from sil_stages.evaluate.gaptrend import (
     GapTrend,
     PreviousGap,
     previous_evaluate_uri,
@@ -17,7 +18,6 @@ from sil_stages.gaptrend import (
     read_previous_gaps,
     trend,
 )
-from sil_stages.store import Store
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from sil_stages.guards import TrainingIndex, contaminated_items, distinct_n, diversity, mean_length, ngrams, self_bleu
+from sil_stages.evaluate.guards import (
+    TrainingIndex,
+    contaminated_items,
+    distinct_n,
+    diversity,
+    mean_length,
+    ngrams,
+    self_bleu,
+)
 
 DIVERSE = [
     "the cat sat on the mat",
@@ -67,9 +75,9 @@ def test_matching_ignores_case_and_spacing() -> None:
 
 def test_a_wrong_majority_is_rewarded_by_the_vote_and_not_by_the_truth() -> None:
     """The reward-hacking guard judges sampled answers as select would: a confident wrong majority scores high."""
-    from sil_stages.contract import ScorerConfig
-    from sil_stages.evaluate import Proxy
-    from sil_stages.scorers import ScorerContext, make_scorer
+    from sil_stages.core.contract import ScorerConfig
+    from sil_stages.evaluate.stage import Proxy
+    from sil_stages.select.scorers import ScorerContext, make_scorer
 
     proxy = Proxy(make_scorer(ScorerContext(settings=ScorerConfig(type="majority-vote"))), min_score=1.0)
     verdicts = proxy.verdicts(["2+2=", "3+3="], [["5", "5", "4"], ["6", "6", "6"]], [{}, {}])

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sil_stages.errors import StageInputError
-from sil_stages.launcher import (
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.settings import Distributed
+from sil_stages.optimize.launcher import (
     DEEPSPEED_FIELD,
     Topology,
     check_deepspeed,
@@ -20,7 +21,6 @@ from sil_stages.launcher import (
     ranks_exit_code,
     topology,
 )
-from sil_stages.settings import Distributed
 
 
 def test_unset_processes_per_node_is_one_per_gpu_and_one_on_cpu() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sil_stages.cli import EXIT_BAD_INPUT, main
-from sil_stages.methods import REGISTRY
+from sil_stages.optimize.methods import REGISTRY
 from tests.unit.stages.conftest import StageConfig, output_dir, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -211,8 +211,8 @@ def test_optimize_pushes_its_metrics_under_its_own_job_before_the_manifest(
 
 
 def test_metrics_that_would_share_a_series_name_are_pushed_once(stage_config: StageConfig, tmp_path: Path) -> None:
-    from sil_stages.contract import OptimizeConfig, parse_stage_config
-    from sil_stages.optimize_metrics import optimize_series
+    from sil_stages.core.contract import OptimizeConfig, parse_stage_config
+    from sil_stages.optimize.metrics import optimize_series
 
     config = parse_stage_config(_config(tmp_path, stage_config, tmp_path, "sft"))
     assert isinstance(config, OptimizeConfig)

@@ -13,15 +13,15 @@ import pytest
 
 from sil_operator.gates.providers import ManifestProvider
 from sil_stages.cli import main
-from sil_stages.contract import EvaluateConfig, Manifest
-from sil_stages.errors import StageInputError
-from sil_stages.evaluate import Scores, flat_metrics, make_proxy, make_selector, score_dataset, series_for
-from sil_stages.generation import SamplingRequest
-from sil_stages.refinement import best_index, needs_samples, pass_at_k, pass_at_ks, refine_prompt, self_refine
-from sil_stages.scorers import Score
-from sil_stages.scoring import compile_pattern, make_verifier
-from sil_stages.settings import SELF_REFINE_TEMPLATE, Refinement
-from sil_stages.store import Store
+from sil_stages.core.contract import EvaluateConfig, Manifest
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.generation import SamplingRequest
+from sil_stages.core.scoring import compile_pattern, make_verifier
+from sil_stages.core.settings import SELF_REFINE_TEMPLATE, Refinement
+from sil_stages.core.store import Store
+from sil_stages.evaluate.refinement import best_index, needs_samples, pass_at_k, pass_at_ks, refine_prompt, self_refine
+from sil_stages.evaluate.stage import Scores, flat_metrics, make_proxy, make_selector, score_dataset, series_for
+from sil_stages.select.scorers import Score
 from tests.unit.stages.conftest import StageConfig, output_dir, write_jsonl
 
 # -- pass@k --------------------------------------------------------------------------------------------------------

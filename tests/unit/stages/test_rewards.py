@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sil_stages.methods.rewards import reward_function
-from sil_stages.settings import Scorer
+from sil_stages.core.settings import Scorer
+from sil_stages.optimize.methods.rewards import reward_function
 
 
 def test_the_exact_match_reward_reads_the_answer_from_the_prompt_record() -> None:

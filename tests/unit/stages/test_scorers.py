@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from sil_stages.cli import main
-from sil_stages.errors import StageInputError
-from sil_stages.scorers import REGISTRY, PromptSamples, Score, ScorerContext, make_scorer
-from sil_stages.scorers.llm_judge import DEFAULT_SCORE_PATTERN, judge_prompt, parse_judgment
-from sil_stages.settings import SCORER_TYPES, Judge
-from sil_stages.settings import Scorer as ScorerSettings
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.settings import SCORER_TYPES, Judge
+from sil_stages.core.settings import Scorer as ScorerSettings
+from sil_stages.select.scorers import REGISTRY, PromptSamples, Score, ScorerContext, make_scorer
+from sil_stages.select.scorers.llm_judge import DEFAULT_SCORE_PATTERN, judge_prompt, parse_judgment
 from tests.unit.stages.conftest import StageConfig, output_dir, read_jsonl, write_jsonl
 
 GROUPS = [
@@ -132,7 +132,7 @@ def test_reward_model_reads_the_conversation_in_its_chat_template(reward_model: 
 
     from transformers import AutoTokenizer
 
-    from sil_stages.scorers.reward_model import reward_text
+    from sil_stages.select.scorers.reward_model import reward_text
 
     chat = tmp_path / "chat-rm"
     shutil.copytree(reward_model, chat)
@@ -221,8 +221,8 @@ def test_a_reward_model_path_without_a_config_names_the_field(tmp_path: Path) ->
 
 def test_a_reward_model_uri_is_resolved_through_the_store(reward_model: Path, tmp_path: Path) -> None:
     """In a stage the model is a URI (file://, s3://); the store resolves it and its errors name the field."""
-    from sil_stages.contract import StorageOptions
-    from sil_stages.store import Store
+    from sil_stages.core.contract import StorageOptions
+    from sil_stages.core.store import Store
 
     store = Store(StorageOptions(uri=(tmp_path / "store").as_uri()))
     settings = ScorerSettings(type="reward-model", model=reward_model.as_uri())

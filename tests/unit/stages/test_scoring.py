@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sil_stages.errors import StageInputError
-from sil_stages.scoring import (
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.scoring import (
     exact_match,
     extract_answer,
     load_user_function,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from sil_stages.cli import main
-from sil_stages.selection import Pair, Scored, pair
+from sil_stages.select.selection import Pair, Scored, pair
 from tests.unit.stages.conftest import StageConfig, output_dir, read_jsonl, write_jsonl
 
 

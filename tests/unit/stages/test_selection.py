@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sil_stages.seeding import derive_seed
-from sil_stages.selection import Scored, in_band, pair, pass_rate, pass_rate_bucket, top_k
-from sil_stages.settings import Difficulty
+from sil_stages.core.seeding import derive_seed
+from sil_stages.core.settings import Difficulty
+from sil_stages.select.selection import Scored, in_band, pair, pass_rate, pass_rate_bucket, top_k
 
 
 def _scored(*pairs: tuple[str, float | None]) -> list[Scored]:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sil_stages.significance import bootstrap_means, compare, mcnemar_exact, paired_bootstrap
+from sil_stages.evaluate.significance import bootstrap_means, compare, mcnemar_exact, paired_bootstrap
 
 
 def _pairs(both: int, candidate_only: int, champion_only: int, neither: int) -> tuple[list[float], list[float]]:

@@ -97,7 +97,7 @@ def test_stage_killed_before_its_manifest_leaves_no_manifest_and_reruns(
     config = _acquire_config(tmp_path, stage_config, tiny_model)
     script = (
         "import os, signal, sys\n"
-        "from sil_stages import manifest\n"
+        "from sil_stages.core import manifest\n"
         "manifest.StageOutputs.seal = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
         "from sil_stages.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
@@ -318,8 +318,8 @@ def test_evaluate_reports_the_proxy_gaps_change_since_the_previous_iteration_and
 def test_vllm_engine_generates_n_completions_per_prompt(tiny_model: Path) -> None:
     """Runs only where vLLM is installed (GPU stage image); elsewhere it is reported skipped."""
     pytest.importorskip("vllm", reason="vllm is not installed: the vLLM engine runs only in the GPU image")
-    from sil_stages.generation import SamplingRequest
-    from sil_stages.vllm_engine import VllmEngine
+    from sil_stages.core.generation import SamplingRequest
+    from sil_stages.core.vllm_engine import VllmEngine
 
     engine = VllmEngine(str(tiny_model))
     outputs = engine.generate(["1+2=", "3+4="], SamplingRequest(n=3, max_new_tokens=4))

@@ -1,0 +1,3 @@
+"""Acquire: the champion samples completions for the iteration's prompts; the prompt sources (a file, a user generator,
+Self-Instruct) live beside it.
+"""

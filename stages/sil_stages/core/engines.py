@@ -1,0 +1,26 @@
+"""Which generation engine a stage config's `engine` names, loaded: transformers here, vLLM in the GPU image.
+
+Its own module so that `generation` (the engine interface and the transformers engine) and `vllm_engine` (which
+implements that interface) import in one direction only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sil_stages.core.generation import GenerationEngine, TransformersEngine
+
+EngineKind = Literal["transformers", "vllm"]
+
+
+def make_engine(kind: EngineKind, model_path: str, *, batch_size: int, progress: str) -> GenerationEngine:
+    """The engine named by a stage config's `engine` field, loaded from a resolved model path."""
+    if kind == "vllm":
+        from sil_stages.core.vllm_engine import VllmEngine  # vllm only in the GPU image
+
+        return VllmEngine(model_path)
+    from sil_stages.core.models import load_model, load_tokenizer
+
+    return TransformersEngine(
+        load_model(model_path), load_tokenizer(model_path), batch_size=batch_size, progress=progress
+    )

@@ -1,0 +1,38 @@
+"""The vLLM engine: the same `GenerationEngine` interface, for GPU stage images.
+
+Kept thin on purpose (one `LLM`, one `SamplingParams(n=...)`) and imported only when a config says
+`engine: vllm`, so that CPU images and tests never need vllm installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.generation import SamplingRequest
+
+
+class VllmEngine:
+    def __init__(self, model_path: str, **llm_kwargs: Any) -> None:
+        try:
+            from vllm import LLM
+        except ImportError as error:
+            raise StageInputError(
+                "engine: vllm is not installed in this image; use engine: transformers or the GPU stage image"
+            ) from error
+        self._llm = LLM(model=model_path, **llm_kwargs)
+
+    def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
+        from vllm import SamplingParams
+
+        greedy = request.temperature <= 0.0
+        params = SamplingParams(
+            n=request.n,
+            temperature=0.0 if greedy else request.temperature,
+            top_p=1.0 if greedy else request.top_p,
+            max_tokens=request.max_new_tokens,
+            seed=request.seed,
+        )
+        outputs = self._llm.generate(list(prompts), params)
+        return [[choice.text for choice in output.outputs] for output in outputs]

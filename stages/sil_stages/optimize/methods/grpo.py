@@ -1,0 +1,77 @@
+"""grpo: reinforcement learning with verifiable rewards (GRPO / DAPO, as in DeepSeek-R1; TTRL when label-free).
+
+TRL's `GRPOTrainer` on the prompts select wrote: it samples `numGenerations` rollouts per prompt from the policy
+(transformers on CPU; vLLM colocated on the GPU when `acquire.engine` is vllm), scores them with the loop's own
+scorer (`rewards`), and pushes the policy towards the completions that beat their group's mean. The effective batch
+(completions per optimizer step) must hold whole groups, which the CEL check below enforces at admission.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sil_stages.core import methods
+from sil_stages.core.settings import Grpo
+from sil_stages.optimize.methods.base import Method, TrainingJob
+from sil_stages.optimize.methods.rewards import reward_function
+from sil_stages.optimize.methods.training import common_arguments, finish, load_policy, peft_config, snapshot
+from sil_stages.select.scorers import ScorerContext
+
+
+def rollout_engine(job: TrainingJob) -> dict[str, Any]:
+    """vLLM colocated with training when the loop generates with vLLM and a GPU is there; else transformers."""
+    import torch
+
+    if job.config.engine == "vllm" and torch.cuda.is_available():
+        return {"use_vllm": True, "vllm_mode": "colocate"}
+    return {"use_vllm": False}
+
+
+def train(job: TrainingJob) -> dict[str, float]:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
+
+    from sil_stages.core.models import load_tokenizer
+
+    settings: Grpo = METHOD.settings_of(job.config)
+    tokenizer = load_tokenizer(job.model_path, padding_side="left")
+    model = load_policy(job)
+    before = snapshot(model)
+    rows = [
+        {"prompt": str(r["prompt"]), "record": r.get("record") or json.dumps({"prompt": r["prompt"]})}
+        for r in job.records
+    ]
+    arguments = common_arguments(job, len(rows) * settings.num_generations)
+    args = GRPOConfig(
+        **arguments,
+        num_generations=settings.num_generations,
+        beta=settings.beta,
+        loss_type=settings.loss_type,
+        max_completion_length=settings.max_completion_length,
+        temperature=settings.temperature,
+        scale_rewards=settings.scale_rewards,
+        **rollout_engine(job),
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_function(
+            job.config.scorer,
+            ScorerContext(
+                settings=job.config.scorer,
+                field="select.scorer",
+                store=job.store,
+                champion_uri=job.config.init_model_uri,
+                seed=job.seed,
+                engine=job.config.engine,
+            ),
+        ),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config(job, model),
+    )
+    return finish(job, trainer, before, len(rows))
+
+
+METHOD = Method(spec=methods.GRPO, train=train)
