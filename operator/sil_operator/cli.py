@@ -74,6 +74,8 @@ def _load(path: Path, console: Console) -> SelfImprovementLoop | None:
     except SpecError as error:
         console.print(f"[red]error:[/] {error}", highlight=False)
         return None
+    for deprecated in loop.spec.deprecations():
+        console.print(f"[yellow]warning:[/] {deprecated}", highlight=False)
     problems = preflight(loop.spec)
     if problems:
         console.print(f"[red]error:[/] {path}: inputs not found", highlight=False)

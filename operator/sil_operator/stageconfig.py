@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 from sil_operator.api.spec import LoopSpec
 from sil_stages.core.contract import (
+    CHECKPOINT_DIR,
+    SAMPLES_FILE,
+    TRAIN_FILE,
     AcquireConfig,
     EvaluateConfig,
     OptimizeConfig,
@@ -38,15 +41,15 @@ class LoopRef:
 
 
 def samples_uri(storage: str, iteration: int) -> str:
-    return join(stage_uri(storage, iteration, "acquire"), "samples.jsonl")
+    return join(stage_uri(storage, iteration, "acquire"), SAMPLES_FILE)
 
 
 def train_uri(storage: str, iteration: int) -> str:
-    return join(stage_uri(storage, iteration, "select"), "train.jsonl")
+    return join(stage_uri(storage, iteration, "select"), TRAIN_FILE)
 
 
 def checkpoint_uri(storage: str, iteration: int) -> str:
-    return join(stage_uri(storage, iteration, "optimize"), "checkpoint")
+    return join(stage_uri(storage, iteration, "optimize"), CHECKPOINT_DIR)
 
 
 def training_scorer(spec: LoopSpec) -> ScorerConfig | None:
@@ -67,7 +70,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
         "iteration": iteration,
         "storage": StorageOptions(uri=storage, endpoint=spec.storage.endpoint, region=spec.storage.region),
         "output_uri": stage_uri(storage, iteration, stage),
-        "seed": spec.optimize.hyperparameters.seed,
+        "seed": spec.loop_seed,
     }
     if stage == "acquire":
         acquire = spec.acquire

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sil_stages.core.contract import STAGES, Manifest, parse_stage_config
-from sil_stages.core.errors import StageInputError
+from sil_stages.core.errors import EXIT_INPUT_REJECTED, StageInputError
 from sil_stages.core.manifest import is_finished
 from sil_stages.core.store import Store
 from sil_stages.optimize.launcher import record_exit_code
@@ -32,7 +32,7 @@ log = logging.getLogger("sil_stages")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = EXIT_INPUT_REJECTED
 
 
 def read_config_argument(value: str) -> dict[str, Any]:

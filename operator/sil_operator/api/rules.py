@@ -1,11 +1,10 @@
 """Cross-field rules, written once in CEL: the API server checks them, and so does `sil validate`.
 
-A model lists its rules in `cel_rules`. `sil crd` writes them into the CRD as the model's
-`x-kubernetes-validations` (the API server evaluates them on every create and update), and `CelValidated` models
-evaluate the same expressions in Python with celpy after pydantic has checked the fields. `self` is the object in
-its wire form (camelCase, defaults filled in, unset optional fields absent), which is what the API server evaluates
-the rule against after its defaulting, so `has(self.x)` means the same on both sides.
-"""
+A model lists its rules in `cel_rules`. `sil crd` writes them into the CRD as the model's `x-kubernetes-validations`
+(`sil_stages.core.settings.validations_schema`; the API server evaluates them on every create and update), and
+`CelValidated` models evaluate the same expressions in Python with celpy after pydantic has checked the fields.
+`self` is the object in its wire form (camelCase, defaults filled in, unset optional fields absent), which is what
+the API server evaluates the rule against after its defaulting, so `has(self.x)` means the same on both sides."""
 
 from __future__ import annotations
 
@@ -55,13 +54,6 @@ def holds(rule: CelRule, document: dict[str, Any]) -> bool:
     except CELEvalError:
         return False
     return not isinstance(value, CELEvalError) and bool(value)
-
-
-def add_rules_to_schema(schema: dict[str, Any], model: type[Any]) -> None:
-    """pydantic's `json_schema_extra` hook: a model's rules become its `x-kubernetes-validations`."""
-    rules: tuple[CelRule, ...] = getattr(model, "cel_rules", ())
-    if rules:
-        schema["x-kubernetes-validations"] = [rule.to_schema() for rule in rules]
 
 
 class CelValidated(BaseModel):

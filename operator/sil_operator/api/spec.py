@@ -18,11 +18,15 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
 
-from sil_operator.api.rules import CelRule, CelValidated, add_rules_to_schema
+from sil_operator.api.rules import CelRule, CelValidated
 from sil_operator.gates.cel import check_condition
 from sil_stages.core.methods import METHODS
 from sil_stages.core.optimization import Optimization
 from sil_stages.core.settings import (
+    DNS_LABEL_PATTERN,
+    JUDGE_REQUIRES,
+    SELF_INSTRUCT_REQUIRES,
+    SELF_REFINE_REQUIRES,
     Accumulate,
     DataUri,
     DnsLabel,
@@ -32,11 +36,13 @@ from sil_stages.core.settings import (
     Judging,
     Keep,
     Matching,
+    MaxNewTokens,
     ModelUri,
     Pairs,
     Scorer,
     SelfInstruct,
     StorageOptions,
+    validations_schema,
 )
 
 API_GROUP = "selfimprove.dev"
@@ -92,7 +98,7 @@ class ApiModel(CelValidated):
         populate_by_name=True,
         frozen=True,
         use_attribute_docstrings=False,
-        json_schema_extra=add_rules_to_schema,
+        json_schema_extra=validations_schema,
     )
 
 
@@ -249,7 +255,9 @@ PROMPTS_TWO_SOURCES = "acquire.prompts.generator and acquire.prompts.uri exclude
 SELF_INSTRUCT_POOL = (
     "acquire.prompts.selfInstruct needs acquire.prompts.uri: the file of prompts its examples are drawn from"
 )
-SELF_INSTRUCT_TEMPLATE = "acquire.prompts.selfInstruct.template must contain {examples} (the drawn pool prompts)"
+SELF_INSTRUCT_TEMPLATE_MESSAGE = (
+    f"acquire.prompts.selfInstruct.template must contain {SELF_INSTRUCT_REQUIRES.listed} (the drawn pool prompts)"
+)
 
 
 class PromptSource(ApiModel):
@@ -263,8 +271,8 @@ class PromptSource(ApiModel):
         ),
         CelRule(
             rule="!has(self.selfInstruct) || !has(self.selfInstruct.template) || "
-            "self.selfInstruct.template.contains('{examples}')",
-            message=SELF_INSTRUCT_TEMPLATE,
+            + SELF_INSTRUCT_REQUIRES.cel_rule("self.selfInstruct.template"),
+            message=SELF_INSTRUCT_TEMPLATE_MESSAGE,
             field_path=".selfInstruct.template",
         ),
     )
@@ -362,10 +370,9 @@ class EvaluateSpec(ApiModel, Judging):
         CelRule(
             rule="!has(self.refinement) || !has(self.refinement.selfRefine) || "
             "!has(self.refinement.selfRefine.template) || "
-            "(self.refinement.selfRefine.template.contains('{prompt}') && "
-            "self.refinement.selfRefine.template.contains('{answer}'))",
-            message="evaluate.refinement.selfRefine.template must contain {prompt} and {answer} (the question and "
-            "the answer to revise)",
+            + SELF_REFINE_REQUIRES.cel_rule("self.refinement.selfRefine.template"),
+            message=f"evaluate.refinement.selfRefine.template must contain {SELF_REFINE_REQUIRES.listed} (the "
+            "question and the answer to revise)",
             field_path=".refinement.selfRefine.template",
         ),
     )
@@ -377,8 +384,8 @@ class EvaluateSpec(ApiModel, Judging):
         description="Held-out datasets. The first is the primary one: its greedy accuracy is the score shown as "
         "the champion's score and compared with stopping.targetScore.",
     )
-    max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Tokens generated per answer. Default: acquire.sampling.maxNewTokens."
+    max_new_tokens: MaxNewTokens | None = Field(
+        default=None, description="Tokens generated per answer. Default: acquire.sampling.maxNewTokens."
     )
     pushgateway: PushgatewaySpec | None = Field(
         default=None,
@@ -576,17 +583,10 @@ class LoopSpec(ApiModel):
         ),
         CelRule(
             rule="!has(self.select.scorer.judge) || !has(self.select.scorer.judge.template) || "
-            "(self.select.scorer.judge.template.contains('{prompt}') && "
-            "self.select.scorer.judge.template.contains('{completion}'))",
-            message="select.scorer.judge.template must contain {prompt} and {completion} (the question and the "
+            + JUDGE_REQUIRES.cel_rule("self.select.scorer.judge.template"),
+            message=f"select.scorer.judge.template must contain {JUDGE_REQUIRES.listed} (the question and the "
             "answer judged)",
             field_path=".select.scorer.judge.template",
-        ),
-        CelRule(
-            rule="!has(self.select.keep) || !has(self.select.keep.difficulty) || "
-            "self.select.keep.difficulty.minPassRate <= self.select.keep.difficulty.maxPassRate",
-            message="select.keep.difficulty: minPassRate must not be above maxPassRate",
-            field_path=".select.keep.difficulty",
         ),
     )
 
@@ -602,6 +602,12 @@ class LoopSpec(ApiModel):
         default=False,
         description="true: start no new stage (running ones finish). false: run. Default: false.",
     )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        description="The loop's seed: every stage derives its own from it and the iteration (acquire's prompt draw "
+        "and sampling, select's, training, evaluate's bootstrap), so a rerun repeats the loop. Default: 0.",
+    )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="How stages run.")
     acquire: AcquireSpec = Field(description="Data acquisition: the champion samples completions. Required.")
     select: SelectSpec = Field(default_factory=SelectSpec, description="Data selection: scoring and filtering.")
@@ -615,6 +621,24 @@ class LoopSpec(ApiModel):
         "evaluate-contamination.",
     )
     stopping: StoppingSpec = Field(default_factory=StoppingSpec, description="Early stopping.")
+
+    @property
+    def loop_seed(self) -> int:
+        """spec.seed, or the deprecated optimize.hyperparameters.seed it replaced, or 0."""
+        if self.seed is not None:
+            return self.seed
+        return self.optimize.hyperparameters.seed or 0
+
+    def deprecations(self) -> tuple[str, ...]:
+        """Fields still accepted under an old name: what to write instead. `sil validate` and `sil run` print
+        them as warnings; the operator posts them as a Warning event (reason DeprecatedField) once per generation."""
+        found = []
+        if self.optimize.hyperparameters.seed is not None:
+            found.append(
+                "spec.optimize.hyperparameters.seed is deprecated: set spec.seed instead (the same seed of every "
+                "stage; it wins when both are set)"
+            )
+        return tuple(found)
 
 
 MAX_NAME_LENGTH = 40
@@ -633,8 +657,7 @@ class SelfImprovementLoop(CelValidated):
 
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         CelRule(
-            rule=f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && "
-            "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+            rule=f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{DNS_LABEL_PATTERN}')",
             # No fieldPath: the CRD gives metadata no schema of its own to point into; the message names the field.
             message=f"metadata.name: expected a DNS label of at most {MAX_NAME_LENGTH} characters (it prefixes Job "
             "names): lowercase letters, digits and '-'",

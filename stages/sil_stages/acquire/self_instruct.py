@@ -19,6 +19,7 @@ import random
 from collections.abc import Sequence
 from typing import Literal
 
+from sil_stages.core.contract import GENERATED_FILE
 from sil_stages.core.generation import GenerationEngine, SamplingRequest
 from sil_stages.core.records import Record
 from sil_stages.core.settings import SELF_INSTRUCT_PLACEHOLDER, Novelty, SelfInstruct
@@ -28,7 +29,6 @@ from sil_stages.select.kept_history import read_verified_rows
 
 log = logging.getLogger(__name__)
 
-GENERATED_FILE = "generated.jsonl"
 SOURCE = "self-instruct"
 """The `source` field of a generated prompt's record (carried along into samples.jsonl and scored.jsonl)."""
 NUM_PERM = 128

@@ -24,13 +24,12 @@ from sil_stages.acquire.prompt_generator import generate_prompts
 from sil_stages.acquire.self_instruct import (
     DUPLICATE,
     EMPTY,
-    GENERATED_FILE,
     NOVEL,
     SOURCE,
     read_earlier_generated,
     self_instruct,
 )
-from sil_stages.core.contract import AcquireConfig, Manifest
+from sil_stages.core.contract import GENERATED_FILE, SAMPLES_FILE, AcquireConfig, Manifest
 from sil_stages.core.engines import make_engine
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.generation import GenerationEngine, SamplingRequest
@@ -41,8 +40,6 @@ from sil_stages.core.seeding import derive_seed, seed_everything
 from sil_stages.core.store import Store
 
 log = logging.getLogger(__name__)
-
-SAMPLES_FILE = "samples.jsonl"
 
 
 def draw(records: list[Record], count: int | None, seed: int) -> list[Record]:

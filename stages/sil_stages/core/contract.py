@@ -27,6 +27,21 @@ STAGES: tuple[str, ...] = ("acquire", "select", "optimize", "evaluate")
 MANIFEST_NAME = "_manifest.json"
 CHAMPION_NAME = "champion.json"
 
+# What one stage writes for another (or for a later iteration) to read, under its stage directory: the runners
+# wire these URIs into the next stage's config (sil_operator.stageconfig), the stages write them.
+SAMPLES_FILE = "samples.jsonl"
+"""acquire: one row per prompt with its sampled completions; select reads it."""
+GENERATED_FILE = "generated.jsonl"
+"""acquire: Self-Instruct's generated prompts with their status; later iterations' Self-Instruct reads it."""
+TRAIN_FILE = "train.jsonl"
+"""select: the training data in the method's shape; optimize reads it."""
+KEPT_FILE = "kept.jsonl"
+"""select: the kept records; a later iteration's select reads it when it accumulates."""
+SCORED_FILE = "scored.jsonl"
+"""select: every scored record (for people and reports)."""
+CHECKPOINT_DIR = "checkpoint"
+"""optimize: the candidate model; evaluate and the next iteration read it."""
+
 StageName = Literal["acquire", "select", "optimize", "evaluate"]
 
 
@@ -120,7 +135,7 @@ class SelectConfig(_StageConfigBase):
     `accumulate` and `keep.dedupe.across_iterations` (an iteration without a select manifest is skipped)."""
     champion_uri: str | None = None
     """The iteration's champion: the default judge model of `llm-judge` (self-rewarding)."""
-    engine: Literal["transformers", "vllm"] = "transformers"
+    engine: settings.EngineName = "transformers"
     """acquire's engine: the judge of `llm-judge` generates with it."""
     pushgateway: str | None = None
     """Pushgateway URL to push the selection report to (grouped by namespace, loop, iteration); None: don't."""
@@ -137,7 +152,7 @@ class OptimizeConfig(_StageConfigBase, Optimization):
     """spec.model: the reference of `dpo.reference: base`."""
     scorer: ScorerConfig = ScorerConfig()
     """select's scorer: the reward of methods that generate their own rollouts (grpo)."""
-    engine: Literal["transformers", "vllm"] = "transformers"
+    engine: settings.EngineName = "transformers"
     """acquire's engine: grpo rolls out with vLLM (colocated) when it is vllm and a GPU is there."""
     pushgateway: str | None = None
     """Pushgateway URL to push the trainer's metrics to (grouped by namespace, loop, iteration); None: don't."""
@@ -149,8 +164,8 @@ class EvaluateConfig(_StageConfigBase, settings.Judging):
     candidate_uri: str
     champion_uri: str
     datasets: tuple[EvalDatasetConfig, ...]
-    max_new_tokens: int = 32
-    engine: Literal["transformers", "vllm"] = "transformers"
+    max_new_tokens: settings.MaxNewTokens = settings.DEFAULT_MAX_NEW_TOKENS
+    engine: settings.EngineName = "transformers"
     pushgateway: str | None = None
     """Pushgateway URL to push the evaluation series to (grouped by namespace, loop, iteration); None: don't."""
     base_uri: str | None = None
@@ -162,7 +177,7 @@ class EvaluateConfig(_StageConfigBase, settings.Judging):
     training_scorer: ScorerConfig | None = None
     """The select stage's scorer when it is not the held-out verifier: it also scores the held-out answers
     (reward-hacking guard). None: the training scorer is the held-out verifier."""
-    training_min_score: float = 1.0
+    training_min_score: float = settings.DEFAULT_MIN_SCORE
     """select.keep.minScore: a held-out answer passes the training scorer when it scores at least this."""
 
 

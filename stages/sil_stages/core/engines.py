@@ -6,14 +6,11 @@ implements that interface) import in one direction only.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from sil_stages.core.generation import GenerationEngine, TransformersEngine
+from sil_stages.core.settings import EngineName
 
-EngineKind = Literal["transformers", "vllm"]
 
-
-def make_engine(kind: EngineKind, model_path: str, *, batch_size: int, progress: str) -> GenerationEngine:
+def make_engine(kind: EngineName, model_path: str, *, batch_size: int, progress: str) -> GenerationEngine:
     """The engine named by a stage config's `engine` field, loaded from a resolved model path."""
     if kind == "vllm":
         from sil_stages.core.vllm_engine import VllmEngine  # vllm only in the GPU image

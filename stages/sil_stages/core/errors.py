@@ -7,6 +7,10 @@ GPU Job, retrying a crash may not. The message is one line that names the field 
 
 from __future__ import annotations
 
+EXIT_INPUT_REJECTED = 2
+"""The exit code of a stage that raised `StageInputError`: the stage CLI returns it, the runners read it as a
+permanent failure (`sil run`'s processes, the Jobs' podFailurePolicy)."""
+
 
 class StageInputError(ValueError):
     """A config value or an input the user must fix; the message names it and says what to do."""

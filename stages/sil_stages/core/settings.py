@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -35,10 +36,52 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 
-class Settings(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors (a typo must not become a default)."""
+@dataclass(frozen=True)
+class CrossFieldRule:
+    """A rule between the fields of one settings model, in its two forms side by side: `check` in Python (stage
+    configs, which carry no CEL evaluator, and `sil validate`) and `cel` for the API server (the model's
+    `x-kubernetes-validations` in the CRD). tests/invalid_specs.py breaks each rule once against both checkers."""
 
-    model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
+    cel: str
+    """The CEL expression over `self` (this object, camelCase); true means valid."""
+    message: str
+    """What is wrong and what to do; both checkers report it."""
+    check: Callable[[Any], bool]
+    """The same rule over the Python object (snake_case fields)."""
+
+    def to_schema(self) -> dict[str, str]:
+        return {"rule": self.cel, "message": self.message}
+
+
+def validations_schema(schema: dict[str, Any], model: type[Any]) -> None:
+    """pydantic's `json_schema_extra` hook of every settings and spec model: its `cross_field` rules, and the spec
+    models' `cel_rules` (sil_operator.api.rules), become its `x-kubernetes-validations`. One hook for both, because
+    a spec model may also be a settings model and pydantic keeps one hook per model."""
+    rules = (*getattr(model, "cross_field", ()), *getattr(model, "cel_rules", ()))
+    if rules:
+        schema["x-kubernetes-validations"] = [rule.to_schema() for rule in rules]
+
+
+class Settings(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors (a typo must not become a default).
+
+    `cross_field` rules are checked after the fields, wherever the model is used (the spec, a stage config)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=validations_schema,
+    )
+    cross_field: ClassVar[tuple[CrossFieldRule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_cross_field(self) -> Any:
+        for rule in type(self).cross_field:
+            if not rule.check(self):
+                raise ValueError(rule.message)
+        return self
 
 
 @dataclass(frozen=True)
@@ -87,8 +130,15 @@ DnsLabel = Annotated[
 ]
 """A name that becomes a Kubernetes name or label value."""
 
+EngineName = Literal["transformers", "vllm"]
+"""Which library generates: transformers (CPU and GPU, every image) or vLLM (the GPU stage image only). Every stage
+config's `engine` and spec.acquire.engine are this one type."""
+
+PYTHON_OBJECT = r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*"
+"""A Python object as `module:name` (a verifier, a prompt generator, a scorer class): the one form of all three."""
+
 BUILTIN_VERIFIERS = ("exact-match",)
-VERIFIER_PATTERN = "^(" + "|".join(BUILTIN_VERIFIERS) + r"|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+VERIFIER_PATTERN = "^(" + "|".join(BUILTIN_VERIFIERS) + "|" + PYTHON_OBJECT + ")$"
 Verifier = Annotated[
     str, Matching(VERIFIER_PATTERN, "exact-match, or a Python function as module:function (e.g. arithmetic:verify)")
 ]
@@ -122,21 +172,30 @@ def _compiles(value: str | None) -> str | None:
 
 AnswerPattern = Annotated[str | None, AfterValidator(_compiles)]
 
-FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+FUNCTION_PATTERN = "^" + PYTHON_OBJECT + "$"
 FunctionRef = Annotated[
     str, Matching(FUNCTION_PATTERN, "a Python function as module:function (e.g. problems:additions)")
 ]
 
 
+MaxNewTokens = Annotated[int, Field(ge=1, le=32768)]
+"""Tokens generated per answer: the bounds of every place that sets it (acquire's sampling, evaluate)."""
+DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_MIN_SCORE = 1.0
+"""select.keep.minScore's default: a completion is kept when it scores at least this (a verifier's 1.0 = correct)."""
+
+
 class Sampling(Settings):
     temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature. Default: 1.0.")
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass. Default: 1.0.")
-    max_new_tokens: int = Field(default=32, ge=1, le=32768, description="Tokens generated per sample. Default: 32.")
+    max_new_tokens: MaxNewTokens = Field(
+        default=DEFAULT_MAX_NEW_TOKENS, description=f"Tokens generated per sample. Default: {DEFAULT_MAX_NEW_TOKENS}."
+    )
 
 
 SCORER_TYPES = ("verifier", "majority-vote", "reward-model", "llm-judge")
 """The built-in scorers (`sil_stages.select.scorers.REGISTRY`; a unit test keeps the two equal)."""
-SCORER_TYPE_PATTERN = "^(" + "|".join(SCORER_TYPES) + r"|[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*)$"
+SCORER_TYPE_PATTERN = "^(" + "|".join(SCORER_TYPES) + "|" + PYTHON_OBJECT + ")$"
 ScorerType = Annotated[
     str,
     Matching(
@@ -144,6 +203,32 @@ ScorerType = Annotated[
         "one of " + ", ".join(SCORER_TYPES) + ", or a Python class as module:Class (e.g. my_scorers:LengthScorer)",
     ),
 ]
+
+_Template = TypeVar("_Template", str, str | None)
+
+
+@dataclass(frozen=True)
+class Placeholders:
+    """A template's required placeholders: checked by pydantic here, and by the API server through `cel_rule`,
+    both from this one tuple."""
+
+    names: tuple[str, ...]
+
+    def check(self, value: _Template) -> _Template:
+        if value is not None:
+            missing = [p for p in self.names if p not in value]
+            if missing:
+                raise ValueError(f"the template lacks the placeholder(s) {', '.join(missing)}")
+        return value
+
+    def cel_rule(self, path: str) -> str:
+        """The CEL condition that the template at `path` (e.g. `self.judge.template`) holds every placeholder."""
+        return "(" + " && ".join(f"{path}.contains('{p}')" for p in self.names) + ")"
+
+    @property
+    def listed(self) -> str:
+        return " and ".join(self.names)
+
 
 JUDGE_PLACEHOLDERS = ("{prompt}", "{completion}")
 SELF_REWARDING_TEMPLATE = """Review the user's question and the corresponding response using the additive 5-point \
@@ -176,15 +261,8 @@ outlined criteria.
 the response as `{prompt}` and `{completion}`."""
 
 
-def _judge_template(value: str | None) -> str | None:
-    if value is not None:
-        missing = [p for p in JUDGE_PLACEHOLDERS if p not in value]
-        if missing:
-            raise ValueError(f"the template lacks the placeholder(s) {', '.join(missing)}")
-    return value
-
-
-JudgeTemplate = Annotated[str | None, AfterValidator(_judge_template)]
+JUDGE_REQUIRES = Placeholders(JUDGE_PLACEHOLDERS)
+JudgeTemplate = Annotated[str | None, AfterValidator(JUDGE_REQUIRES.check)]
 
 
 class Judge(Settings):
@@ -273,6 +351,14 @@ class Difficulty(Settings):
     max_pass_rate: float = Field(
         default=1.0, ge=0.0, le=1.0, description="Drop prompts whose pass rate is above this. Default: 1."
     )
+    cross_field: ClassVar[tuple[CrossFieldRule, ...]] = (
+        CrossFieldRule(
+            cel="self.minPassRate <= self.maxPassRate",
+            message="minPassRate must not be above maxPassRate",
+            check=lambda band: band.min_pass_rate <= band.max_pass_rate,
+        ),
+    )
+
     exclusive: bool = Field(
         default=False,
         description="true: the bounds themselves are outside the band (minPassRate 0, maxPassRate 1, exclusive "
@@ -307,7 +393,9 @@ class Dedupe(Settings):
 
 
 class Keep(Settings):
-    min_score: float = Field(default=1.0, description="Keep completions scoring at least this. Default: 1.0.")
+    min_score: float = Field(
+        default=DEFAULT_MIN_SCORE, description=f"Keep completions scoring at least this. Default: {DEFAULT_MIN_SCORE}."
+    )
     top_k: int | None = Field(
         default=None,
         ge=1,
@@ -343,7 +431,12 @@ class Hyperparameters(Settings):
         default="linear", description="Learning-rate schedule. Default: linear."
     )
     max_length: int = Field(default=256, ge=8, description="Truncate examples to this many tokens. Default: 256.")
-    seed: int = Field(default=0, ge=0, description="Training seed. Default: 0.")
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        description="Deprecated: spec.seed replaces it (and seeds every stage, as this field always did). Still "
+        "read when spec.seed is not set.",
+    )
     bf16: bool | None = Field(
         default=None, description="bf16 training. Default: on when the GPU supports it, off on CPU."
     )
@@ -385,15 +478,8 @@ the revised answer continues the prompt exactly as the first answer did and the 
 way (also for a base model, or a character-level one that knows little more than digits)."""
 
 
-def _self_refine_template(value: str | None) -> str | None:
-    if value is not None:
-        missing = [p for p in SELF_REFINE_PLACEHOLDERS if p not in value]
-        if missing:
-            raise ValueError(f"the template lacks the placeholder(s) {', '.join(missing)}")
-    return value
-
-
-SelfRefineTemplate = Annotated[str | None, AfterValidator(_self_refine_template)]
+SELF_REFINE_REQUIRES = Placeholders(SELF_REFINE_PLACEHOLDERS)
+SelfRefineTemplate = Annotated[str | None, AfterValidator(SELF_REFINE_REQUIRES.check)]
 
 
 class SelfRefine(Settings):
@@ -451,13 +537,8 @@ DEFAULT_SELF_INSTRUCT_TEMPLATE = "{examples}\n"
 """The example prompts one per line, then a new line: the model continues the list with a prompt of its own."""
 
 
-def _self_instruct_template(value: str) -> str:
-    if SELF_INSTRUCT_PLACEHOLDER not in value:
-        raise ValueError(f"the template lacks the placeholder {SELF_INSTRUCT_PLACEHOLDER}")
-    return value
-
-
-SelfInstructTemplate = Annotated[str, AfterValidator(_self_instruct_template)]
+SELF_INSTRUCT_REQUIRES = Placeholders((SELF_INSTRUCT_PLACEHOLDER,))
+SelfInstructTemplate = Annotated[str, AfterValidator(SELF_INSTRUCT_REQUIRES.check)]
 
 
 class Novelty(Settings):
@@ -505,7 +586,7 @@ class Generation(Settings):
 
     samples_per_prompt: int = Field(default=4, ge=1, le=256, description="Completions per prompt. Default: 4.")
     sampling: Sampling = Field(default_factory=Sampling, description="Sampling parameters.")
-    engine: Literal["transformers", "vllm"] = Field(
+    engine: EngineName = Field(
         default="transformers",
         description="Generation engine: transformers (CPU or GPU) or vllm (GPU, needs the [gpu] extra). "
         "Default: transformers.",

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from sil_stages.core.contract import Manifest, OptimizeConfig
+from sil_stages.core.contract import CHECKPOINT_DIR, Manifest, OptimizeConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.manifest import StageOutputs
 from sil_stages.core.methods import DATA_FIELDS
@@ -43,7 +43,6 @@ from sil_stages.optimize.metrics import push_metrics
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
 ADAPTER_DIR = "adapter"
 
 
@@ -90,7 +89,7 @@ def run(config: OptimizeConfig, store: Store) -> Manifest | None:
             raise StageInputError("base_model_uri: this method needs the base model (spec.model); set base_model_uri")
         return resolve_model(store, config.base_model_uri, field="base_model_uri")
 
-    seed = derive_seed(config.seed + config.hyperparameters.seed, config.iteration, "optimize")
+    seed = derive_seed(config.seed, config.iteration, "optimize")
     with _workdir() as workdir:
         if not launcher.is_launched_rank(os.environ):
             _restore(config, store, workdir)

@@ -15,13 +15,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sil_stages.core.contract import Manifest, manifest_uri
+from sil_stages.core.contract import KEPT_FILE, Manifest, manifest_uri
 from sil_stages.core.records import Record, parse_jsonl
 from sil_stages.core.store import Store, StoreError, join
 
 log = logging.getLogger(__name__)
-
-KEPT_FILE = "kept.jsonl"
 
 
 @dataclass(frozen=True)

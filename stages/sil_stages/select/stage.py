@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-from sil_stages.core.contract import Manifest, SelectConfig
+from sil_stages.core.contract import KEPT_FILE, SCORED_FILE, TRAIN_FILE, Manifest, SelectConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.manifest import StageOutputs
 from sil_stages.core.methods import DataShape
@@ -42,7 +42,7 @@ from sil_stages.core.seeding import derive_seed
 from sil_stages.core.store import Store
 from sil_stages.select import metrics as select_metrics
 from sil_stages.select.dedupe import Deduper, make_deduper, preload
-from sil_stages.select.kept_history import KEPT_FILE, accumulate, read_earlier_kept
+from sil_stages.select.kept_history import accumulate, read_earlier_kept
 from sil_stages.select.scorers import PromptSamples, Score, Scorer, ScorerContext, make_scorer
 from sil_stages.select.selection import (
     PASS_RATE_BUCKETS,
@@ -57,8 +57,6 @@ from sil_stages.select.selection import (
 
 log = logging.getLogger(__name__)
 
-TRAIN_FILE = "train.jsonl"
-SCORED_FILE = "scored.jsonl"
 GROUPS_PER_CALL = 256
 """Prompt groups handed to the scorer at once: big enough for a model scorer's batches, small enough to show
 progress."""

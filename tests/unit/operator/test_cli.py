@@ -79,6 +79,16 @@ def test_a_valid_loop_validates(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert not (tmp_path / "store").exists()
 
 
+def test_a_loop_with_a_deprecated_field_validates_with_a_warning_that_says_what_to_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_loop(tmp_path, with_spec(local_document(), "spec.optimize.hyperparameters", {"seed": 3}))
+    assert main(["validate", str(path)]) == 0
+    output = capsys.readouterr().out.replace("\n", " ")
+    assert "warning: spec.optimize.hyperparameters.seed is deprecated: set spec.seed instead" in output
+    assert "valid" in output
+
+
 def test_explain_documents_fields(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", "spec.select.keep.topK"]) == 0
     assert "at most this many completions per prompt" in capsys.readouterr().out.lower()

@@ -85,10 +85,12 @@ def _nested(annotation: Any) -> list[type[BaseModel]]:
 
 
 def test_every_cel_rule_of_the_crd_is_a_rule_of_a_model_and_every_model_rule_is_in_the_crd() -> None:
-    """Nothing is written by hand in crd.py: the CRD's rules are exactly the models' cel_rules, which sil validate
-    evaluates too."""
+    """Nothing is written by hand in crd.py: the CRD's rules are exactly the models' cel_rules (which sil validate
+    evaluates too) and the settings models' cross_field rules (whose Python twins sil validate runs)."""
     declared = {
-        rule.to_schema()["rule"] for model in _models(SelfImprovementLoop) for rule in getattr(model, "cel_rules", ())
+        rule.to_schema()["rule"]
+        for model in _models(SelfImprovementLoop)
+        for rule in (*getattr(model, "cel_rules", ()), *getattr(model, "cross_field", ()))
     }
     schema = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     found: set[str] = {v["rule"] for v in schema.get("x-kubernetes-validations", [])}

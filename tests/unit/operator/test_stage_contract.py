@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from sil_operator.api.loader import parse_loop
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.core.contract import AcquireConfig, EvaluateConfig, Manifest, SelectConfig, parse_stage_config
+from sil_stages.core.contract import STAGES, AcquireConfig, EvaluateConfig, Manifest, SelectConfig, parse_stage_config
 from tests.invalid_specs import valid_loop
 
 SELECT: dict[str, Any] = {
@@ -115,3 +115,38 @@ def test_the_optimize_config_carries_the_distributed_settings_and_the_checkpoint
     again = parse_stage_config(config.model_dump_json())
     assert again.distributed.processes_per_node == 2  # type: ignore[union-attr]
     assert again.checkpoint_every_steps == 50  # type: ignore[union-attr]
+
+
+def test_a_stage_config_rejects_the_cross_field_rules_the_spec_rejects() -> None:
+    """The difficulty band's rule lives on the settings model, so a select config cannot carry what the spec
+    forbids (the API server checks the same rule as CEL, tests/invalid_specs.py)."""
+    raw = SELECT | {"keep": SELECT["keep"] | {"difficulty": {"min_pass_rate": 0.8, "max_pass_rate": 0.2}}}
+    with pytest.raises(ValidationError, match="minPassRate must not be above maxPassRate"):
+        parse_stage_config(raw)
+
+
+def test_evaluate_s_answer_length_has_the_spec_s_bounds() -> None:
+    evaluate = build_stage_config(parse_loop(valid_loop()).spec, LoopRef("demo"), 1, "evaluate", "file:///m")
+    raw = json.loads(evaluate.model_dump_json()) | {"max_new_tokens": 100_000}
+    with pytest.raises(ValidationError, match="less than or equal to 32768"):
+        parse_stage_config(raw)
+
+
+@pytest.mark.parametrize(
+    ("spec_seed", "deprecated_seed", "seed"),
+    [(None, None, 0), (7, None, 7), (None, 5, 5), (7, 5, 7)],
+)
+def test_every_stage_gets_the_loop_s_seed_and_the_old_field_still_works(
+    spec_seed: int | None, deprecated_seed: int | None, seed: int
+) -> None:
+    document = valid_loop()
+    if spec_seed is not None:
+        document["spec"]["seed"] = spec_seed
+    if deprecated_seed is not None:
+        document["spec"]["optimize"] = {"hyperparameters": {"seed": deprecated_seed}}
+    spec = parse_loop(document).spec
+    configs = [build_stage_config(spec, LoopRef("demo"), 1, stage, "file:///m") for stage in STAGES]
+    assert [config.seed for config in configs] == [seed] * 4
+    warned = spec.deprecations()
+    assert bool(warned) == (deprecated_seed is not None)
+    assert all("set spec.seed instead" in line for line in warned)

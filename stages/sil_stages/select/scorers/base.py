@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from sil_stages.core.settings import EngineName
 from sil_stages.core.settings import Scorer as ScorerSettings
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class ScorerContext:
     champion_uri: str | None = None
     """The iteration's champion: the default model of scorers that need one (llm-judge)."""
     seed: int = 0
-    engine: Literal["transformers", "vllm"] = "transformers"
+    engine: EngineName = "transformers"
     """The generation engine (acquire's) of scorers that generate (llm-judge)."""
 
 
