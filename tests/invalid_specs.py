@@ -264,6 +264,7 @@ INVALID: list[Invalid] = [
         "a gate query with an unknown placeholder",
         {"spec.promotion.gates.0.query": 'x{l="{{loops}}"}'},
         "spec.promotion.gates.0.query",
+        says="placeholders are among {{loop}}, {{namespace}}",
     ),
     # URI schemes
     Invalid("a model uri with an unknown scheme", {"spec.model.uri": "ftp://host/base"}, "spec.model.uri"),

@@ -13,10 +13,12 @@ server cannot check (a regex or a CEL condition given as a value must compile) a
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from sil_operator.api.rules import CelRule, CelValidated
 from sil_operator.gates.cel import check_condition
@@ -53,13 +55,20 @@ QUERY_PLACEHOLDERS = ("loop", "namespace", "iteration", "dataset", "model")
 _PLACEHOLDER = r"\{\{\s*(" + "|".join(QUERY_PLACEHOLDERS) + r")\s*\}\}"
 QUERY_PATTERN = r"^([^{]|\{[^{]|\{$|" + _PLACEHOLDER + r")*$"
 """A query whose every `{{...}}` is a known placeholder (`{` alone, as in label matchers, is fine)."""
-Query = Annotated[
-    str,
-    Field(min_length=1),
-    Matching(
-        QUERY_PATTERN, "PromQL whose placeholders are among " + ", ".join("{{" + p + "}}" for p in QUERY_PLACEHOLDERS)
-    ),
-]
+QUERY_EXPECTED = "PromQL whose placeholders are among " + ", ".join("{{" + p + "}}" for p in QUERY_PLACEHOLDERS)
+MAX_QUERY_LENGTH = 2048
+"""Bounds the API server's cost estimate of the query's CEL rule (GateSpec)."""
+
+
+def _known_placeholders(value: str) -> str:
+    if re.fullmatch(QUERY_PATTERN, value) is None:
+        raise PydanticCustomError("pattern_mismatch", "expected {expected}", {"expected": QUERY_EXPECTED})
+    return value
+
+
+Query = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH), AfterValidator(_known_placeholders)]
+"""Checked by pydantic here and by the API server as GateSpec's CEL rule, one pattern and one message: a schema
+`pattern` would make the API server answer with the raw regular expression."""
 
 MAX_DATASETS = 16
 MAX_GATES = 16
@@ -432,6 +441,11 @@ class GateSpec(ApiModel):
         CelRule(
             rule="has(self.successCondition) || has(self.failureCondition)",
             message="a gate needs successCondition, failureCondition or both",
+        ),
+        CelRule(
+            rule=f"self.query.matches(r'{QUERY_PATTERN}')",
+            message=f"query: expected {QUERY_EXPECTED}",
+            field_path=".query",
         ),
     )
 

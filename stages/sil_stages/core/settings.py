@@ -341,19 +341,31 @@ class Scorer(Settings):
     judge: Judge = Field(default_factory=Judge, description="For llm-judge: the judge prompt and its parsing.")
 
 
+_ALL_PASS_RATES = (0.0, 1.0)
+"""The difficulty band's default bounds: every prompt."""
+
+
 class Difficulty(Settings):
     """Online difficulty filtering (DAPO's dynamic sampling, curriculum by pass rate): a prompt's pass rate is the
     share of its samples scoring at least keep.minScore; prompts outside [minPassRate, maxPassRate] are dropped."""
 
     min_pass_rate: float = Field(
-        default=0.0, ge=0.0, le=1.0, description="Drop prompts whose pass rate is below this. Default: 0."
+        default=_ALL_PASS_RATES[0],
+        ge=0.0,
+        le=1.0,
+        description="Drop prompts whose pass rate is below this. Default: 0.",
     )
     max_pass_rate: float = Field(
-        default=1.0, ge=0.0, le=1.0, description="Drop prompts whose pass rate is above this. Default: 1."
+        default=_ALL_PASS_RATES[1],
+        ge=0.0,
+        le=1.0,
+        description="Drop prompts whose pass rate is above this. Default: 1.",
     )
     cross_field: ClassVar[tuple[CrossFieldRule, ...]] = (
         CrossFieldRule(
-            cel="self.minPassRate <= self.maxPassRate",
+            # has(): the API server also checks the rule against the CRD's `default: {}` (nested defaults unapplied).
+            cel=f"(has(self.minPassRate) ? self.minPassRate : {_ALL_PASS_RATES[0]}) <= "
+            f"(has(self.maxPassRate) ? self.maxPassRate : {_ALL_PASS_RATES[1]})",
             message="minPassRate must not be above maxPassRate",
             check=lambda band: band.min_pass_rate <= band.max_pass_rate,
         ),
