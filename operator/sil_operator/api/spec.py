@@ -24,6 +24,7 @@ from sil_operator.api.rules import CelRule, CelValidated
 from sil_operator.gates.cel import check_condition
 from sil_stages.core.methods import METHODS
 from sil_stages.core.optimization import Optimization
+from sil_stages.core.scorers import SCORERS
 from sil_stages.core.settings import (
     DNS_LABEL_PATTERN,
     JUDGE_REQUIRES,
@@ -584,16 +585,10 @@ def with_contamination_gate(data: Any) -> Any:
 
 class LoopSpec(ApiModel):
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
-        CelRule(
-            rule="self.select.scorer.type != 'majority-vote' || self.acquire.samplesPerPrompt >= 2",
-            message="select.scorer.type majority-vote needs acquire.samplesPerPrompt >= 2 (a vote needs voters)",
-            field_path=".acquire.samplesPerPrompt",
-        ),
-        CelRule(
-            rule="self.select.scorer.type != 'reward-model' || has(self.select.scorer.model)",
-            message="select.scorer.type reward-model needs select.scorer.model: the URI of a one-label "
-            "sequence-classification checkpoint",
-            field_path=".select.scorer.model",
+        *(
+            CelRule(rule=check.rule, message=check.message, field_path=check.field_path)
+            for scorer in SCORERS.values()
+            for check in scorer.checks
         ),
         CelRule(
             rule="!has(self.select.scorer.judge) || !has(self.select.scorer.judge.template) || "

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from sil_stages.core.checks import CelCheck
 from sil_stages.core.settings import Dpo, Grpo
 
 DataShape = Literal["prompt-completion", "preference", "prompt-only"]
@@ -32,16 +33,6 @@ DATA_FIELDS: dict[DataShape, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class CelCheck:
-    """A cross-field rule of spec.optimize in CEL (`self` is spec.optimize); the operator turns it into a CelRule,
-    so `sil validate` and the API server both check it. Kept as plain data here: stages carry no operator code."""
-
-    rule: str
-    message: str
-    field_path: str
-
-
-@dataclass(frozen=True)
 class MethodSpec:
     name: str
     """The value of spec.optimize.method; also the name of its settings block, spec.optimize.<name>."""
@@ -56,6 +47,7 @@ class MethodSpec:
     """None: no training data is not an error (the init model becomes the candidate and the gates reject it).
     Otherwise the one-line reason why it is an error and what to change (the stage exits 2)."""
     checks: tuple[CelCheck, ...] = field(default=())
+    """Rules over spec.optimize (`self`) a loop using this method must satisfy."""
 
     def settings_of(self, config: Any) -> Any:
         """This method's settings block of an `Optimization` (its defaults when the block is absent)."""

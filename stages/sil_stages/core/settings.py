@@ -35,6 +35,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from sil_stages.core.scorers import SCORERS
+
 
 @dataclass(frozen=True)
 class CrossFieldRule:
@@ -193,8 +195,8 @@ class Sampling(Settings):
     )
 
 
-SCORER_TYPES = ("verifier", "majority-vote", "reward-model", "llm-judge")
-"""The built-in scorers (`sil_stages.select.scorers.REGISTRY`; a unit test keeps the two equal)."""
+SCORER_TYPES = tuple(SCORERS)
+"""The built-in scorers (`sil_stages.core.scorers`; the stage's `sil_stages.select.scorers.REGISTRY` builds them)."""
 SCORER_TYPE_PATTERN = "^(" + "|".join(SCORER_TYPES) + "|" + PYTHON_OBJECT + ")$"
 ScorerType = Annotated[
     str,
@@ -301,11 +303,8 @@ class Judge(Settings):
 class Scorer(Settings):
     type: ScorerType = Field(
         default="verifier",
-        description="verifier: a program checks each completion. majority-vote: label-free, the most common "
-        "answer among a prompt's samples is taken as correct (self-consistency); needs samplesPerPrompt >= 2. "
-        "reward-model: a one-label sequence-classification model (scorer.model) scores prompt + completion. "
-        "llm-judge: a judge model (scorer.model, default the champion: self-rewarding) scores each completion "
-        "with a rubric prompt (scorer.judge). module:Class: a user scorer class. Default: verifier.",
+        description=" ".join(f"{scorer.name}: {scorer.summary}." for scorer in SCORERS.values())
+        + " module:Class: a user scorer class. Default: verifier.",
     )
     verifier: Verifier = Field(
         default="exact-match",

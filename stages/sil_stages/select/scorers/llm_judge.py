@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sil_stages.core import scorers
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.generation import SamplingRequest
 from sil_stages.core.scoring import compile_pattern
@@ -24,7 +25,7 @@ from sil_stages.select.scorers.model_uri import resolve_scorer_model
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-NAME = "llm-judge"
+NAME = scorers.LLM_JUDGE.name
 
 DEFAULT_SCORE_PATTERN: str = Judge.model_fields["score_pattern"].default
 """`Score: <number>`, what the default template asks for; also used when scorePattern is set to null."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sil_stages.core import scorers
 from sil_stages.core.scoring import Vote, compile_pattern, extract_answer, majority_vote
 from sil_stages.select.scorers.base import PromptSamples, Score, Scorer, ScorerContext
 
-NAME = "majority-vote"
+NAME = scorers.MAJORITY_VOTE.name
 
 
 class MajorityVoteScorer:

@@ -12,6 +12,7 @@ import statistics
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from sil_stages.core import scorers
 from sil_stages.core.errors import StageInputError
 from sil_stages.select.scorers.base import PromptSamples, Score, Scorer, ScorerContext, flat, regroup
 from sil_stages.select.scorers.model_uri import resolve_scorer_model
@@ -19,7 +20,7 @@ from sil_stages.select.scorers.model_uri import resolve_scorer_model
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-NAME = "reward-model"
+NAME = scorers.REWARD_MODEL.name
 
 
 def check_reward_model_config(path: str, *, field: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sil_stages.core import scorers
 from sil_stages.core.scoring import compile_pattern, extract_answer, make_verifier
 from sil_stages.select.scorers.base import PromptSamples, Score, Scorer, ScorerContext
 
-NAME = "verifier"
+NAME = scorers.VERIFIER.name
 
 
 class VerifierScorer:
