@@ -15,6 +15,9 @@ import tempfile
 from pathlib import Path
 
 from sil_stages.core.contract import (
+    CHECKPOINT_DIR,
+    SAMPLES_FILE,
+    TRAIN_FILE,
     AcquireConfig,
     EvaluateConfig,
     Manifest,
@@ -26,13 +29,13 @@ from sil_stages.core.manifest import StageOutputs, is_finished
 from sil_stages.core.pushgateway import push
 from sil_stages.core.store import Store, StoreError
 from sil_stages.core.verify import entries_under, verify_tree
+from sil_stages.evaluate.comparison import DatasetGuards
+from sil_stages.evaluate.scoring import Scores
+from sil_stages.evaluate.series import flat_metrics, series_for
 from sil_stages.evaluate.significance import PairedComparison
-from sil_stages.evaluate.stage import RESULTS_FILE, DatasetGuards, Scores, flat_metrics, series_for
+from sil_stages.evaluate.stage import RESULTS_FILE
 from tests.fakestages.scores import score
 
-SAMPLES_FILE = "samples.jsonl"
-TRAIN_FILE = "train.jsonl"
-CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_BYTES = 16 * 1024
 """Size of the fake `model.safetensors`: big enough to be a real upload, small enough for hundreds of stages."""
 

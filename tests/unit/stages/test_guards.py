@@ -76,7 +76,7 @@ def test_matching_ignores_case_and_spacing() -> None:
 def test_a_wrong_majority_is_rewarded_by_the_vote_and_not_by_the_truth() -> None:
     """The reward-hacking guard judges sampled answers as select would: a confident wrong majority scores high."""
     from sil_stages.core.contract import ScorerConfig
-    from sil_stages.evaluate.stage import Proxy
+    from sil_stages.evaluate.scoring import Proxy
     from sil_stages.select.scorers import ScorerContext, make_scorer
 
     proxy = Proxy(make_scorer(ScorerContext(settings=ScorerConfig(type="majority-vote"))), min_score=1.0)

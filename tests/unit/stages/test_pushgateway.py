@@ -59,7 +59,7 @@ def test_exposition_passes_promtool() -> None:
 
 def test_every_series_evaluate_pushes_has_its_own_help_text() -> None:
     """A user reading /metrics or Grafana's tooltip learns what each guard measures, not a generic line."""
-    from sil_stages.evaluate.stage import ACQUIRE_PREFIX, COMPARISON_SERIES, METRIC_PREFIX, SERIES
+    from sil_stages.evaluate.series import ACQUIRE_PREFIX, COMPARISON_SERIES, METRIC_PREFIX, SERIES
 
     per_dataset = (*COMPARISON_SERIES, "kl_candidate_champion", "output_length_drift", "contamination")
     names = [f"{METRIC_PREFIX}{name}" for name in (*SERIES, *per_dataset, "contaminated_items", "contamination_max")]

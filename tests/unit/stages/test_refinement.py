@@ -20,7 +20,8 @@ from sil_stages.core.scoring import compile_pattern, make_verifier
 from sil_stages.core.settings import SELF_REFINE_TEMPLATE, Refinement
 from sil_stages.core.store import Store
 from sil_stages.evaluate.refinement import best_index, needs_samples, pass_at_k, pass_at_ks, refine_prompt, self_refine
-from sil_stages.evaluate.stage import Scores, flat_metrics, make_proxy, make_selector, score_dataset, series_for
+from sil_stages.evaluate.scoring import Scores, make_proxy, make_selector, score_dataset
+from sil_stages.evaluate.series import flat_metrics, series_for
 from sil_stages.select.scorers import Score
 from tests.unit.stages.conftest import StageConfig, output_dir, write_jsonl
 
