@@ -82,7 +82,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             per_iteration=acquire.prompts.per_iteration,
             self_instruct=acquire.prompts.self_instruct,
             earlier_acquire_uris=tuple(stage_uri(storage, k, "acquire") for k in range(1, iteration)),
-            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
+            pushgateway=spec.pushgateway_address,
             samples_per_prompt=acquire.samples_per_prompt,
             sampling=acquire.sampling,
             engine=acquire.engine,
@@ -101,7 +101,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             earlier_select_uris=tuple(stage_uri(storage, k, "select") for k in range(1, iteration)),
             champion_uri=champion_uri,
             engine=spec.acquire.engine,
-            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
+            pushgateway=spec.pushgateway_address,
         )
     if stage == "optimize":
         optimize = spec.optimize
@@ -114,7 +114,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             **{name: getattr(optimize, name) for name in Optimization.model_fields},
             scorer=spec.select.scorer,
             engine=spec.acquire.engine,
-            pushgateway=spec.evaluate.pushgateway.address if spec.evaluate.pushgateway else None,
+            pushgateway=spec.pushgateway_address,
         )
     if stage == "evaluate":
         evaluate = spec.evaluate
@@ -129,7 +129,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             max_new_tokens=evaluate.max_new_tokens or spec.acquire.sampling.max_new_tokens,
             batch_size=evaluate.batch_size,
             engine=spec.acquire.engine,
-            pushgateway=evaluate.pushgateway.address if evaluate.pushgateway else None,
+            pushgateway=spec.pushgateway_address,
             significance=evaluate.significance,
             contamination=evaluate.contamination,
             base_uri=spec.model.uri,

@@ -56,10 +56,8 @@ def s3_prometheus_loop(
             "podAnnotations": pod_annotations() if run_ms is None else pod_annotations(run_ms),
         },
         "acquire": {"prompts": {"uri": f"s3://{bucket}/prompts.jsonl"}},
-        "evaluate": {
-            "datasets": [{"name": "heldout", "uri": f"s3://{bucket}/heldout.jsonl"}],
-            "pushgateway": {"address": pushgateway},
-        },
+        "evaluate": {"datasets": [{"name": "heldout", "uri": f"s3://{bucket}/heldout.jsonl"}]},
+        "pushgateway": {"address": pushgateway},
         "promotion": {"prometheus": {"address": prometheus}, "gates": [gate or score_gate()]},
     }
     body.update(spec)

@@ -75,7 +75,7 @@ def arithmetic_loop(namespace: str, name: str, model_uri: str, storage: dict[str
 
 def gated_on_prometheus(spec: dict[str, Any], prometheus: PrometheusServer, success_condition: str) -> None:
     """Evaluate pushes to `prometheus`'s Pushgateway and one held-out gate reads Prometheus, on `success_condition`."""
-    spec["evaluate"]["pushgateway"] = {"address": prometheus.pushgateway_url}
+    spec["pushgateway"] = {"address": prometheus.pushgateway_url}
     spec["promotion"] = {
         "prometheus": {"address": prometheus.url},
         "gates": [

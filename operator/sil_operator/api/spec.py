@@ -399,8 +399,8 @@ class EvaluateSpec(ApiModel, Judging):
     )
     pushgateway: PushgatewaySpec | None = Field(
         default=None,
-        description="Push the evaluation metrics to this Pushgateway (for Prometheus gates and dashboards). "
-        "Default: none (metrics stay in the evaluate manifest).",
+        description="Deprecated: spec.pushgateway replaces it (every stage pushes there, not only evaluate); it "
+        "wins when both are set. Still read when spec.pushgateway is not set.",
     )
 
 
@@ -430,8 +430,8 @@ class PrometheusSpec(ApiModel):
 class PushgatewaySpec(ApiModel):
     address: str = Field(
         min_length=1,
-        description="Pushgateway base URL the evaluate stage pushes selfimprove_eval_* gauges to, grouped by "
-        "namespace, loop and iteration, e.g. http://pushgateway.monitoring:9091.",
+        description="Pushgateway base URL every stage pushes its series to (selfimprove_acquire_*, _select_*, "
+        "_optimize_*, _eval_*), grouped by namespace, loop and iteration, e.g. http://pushgateway.monitoring:9091.",
     )
 
 
@@ -618,6 +618,11 @@ class LoopSpec(ApiModel):
         "and sampling, select's, training, evaluate's bootstrap), so a rerun repeats the loop. Default: 0.",
     )
     runtime: RuntimeSpec = Field(default_factory=RuntimeSpec, description="How stages run.")
+    pushgateway: PushgatewaySpec | None = Field(
+        default=None,
+        description="The Pushgateway every stage pushes its series to (for Prometheus gates, the dashboard and the "
+        "alerts). Default: none (the numbers stay in the stage manifests).",
+    )
     acquire: AcquireSpec = Field(description="Data acquisition: the champion samples completions. Required.")
     select: SelectSpec = Field(default_factory=SelectSpec, description="Data selection: scoring and filtering.")
     optimize: OptimizeSpec = Field(default_factory=OptimizeSpec, description="Model optimization.")
@@ -638,6 +643,12 @@ class LoopSpec(ApiModel):
             return self.seed
         return self.optimize.hyperparameters.seed or 0
 
+    @property
+    def pushgateway_address(self) -> str | None:
+        """spec.pushgateway, or the deprecated evaluate.pushgateway it replaced: where every stage pushes."""
+        chosen = self.pushgateway or self.evaluate.pushgateway
+        return chosen.address if chosen else None
+
     def deprecations(self) -> tuple[str, ...]:
         """Fields still accepted under an old name: what to write instead. `sil validate` and `sil run` print
         them as warnings; the operator posts them as a Warning event (reason DeprecatedField) once per generation."""
@@ -646,6 +657,11 @@ class LoopSpec(ApiModel):
             found.append(
                 "spec.optimize.hyperparameters.seed is deprecated: set spec.seed instead (the same seed of every "
                 "stage; it wins when both are set)"
+            )
+        if self.evaluate.pushgateway is not None:
+            found.append(
+                "spec.evaluate.pushgateway is deprecated: set spec.pushgateway instead (every stage pushes there; "
+                "it wins when both are set)"
             )
         return tuple(found)
 

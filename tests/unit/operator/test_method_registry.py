@@ -87,7 +87,7 @@ def test_the_optimize_config_carries_the_method_its_block_lora_and_what_the_meth
         {
             "spec.optimize": {"method": "dpo", "dpo": {"beta": 0.3, "reference": "base"}, "lora": {"r": 4}},
             "spec.select.scorer": {"type": "majority-vote"},
-            "spec.evaluate.pushgateway": {"address": "http://pushgateway:9091"},
+            "spec.pushgateway": {"address": "http://pushgateway:9091"},
         },
     )
     spec = LoopSpec.model_validate(document["spec"])

@@ -70,7 +70,7 @@ def test_a_manifest_written_before_findings_existed_still_parses_with_none_named
 def test_select_is_given_the_earlier_iterations_select_folders_the_champion_and_the_engine() -> None:
     """What accumulate, cross-iteration dedupe and a self-rewarding judge need, decided by the runner, not the stage."""
     document = valid_loop()
-    document["spec"]["evaluate"]["pushgateway"] = {"address": "http://pushgateway:9091"}
+    document["spec"]["pushgateway"] = {"address": "http://pushgateway:9091"}
     spec = parse_loop(document).spec
     config = build_stage_config(spec, LoopRef("demo", "ml"), 3, "select", "s3://runs/demo/iterations/2/optimize/model")
     assert isinstance(config, SelectConfig)
@@ -150,3 +150,26 @@ def test_every_stage_gets_the_loop_s_seed_and_the_old_field_still_works(
     warned = spec.deprecations()
     assert bool(warned) == (deprecated_seed is not None)
     assert all("set spec.seed instead" in line for line in warned)
+
+
+@pytest.mark.parametrize(
+    ("new", "deprecated", "address"),
+    [
+        (None, None, None),
+        ("http://new:9091", None, "http://new:9091"),
+        (None, "http://old:9091", "http://old:9091"),
+        ("http://new:9091", "http://old:9091", "http://new:9091"),
+    ],
+)
+def test_every_stage_pushes_to_spec_pushgateway_and_the_old_evaluate_field_still_works(
+    new: str | None, deprecated: str | None, address: str | None
+) -> None:
+    document = valid_loop()
+    if new is not None:
+        document["spec"]["pushgateway"] = {"address": new}
+    if deprecated is not None:
+        document["spec"]["evaluate"]["pushgateway"] = {"address": deprecated}
+    spec = parse_loop(document).spec
+    configs = [build_stage_config(spec, LoopRef("demo"), 1, stage, "file:///m") for stage in STAGES]
+    assert [config.pushgateway for config in configs] == [address] * 4
+    assert any("set spec.pushgateway instead" in line for line in spec.deprecations()) == (deprecated is not None)
