@@ -30,7 +30,7 @@ from typing import Any
 
 from sil_operator.api.loader import SpecError, parse_loop
 from sil_operator.api.spec import SelfImprovementLoop
-from sil_operator.api.status import TERMINAL_PHASES, Condition, LoopPhase, LoopStatus, Measurement
+from sil_operator.api.status import TERMINAL_PHASES, Condition, LoopPhase, LoopStatus
 from sil_operator.failures import (
     Failure,
     SecretUnavailable,
@@ -41,7 +41,6 @@ from sil_operator.failures import (
     failed_for_good,
     is_degraded,
 )
-from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.discovery import ApiDiscovery
@@ -65,6 +64,7 @@ from sil_operator.manifests import ManifestCache
 from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
 from sil_operator.promotion import promote
+from sil_operator.rounds import GateMeasurements, measure_gates, record
 from sil_operator.stageconfig import LoopRef
 from sil_stages.core.contract import StorageOptions, utcnow
 from sil_stages.core.store import S3Clients, S3Credentials, Store, StoreError, is_remote
@@ -102,7 +102,8 @@ class LoopMemory:
     """Also holds the loop's Store (its S3 client is shared with the other loops of the same endpoint)."""
     credentials: S3Credentials | None = None
     """The S3 keys of the loop's credentials Secret the Store uses (None: the operator's own environment)."""
-    measurements: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
+    measurements: GateMeasurements = field(default_factory=dict)
+    """Gate measurements taken since the last plan (rounds.measure_gates), for the next one."""
 
 
 @dataclass
@@ -199,6 +200,8 @@ class Controller:
             return cached[2]
         loop = parse_loop({k: v for k, v in body.items() if k != "status"}, f"{namespace}/{name}")
         self.specs[key] = (*at, loop)
+        for deprecated in loop.spec.deprecations():  # once per generation (and per operator start)
+            self._emit(body, Event("Warning", "DeprecatedField", deprecated))
         return loop
 
     # -- observing ------------------------------------------------------------------------------------------
@@ -308,13 +311,13 @@ class Controller:
             await self._start_stage(action, loop, identity)
         elif isinstance(action, MeasureGates):
             provider = await self._provider(loop, identity, store)
-            gates = {g.name: g for g in loop.spec.promotion.gates}
             key = (identity.namespace, identity.name)
-            for resolved in action.gates:
-                taken = await self.offload.run(key, measure, gates[resolved.name], resolved, provider, self.clock())
-                memory.measurements.setdefault((action.iteration, resolved.name), []).append(taken)
-                if self.metrics:
-                    self.metrics.gate_measured(taken.phase.value)
+            taken = await self.offload.run(key, measure_gates, loop.spec, action, provider, self.clock)
+            record(memory.measurements, taken)
+            for measurements in taken.values():
+                for measurement in measurements:
+                    if self.metrics:
+                        self.metrics.gate_measured(measurement.phase.value)
         else:
             key = (identity.namespace, identity.name)
             await self.offload.run(key, promote, store, loop.spec.storage.uri, action, self.clock())

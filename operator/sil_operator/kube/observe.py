@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from sil_operator.api.status import Measurement, StagePhase
+from sil_operator.api.status import Measurement
 from sil_operator.kube.objects import ANNOTATION_RUN, CONTAINER_NAME, LABEL_ITERATION, LABEL_STAGE
-from sil_operator.planner import INPUT_REJECTED, MANIFEST_MISSING, Observation, StageObservation
+from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, Observation, StageObservation
+from sil_operator.rounds import StageRun, exited, manifest_missing, queued, running, succeeded
 from sil_stages.core.contract import manifest_uri, stage_uri
 
 
@@ -247,83 +248,37 @@ def observe_job(
     named: Mapping[str, Sequence[str]] | None = None,
 ) -> StageObservation:
     """One run of a stage. `earlier_attempts`: failed attempts of the stage's earlier runs; `manifest`: its URI,
-    for the message when it is missing."""
+    for the message when it is missing. What a Job says is read here; the observation is built by
+    sil_operator.rounds, as `sil run` builds its own, so both runners report a stage the same way."""
     status = job.get("status") or {}
     name = _meta(job).get("name")
-    run = job_run(job)
     started = _time(status.get("startTime")) or _time(_meta(job).get("creationTimestamp"))
-    attempts = earlier_attempts + _failed_attempts(job)
+    run = StageRun(name, job_run(job), earlier_attempts + _failed_attempts(job), earlier_attempts)
     complete = _condition(job, "Complete")
     if complete is not None:
         finished = _time(status.get("completionTime")) or _time(complete.get("lastTransitionTime"))
         if isinstance(metrics, Unreadable):
-            return StageObservation(
-                phase=StagePhase.RUNNING,
-                attempts=attempts,
-                run_name=name,
-                run=run,
-                started_at=started,
-                message=f"Job {name} completed; its manifest cannot be read yet (store error), looking again",
-                recheck_after=RECHECK_SECONDS,
-            )
+            said = f"Job {name} completed; its manifest cannot be read yet (store error), looking again"
+            return running(run, started, message=said, recheck_after=RECHECK_SECONDS)
         if metrics is None:
-            where = manifest or "its manifest"
-            return StageObservation(
-                phase=StagePhase.FAILED,
-                attempts=attempts + 1,
-                run_name=name,
-                run=run,
-                started_at=started,
-                finished_at=finished,
-                reason=MANIFEST_MISSING,
-                message=f"the stage exited 0 without writing {where}; the contract says the manifest is written last",
-            )
-        return StageObservation(
-            phase=StagePhase.SUCCEEDED,
-            attempts=attempts,
-            run_name=name,
-            run=run,
-            started_at=started,
-            finished_at=finished,
-            metrics=dict(metrics),
-            findings=dict(named or {}),
-        )
+            return manifest_missing(run, manifest, started, finished)
+        return succeeded(run, started, finished, metrics, named)
     failed = _condition(job, "Failed")
     if failed is not None:
         said = f"Job {name} {failed.get('reason', 'Failed')}: {failed.get('message', '')}".strip()
         if finding is not None and finding.message:
             said = f"{said}; the stage said: {finding.message}"
-        permanent = rejected_input(job)
         reason = str(failed.get("reason") or "Failed")
         if finding is not None and finding.reason == OOM_KILLED:
             reason = OOM_KILLED
-        return StageObservation(
-            phase=StagePhase.FAILED,
-            attempts=max(attempts, earlier_attempts + 1),
-            run_name=name,
-            run=run,
-            started_at=started,
-            finished_at=_time(failed.get("lastTransitionTime")),
-            message=said,
-            reason=INPUT_REJECTED if permanent else reason,
-            permanent=permanent,
-        )
+        code = INPUT_REJECTED_EXIT_CODE if rejected_input(job) else None  # the podFailurePolicy's FailJob rule
+        return exited(run, code, said, started, _time(failed.get("lastTransitionTime")), reason=reason)
     if (job.get("spec") or {}).get("suspend"):
-        return StageObservation(
-            phase=StagePhase.QUEUED,
-            attempts=attempts,
-            run_name=name,
-            run=run,
-            started_at=started,
-            message=f"Job {name} is suspended: its queue (Kueue) has not admitted it, or preempted it",
-        )
+        return queued(run, started, f"Job {name} is suspended: its queue (Kueue) has not admitted it, or preempted it")
     waiting = int(status.get("ready") or 0) == 0
-    return StageObservation(
-        phase=StagePhase.RUNNING,
-        attempts=attempts,
-        run_name=name,
-        run=run,
-        started_at=started,
+    return running(
+        run,
+        started,
         reason=finding.reason if finding else None,
         message=finding.message if finding and finding.reason else None,
         recheck_after=RECHECK_SECONDS if waiting else None,

@@ -12,23 +12,19 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from sil_operator.api.spec import SelfImprovementLoop
-from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus, Measurement, StagePhase
-from sil_operator.gates.measure import measure
+from sil_operator.api.status import TERMINAL_PHASES, LoopPhase, LoopStatus
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.local.containers import StageContainers
 from sil_operator.local.executor import LocalExecutor, StageProcess
 from sil_operator.manifests import ManifestCache
 from sil_operator.planner import (
-    INPUT_REJECTED,
-    INPUT_REJECTED_EXIT_CODE,
-    MANIFEST_MISSING,
     Event,
     MeasureGates,
     Observation,
@@ -39,6 +35,16 @@ from sil_operator.planner import (
     plan,
 )
 from sil_operator.promotion import promote
+from sil_operator.rounds import (
+    GateMeasurements,
+    StageRun,
+    exited,
+    manifest_missing,
+    measure_gates,
+    record,
+    running,
+    succeeded,
+)
 from sil_operator.stageconfig import LoopRef
 from sil_stages.core.contract import (
     STAGES,
@@ -110,7 +116,7 @@ class LocalRunner:
     stage_image: str | None = None
     """Run each stage in a container of this image (`sil run --stage-image`, sil_operator.local.containers)."""
     container_engine: str = "podman"
-    _pending: dict[tuple[int, str], list[Measurement]] = field(default_factory=dict)
+    _pending: GateMeasurements = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         spec = self.loop.spec
@@ -185,31 +191,19 @@ class LocalRunner:
         return Observation(iteration=iteration, stages=stages, measurements=dict(self._pending))
 
     def observe_stage(self, iteration: int, stage: str) -> StageObservation | None:
+        """The stage's manifest (finished), else its process: running, or ended without the manifest (failed)."""
         manifest = self.manifest(iteration, stage)
-        running = self.executor.processes.get((iteration, stage))
-        if manifest is not None:
-            return StageObservation(
-                phase=StagePhase.SUCCEEDED,
-                attempts=running.action.attempt - 1 if running else 0,
-                run_name=running.action.run_name if running else None,
-                run=running.action.run if running else 1,
-                started_at=running.started_at if running else manifest.started_at,
-                finished_at=manifest.finished_at,
-                metrics=manifest.metrics,
-                findings=manifest.findings,
-            )
-        if running is None:
+        process = self.executor.processes.get((iteration, stage))
+        if manifest is not None:  # without a process of this runner: finished under an earlier `sil run`
+            run = StageRun.started_by(process.action) if process else StageRun()
+            started = process.started_at if process else manifest.started_at
+            return succeeded(run, started, manifest.finished_at, manifest.metrics, manifest.findings)
+        if process is None:
             return None
-        code = running.process.poll()
+        code = process.process.poll()
         if code is None:
-            return StageObservation(
-                phase=StagePhase.RUNNING,
-                attempts=running.action.attempt - 1,
-                run_name=running.action.run_name,
-                run=running.action.run,
-                started_at=running.started_at,
-            )
-        return failed_stage(running, code, manifest_uri(stage_uri(self.storage, iteration, stage)), self.clock())
+            return running(StageRun.started_by(process.action), process.started_at)
+        return failed_stage(process, code, manifest_uri(stage_uri(self.storage, iteration, stage)), self.clock())
 
     def manifest(self, iteration: int, stage: str) -> Manifest | None:
         return self._manifests.get(iteration, stage)
@@ -220,36 +214,21 @@ class LocalRunner:
             self.executor.processes.pop((action.iteration, action.stage), None)
             self.executor.start(action, self.clock())
         elif isinstance(action, MeasureGates):
-            gates = {g.name: g for g in self.loop.spec.promotion.gates}
-            for resolved in action.gates:
-                measurement = measure(gates[resolved.name], resolved, self._provider, self.clock())
-                self._pending.setdefault((action.iteration, resolved.name), []).append(measurement)
+            record(self._pending, measure_gates(self.loop.spec, action, self._provider, self.clock))
         else:
             promote(self.store, self.storage, action, self.clock())
 
 
 def failed_stage(running: StageProcess, code: int, manifest: str, now: datetime) -> StageObservation:
-    """A stage process that ended without its manifest. Exit code 2 means the stage rejected its input
-    (sil_stages.core.errors): retrying will not help, so the loop fails at once."""
+    """A stage process that ended without its manifest (rounds.exited: exit code 2 is permanent;
+    rounds.manifest_missing: exit code 0). What differs from a Job is only the message: it leads with the exit code
+    and ends with the log's path, where the whole output is."""
+    run = StageRun.started_by(running.action)
     if code == 0:
-        reason, said = (
-            MANIFEST_MISSING,
-            (f"the stage exited 0 without writing {manifest}; the contract says the manifest is written last"),
-        )
+        seen = manifest_missing(run, manifest, running.started_at, now)
     else:
-        reason = INPUT_REJECTED if code == INPUT_REJECTED_EXIT_CODE else "Error"
-        said = running.last_error_line()
-    return StageObservation(
-        phase=StagePhase.FAILED,
-        attempts=running.action.attempt,
-        run_name=running.action.run_name,
-        run=running.action.run,
-        started_at=running.started_at,
-        finished_at=now,
-        message=f"exit code {code}: {said} (log: {running.log_path})",
-        reason=reason,
-        permanent=code == INPUT_REJECTED_EXIT_CODE,
-    )
+        seen = exited(run, code, running.last_error_line(), running.started_at, now)
+    return replace(seen, message=f"exit code {code}: {seen.message} (log: {running.log_path})")
 
 
 def local_provider(loop: SelfImprovementLoop, store: Store) -> MetricsProvider:
