@@ -49,7 +49,7 @@ def multi_node_loop(namespace: str, name: str, store: Path) -> dict[str, Any]:
     document = kwok_loop(
         namespace, name, store, manifests=False, maxIterations=1, optimize={"distributed": {"nodes": 2}}
     )
-    document["spec"]["runtime"]["stages"] = {"optimize": {"engine": "jobset"}}
+    document["spec"]["runtime"]["stages"] = {"optimize": {"workload": "jobset"}}
     write_manifests(store, name, range(1, 2), ["acquire", "select", "evaluate"])
     return document
 
@@ -192,7 +192,7 @@ def test_engine_jobset_without_jobsets_served_shows_an_error_naming_the_engine_f
         wait_until(lambda: degraded() is not None, 90, "the loop to show the error\n" + operator.log())
     shown = degraded()
     assert shown is not None and shown["reason"] == "EngineUnavailable"
-    assert shown["message"].startswith("runtime.stages.optimize.engine: jobset")
+    assert shown["message"].startswith("runtime.stages.optimize.workload: jobset")
     assert "install JobSet" in shown["message"]
     jobs = {j["metadata"]["name"] for j in control_plane.get_json("jobs", "-n", namespace)["items"]}
     assert jobs == {"nojs-1-acquire", "nojs-1-select"}, "nothing is started in its place"

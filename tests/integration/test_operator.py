@@ -168,6 +168,24 @@ def test_a_loop_on_fake_gpu_nodes_walks_every_stage_rejects_without_data_and_sto
     assert "Succeeded" in printed.splitlines()[1]
 
 
+def test_a_loop_written_with_deprecated_fields_runs_and_gets_one_warning_per_field_saying_what_to_write(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, operator: OperatorProcess
+) -> None:
+    document = kwok_loop(namespace, "oldfields", tmp_path / "store", maxIterations=1)
+    document["spec"]["runtime"]["engine"] = "auto"
+    document["spec"]["optimize"] = {"hyperparameters": {"seed": 3}}
+    apply(control_plane, document)
+    wait_until(lambda: phase(control_plane, namespace, "oldfields") == "Succeeded", 120, "the loop to succeed")
+    warnings = [e for e in events(control_plane, namespace, "oldfields") if e["reason"] == "DeprecatedField"]
+    assert sorted(e["message"].split(" is deprecated: ")[0] for e in warnings) == [
+        "spec.optimize.hyperparameters.seed",
+        "spec.runtime.engine",
+    ], "one event per deprecated field, once per generation"
+    assert all(e["type"] == "Warning" and "instead" in e["message"] for e in warnings)
+    stored = get_loop(control_plane, namespace, "oldfields")["spec"]
+    assert stored["runtime"]["engine"] == "auto", "the API server keeps the old field (the CRD still has it)"
+
+
 def test_a_stage_that_keeps_failing_fails_the_loop_naming_the_stage(
     control_plane: ControlPlane, namespace: str, tmp_path: Path, operator: OperatorProcess
 ) -> None:

@@ -159,6 +159,9 @@ class ScratchVolume(ApiModel):
     )
 
 
+GroupWorkload = Literal["auto", "indexed-job", "jobset"]
+
+
 class StageRuntime(ApiModel):
     """How a stage runs: container image and scheduling on Kubernetes, retries everywhere."""
 
@@ -195,13 +198,30 @@ class StageRuntime(ApiModel):
         "emptyDir with that size limit, or {claimName: my-pvc} for a PersistentVolumeClaim. Default: an emptyDir "
         "without a size limit.",
     )
-    engine: Literal["auto", "indexed-job", "jobset"] | None = Field(
+    workload: GroupWorkload | None = Field(
         default=None,
         description="How a multi-node stage (optimize with distributed.nodes > 1) runs its group of pods: "
         "indexed-job (an Indexed Job with a headless Service: built into every cluster), jobset (a JobSet, "
         "jobset.x-k8s.io/v1alpha2), or auto (a JobSet when the API server serves that API, else an Indexed Job). "
         "Single-pod stages always run as a plain Job. Default: auto.",
     )
+    engine: GroupWorkload | None = Field(
+        default=None,
+        description="Deprecated: workload replaces it (engine also names acquire's generation library); "
+        "workload wins when both are set. Still read when workload is not set.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_is_workload(cls, data: Any) -> Any:
+        """The deprecated `engine` read as `workload` when that is not set, before a stage's fields are laid over
+        the defaults (so a stage's old `engine` still overrides the default `workload`)."""
+        if isinstance(data, dict):
+            old = data.get("engine")
+            if old is not None and data.get("workload") is None:
+                return {**data, "workload": old}
+        return data
+
     backoff_limit: int | None = Field(
         default=None,
         ge=0,
@@ -658,6 +678,17 @@ class LoopSpec(ApiModel):
                 "spec.optimize.hyperparameters.seed is deprecated: set spec.seed instead (the same seed of every "
                 "stage; it wins when both are set)"
             )
+        runtimes = {"spec.runtime": self.runtime} | {
+            f"spec.runtime.stages.{stage}": override
+            for stage in ("acquire", "select", "optimize", "evaluate")
+            if (override := getattr(self.runtime.stages, stage)) is not None
+        }
+        found += [
+            f"{path}.engine is deprecated: set {path}.workload instead (the kind of a multi-node stage's group of "
+            "pods; engine also names acquire's generation library)"
+            for path, runtime in runtimes.items()
+            if runtime.engine is not None
+        ]
         if self.evaluate.pushgateway is not None:
             found.append(
                 "spec.evaluate.pushgateway is deprecated: set spec.pushgateway instead (every stage pushes there; "

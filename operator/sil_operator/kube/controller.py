@@ -328,7 +328,7 @@ class Controller:
         runtime = loop.spec.runtime.for_stage(action.stage)
         nodes = stage_nodes(loop.spec, action.stage)
         engine = choose_engine(
-            runtime.engine, nodes, nodes > 1 and await self.jobset_served(), engine_field(loop.spec, action.stage)
+            runtime.workload, nodes, nodes > 1 and await self.jobset_served(), engine_field(loop.spec, action.stage)
         )
         try:
             *companions, workload = stage_objects(engine, identity, loop.spec, action, self.default_image)

@@ -6,7 +6,7 @@
   cluster.
 - `jobset`: the same group as a JobSet (jobset.x-k8s.io), when the cluster serves that API.
 
-`runtime.engine` (per stage: `runtime.stages.optimize.engine`) asks for one; `auto` (the default) takes a JobSet
+`runtime.workload` (per stage: `runtime.stages.optimize.workload`) asks for one; `auto` (the default) takes a JobSet
 when the API server serves it, else an Indexed Job. A JobSet asked for by name on a cluster without it is an
 `EngineUnavailable` failure: the loop shows it as Degraded and is retried, so installing JobSet heals it, as does
 a spec that asks for indexed-job.
@@ -32,8 +32,8 @@ class EngineUnavailable(LoopProblem):
     reason = "EngineUnavailable"
 
 
-def choose_engine(requested: str | None, nodes: int, jobset_served: bool, field: str = "runtime.engine") -> Engine:
-    """The engine of a stage run of `nodes` pods, given `runtime.engine` (None = auto) and whether the operator may
+def choose_engine(requested: str | None, nodes: int, jobset_served: bool, field: str = "runtime.workload") -> Engine:
+    """The engine of a stage run of `nodes` pods, given `runtime.workload` (None = auto) and whether the operator may
     use JobSets (served by the API server, and not disabled with SIL_JOBSETS=disabled). Raises EngineUnavailable
     naming `field` (the spec path that set the engine) when a JobSet is asked for by name and not usable."""
     if nodes <= 1:

@@ -374,8 +374,8 @@ def stage_nodes(spec: LoopSpec, stage: str) -> int:
 
 
 def engine_field(spec: LoopSpec, stage: str) -> str:
-    """The spec path that decides the stage's engine, for messages: the stage's override when it sets one."""
+    """The spec path that decides the stage's workload kind, for messages: the stage's override when it sets one."""
     override = getattr(spec.runtime.stages, stage, None)
-    if override is not None and override.engine is not None:
-        return f"runtime.stages.{stage}.engine"
-    return "runtime.engine"
+    if override is not None and override.workload is not None:
+        return f"runtime.stages.{stage}.workload"
+    return "runtime.workload"

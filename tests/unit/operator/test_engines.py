@@ -40,7 +40,7 @@ def test_jobset_asked_for_on_a_cluster_without_jobset_is_an_error_that_names_the
     with pytest.raises(EngineUnavailable) as raised:
         choose_engine("jobset", 2, jobset_served=False)
     message = str(raised.value)
-    assert message.startswith("runtime.engine: ")
+    assert message.startswith("runtime.workload: ")
     assert "jobset.x-k8s.io" in message, "says which API is missing"
     assert "install JobSet" in message and "indexed-job" in message, "says what to do next"
     failure = classify(raised.value)

@@ -39,7 +39,7 @@ CREATED = "2026-01-01T00:00:00Z"
 
 
 def multi_node_spec(nodes: int = 2, engine: str | None = "jobset", **runtime: Any) -> LoopSpec:
-    optimize_runtime: dict[str, Any] = {"engine": engine} if engine else {}
+    optimize_runtime: dict[str, Any] = {"workload": engine} if engine else {}
     return make_spec(
         optimize={"distributed": {"nodes": nodes}},
         runtime={"backoffLimit": 2, "stages": {"optimize": optimize_runtime}, **runtime},
@@ -171,11 +171,11 @@ def test_a_run_name_too_long_for_a_pod_hostname_is_refused_naming_the_field() ->
 def test_engine_jobset_where_jobsets_are_not_usable_says_which_field_and_what_to_do() -> None:
     spec = multi_node_spec(2, "jobset")
     field = engine_field(spec, "optimize")
-    with pytest.raises(EngineUnavailable, match=r"^runtime\.stages\.optimize\.engine: jobset.*install JobSet"):
-        choose_engine(spec.runtime.for_stage("optimize").engine, 2, False, field)
-    spec = make_spec(optimize={"distributed": {"nodes": 2}}, runtime={"engine": "jobset"})
-    with pytest.raises(EngineUnavailable, match=r"^runtime\.engine: jobset.*SIL_JOBSETS=disabled"):
-        choose_engine(spec.runtime.for_stage("optimize").engine, 2, False, engine_field(spec, "optimize"))
+    with pytest.raises(EngineUnavailable, match=r"^runtime\.stages\.optimize\.workload: jobset.*install JobSet"):
+        choose_engine(spec.runtime.for_stage("optimize").workload, 2, False, field)
+    spec = make_spec(optimize={"distributed": {"nodes": 2}}, runtime={"workload": "jobset"})
+    with pytest.raises(EngineUnavailable, match=r"^runtime\.workload: jobset.*SIL_JOBSETS=disabled"):
+        choose_engine(spec.runtime.for_stage("optimize").workload, 2, False, engine_field(spec, "optimize"))
     assert EngineUnavailable.permanent is False, "installing JobSet heals the loop"
     assert choose_engine("auto", 2, True, field) == "jobset"
 

@@ -173,3 +173,27 @@ def test_every_stage_pushes_to_spec_pushgateway_and_the_old_evaluate_field_still
     configs = [build_stage_config(spec, LoopRef("demo"), 1, stage, "file:///m") for stage in STAGES]
     assert [config.pushgateway for config in configs] == [address] * 4
     assert any("set spec.pushgateway instead" in line for line in spec.deprecations()) == (deprecated is not None)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "optimize_workload", "warned"),
+    [
+        ({}, None, []),
+        ({"workload": "jobset"}, "jobset", []),
+        ({"engine": "jobset"}, "jobset", ["spec.runtime.engine"]),
+        ({"workload": "indexed-job", "engine": "jobset"}, "indexed-job", ["spec.runtime.engine"]),
+        (
+            {"workload": "jobset", "stages": {"optimize": {"engine": "indexed-job"}}},
+            "indexed-job",
+            ["spec.runtime.stages.optimize.engine"],
+        ),
+    ],
+)
+def test_runtime_workload_replaces_engine_which_still_works_and_a_stage_s_old_engine_still_overrides(
+    runtime: dict[str, Any], optimize_workload: str | None, warned: list[str]
+) -> None:
+    document = valid_loop()
+    document["spec"]["runtime"] |= runtime
+    spec = parse_loop(document).spec
+    assert spec.runtime.for_stage("optimize").workload == optimize_workload
+    assert [line.split(" is deprecated")[0] for line in spec.deprecations()] == warned
