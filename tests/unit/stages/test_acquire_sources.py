@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sil_stages.acquire.self_instruct import DUPLICATE, EMPTY, NOVEL, instruction_prompts, new_prompt, novelty
+from sil_stages.acquire.sources import counters
 from sil_stages.cli import main
 from sil_stages.core.settings import Novelty, SelfInstruct
 from tests.unit.stages.conftest import ALPHABET, StageConfig, output_dir, read_jsonl, write_jsonl
@@ -194,6 +195,11 @@ def test_the_acquire_counts_are_pushed_as_series_under_their_own_job(
 
 
 # self-instruct: the parts
+
+
+def test_the_registry_counts_every_source_and_grower_in_the_manifest_s_order() -> None:
+    assert tuple(counters()) == SOURCE_METRICS
+    assert set(counters().values()) == {0.0}
 
 
 def test_each_instruction_prompt_shows_distinct_pool_prompts_one_per_line_in_the_template() -> None:
