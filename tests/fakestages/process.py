@@ -7,11 +7,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.fakestages.writer import READY
+
 REPO = Path(__file__).resolve().parents[2]
+READY_SECONDS = 120.0
+"""How long the writer may take to import and start watching (its log says READY then)."""
 
 
 @dataclass
@@ -32,10 +37,18 @@ class FakeStagesProcess:
             command += ["--namespace", namespace]
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         environment = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", **self.env}
+        before = len(self.log())
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environment
             )
+        # Ready before any loop is applied: a writer still importing when the first Job runs would miss its run time.
+        deadline = time.monotonic() + READY_SECONDS
+        while READY not in self.log()[before:]:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the fake stage writer did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -31,6 +31,7 @@ LABEL_STAGE = "selfimprove.dev/stage"
 """The label every stage Job carries (sil_operator.kube.objects.LABEL_STAGE)."""
 CONFIG_KEY = "config.json"
 """The ConfigMap key holding the StageConfig (sil_operator.kube.objects.CONFIG_KEY)."""
+READY = "ready: watching stage Jobs"
 RUN_MS = 1500
 """The pod run time (`kwok.selfimprove.dev/run-ms`) that covers a write on a loaded 2-core machine."""
 RETRY_SECONDS = 300.0
@@ -76,10 +77,16 @@ class FakeStageWriter:
         self.errors = 0
 
     def start(self) -> None:
+        """Loads what the first write needs (boto3's S3 model: seconds on a loaded 2-core machine, longer than a
+        kwok pod runs), starts the watches, then logs READY, which `running_fake_stages` waits for."""
+        import boto3
+
+        boto3.session.Session().client("s3", region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
         for namespace in self._namespaces:
             thread = threading.Thread(target=self._watch, args=(namespace,), daemon=True, name=f"watch-{namespace}")
             thread.start()
             self._threads.append(thread)
+        log.info(READY)
 
     def stop(self) -> None:
         self._stop.set()
