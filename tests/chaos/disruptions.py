@@ -1,6 +1,7 @@
 """The disruptions of a chaos run, one at a time (a lock), each counted and timed.
 
-- operator: SIGKILL at seeded random moments, started again at once (as a Deployment's restart would);
+- operator: SIGKILL at seeded counts of completed stage Jobs (plus a seeded delay), started again at once (as a
+  Deployment's restart would);
 - s3: SeaweedFS SIGKILLed in a loop's promotion window (just after its evaluate Job completed), started again;
   then every champion.json must name a checkpoint whose files all match their manifest;
 - prometheus: stopped when a loop's evaluate completed (its gate is about to measure), started after a while;
@@ -24,7 +25,7 @@ from sil_stages.core.contract import Manifest, champion_uri, manifest_uri
 from sil_stages.core.store import Store, StoreError
 from sil_stages.core.verify import entries_under, verify_tree
 from tests.chaos.audit import JobAudit
-from tests.chaos.settings import ChaosSettings
+from tests.chaos.settings import KILLS_WITHIN, ChaosSettings
 from tests.integration.controlplane import ControlPlane
 from tests.integration.operator_process import OperatorProcess
 from tests.servers.prometheus import PrometheusServer
@@ -97,8 +98,8 @@ def champion_problems(store: Store, storage_uris: list[str]) -> tuple[int, list[
 
 
 class Chaos:
-    """Runs the disruptions of `settings` in two threads: operator kills on a seeded clock, and the server
-    disruptions at evaluate completions (fed by `evaluate_completed`)."""
+    """Runs the disruptions of `settings` in two threads: operator kills at seeded counts of completed stage Jobs,
+    and the server disruptions at evaluate completions (both fed by `evaluate_completed`)."""
 
     def __init__(
         self,
@@ -119,6 +120,10 @@ class Chaos:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._evaluations: queue.Queue[tuple[str, int]] = queue.Queue()
+        self._completed = 0
+        self._progress = threading.Condition()
+        due = range(1, max(settings.operator_kills, int(settings.stage_jobs * KILLS_WITHIN)) + 1)
+        self._kills_due = sorted(self._rng.sample(due, settings.operator_kills))
         self._threads = [
             threading.Thread(target=self._guard(self._kill_operator_now_and_then), daemon=True),
             threading.Thread(target=self._guard(self._disrupt_servers), daemon=True),
@@ -134,7 +139,11 @@ class Chaos:
             thread.join(timeout=120)
 
     def evaluate_completed(self, loop: str, iteration: int, stage: str) -> None:
-        """JobAudit's callback: an evaluate Job completed, so that loop's gate and promotion come next."""
+        """JobAudit's callback: a stage Job completed (the kills count them); after an evaluate, that loop's gate
+        and promotion come next."""
+        with self._progress:
+            self._completed += 1
+            self._progress.notify_all()
         if stage == "evaluate":
             self._evaluations.put((loop, iteration))
 
@@ -150,7 +159,12 @@ class Chaos:
     # -- the operator -----------------------------------------------------------------------------------------
     def _kill_operator_now_and_then(self) -> None:
         low, high = self.settings.kill_interval
-        while self.counts.operator_kills < self.settings.operator_kills:
+        for due in self._kills_due:
+            with self._progress:
+                while self._completed < due:
+                    if self._stop.is_set():
+                        return
+                    self._progress.wait(0.5)
             if self._stop.wait(self._rng.uniform(low, high)):
                 return
             with self._lock:
