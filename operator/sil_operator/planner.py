@@ -48,12 +48,10 @@ from sil_operator.gates.analysis import (
 )
 from sil_operator.stageconfig import AnyStageConfig, LoopRef, build_stage_config, checkpoint_uri
 from sil_stages.core.contract import STAGES
-from sil_stages.core.errors import EXIT_INPUT_REJECTED
 
-INPUT_REJECTED_EXIT_CODE = EXIT_INPUT_REJECTED
-"""A stage exits 2 on a StageInputError (sil_stages.core.errors): the input is wrong and a retry will not help."""
 INPUT_REJECTED = "InputRejected"
-"""Stage reason: it exited 2; its failure is permanent."""
+"""Stage reason: it exited EXIT_INPUT_REJECTED (2, a StageInputError: sil_stages.core.errors); the input is wrong,
+a retry will not help, its failure is permanent."""
 MANIFEST_MISSING = "ManifestMissing"
 """Stage reason: it exited 0 without writing its manifest, so it did not finish; a failed attempt."""
 

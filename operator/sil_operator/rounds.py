@@ -26,12 +26,12 @@ from sil_operator.gates.measure import measure
 from sil_operator.gates.providers import MetricsProvider
 from sil_operator.planner import (
     INPUT_REJECTED,
-    INPUT_REJECTED_EXIT_CODE,
     MANIFEST_MISSING,
     MeasureGates,
     StageObservation,
     StartStage,
 )
+from sil_stages.core.errors import EXIT_INPUT_REJECTED
 
 GateMeasurements = dict[tuple[int, str], list[Measurement]]
 """Gate measurements by (iteration, gate name): what MeasureGates took, until the next plan reads them
@@ -154,7 +154,7 @@ def exited(
     failure is permanent (reason InputRejected) and the loop fails at once; any other failure is `reason` and is
     retried while the backoffLimit allows. `exit_code` None: not known (a Job's status does not say; the operator
     passes 2 when the Job's podFailurePolicy failed it). `said` becomes the message."""
-    permanent = exit_code == INPUT_REJECTED_EXIT_CODE
+    permanent = exit_code == EXIT_INPUT_REJECTED
     return StageObservation(
         phase=StagePhase.FAILED,
         attempts=max(run.attempts, run.earlier_attempts + 1),

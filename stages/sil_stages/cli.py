@@ -32,7 +32,6 @@ log = logging.getLogger("sil_stages")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_BAD_INPUT = EXIT_INPUT_REJECTED
 
 
 def read_config_argument(value: str) -> dict[str, Any]:
@@ -103,10 +102,10 @@ def _main(argv: Sequence[str] | None) -> int:
         config = parse_stage_config(raw)
     except ValidationError as error:
         log.error("%s", describe_validation_error(error, args.stage))
-        return EXIT_BAD_INPUT
+        return EXIT_INPUT_REJECTED
     except StageInputError as error:
         log.error("%s", error)
-        return EXIT_BAD_INPUT
+        return EXIT_INPUT_REJECTED
 
     store = Store(config.storage)
     try:
@@ -121,7 +120,7 @@ def _main(argv: Sequence[str] | None) -> int:
         manifest = _runner(args.stage)(config, store)
     except StageInputError as error:
         log.error("%s", error)
-        return EXIT_BAD_INPUT
+        return EXIT_INPUT_REJECTED
     except TrainingStopped as error:
         log.error("%s", error)
         return EXIT_STOPPED

@@ -47,9 +47,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sil_operator.api.spec import API_GROUP, API_VERSION, DEFAULT_SHM_SIZE, KIND, LoopSpec, StageRuntime
-from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, StartStage, backoff_limit
+from sil_operator.planner import StartStage, backoff_limit
 from sil_operator.stageconfig import AnyStageConfig
 from sil_stages.core.contract import OptimizeConfig
+from sil_stages.core.errors import EXIT_INPUT_REJECTED
 
 MANAGED_BY = "selfimprove-operator"
 LABEL_LOOP = f"{API_GROUP}/loop"
@@ -207,7 +208,7 @@ def pod_failure_policy() -> dict[str, Any]:
                 "onExitCodes": {
                     "containerName": CONTAINER_NAME,
                     "operator": "In",
-                    "values": [INPUT_REJECTED_EXIT_CODE],
+                    "values": [EXIT_INPUT_REJECTED],
                 },
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},

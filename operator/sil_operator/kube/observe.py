@@ -28,9 +28,10 @@ from typing import Any, Final
 
 from sil_operator.api.status import Measurement
 from sil_operator.kube.objects import ANNOTATION_RUN, CONTAINER_NAME, LABEL_ITERATION, LABEL_STAGE
-from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, Observation, StageObservation
+from sil_operator.planner import Observation, StageObservation
 from sil_operator.rounds import StageRun, exited, manifest_missing, queued, running, succeeded
 from sil_stages.core.contract import manifest_uri, stage_uri
+from sil_stages.core.errors import EXIT_INPUT_REJECTED
 
 
 class Unreadable:
@@ -271,7 +272,7 @@ def observe_job(
         reason = str(failed.get("reason") or "Failed")
         if finding is not None and finding.reason == OOM_KILLED:
             reason = OOM_KILLED
-        code = INPUT_REJECTED_EXIT_CODE if rejected_input(job) else None  # the podFailurePolicy's FailJob rule
+        code = EXIT_INPUT_REJECTED if rejected_input(job) else None  # the podFailurePolicy's FailJob rule
         return exited(run, code, said, started, _time(failed.get("lastTransitionTime")), reason=reason)
     if (job.get("spec") or {}).get("suspend"):
         return queued(run, started, f"Job {name} is suspended: its queue (Kueue) has not admitted it, or preempted it")

@@ -16,17 +16,18 @@ import yaml
 from sil_operator.api.status import StagePhase
 from sil_operator.local.executor import StageProcess
 from sil_operator.local.runner import failed_stage
-from sil_operator.planner import INPUT_REJECTED_EXIT_CODE, StartStage
+from sil_operator.planner import StartStage
 from sil_operator.stageconfig import LoopRef, build_stage_config
-from sil_stages.cli import EXIT_BAD_INPUT
+from sil_stages.core.errors import EXIT_INPUT_REJECTED
 
 from .builders import T0, make_spec
 
 MANIFEST = "file:///runs/demo/iterations/1/select/_manifest.json"
 
 
-def test_the_planners_input_rejected_exit_code_is_the_stage_programs() -> None:
-    assert INPUT_REJECTED_EXIT_CODE == EXIT_BAD_INPUT
+def test_a_rejected_input_is_exit_code_2_as_the_stage_contract_documents() -> None:
+    """One constant for the stage CLI, both runners and the Jobs' podFailurePolicy; its value is the contract."""
+    assert EXIT_INPUT_REJECTED == 2
 
 
 def stage_process(tmp_path: Path, last_line: str) -> StageProcess:

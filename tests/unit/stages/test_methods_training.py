@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sil_stages.cli import EXIT_BAD_INPUT, main
+from sil_stages.cli import main
+from sil_stages.core.errors import EXIT_INPUT_REJECTED
 from sil_stages.optimize.methods import REGISTRY
 from tests.unit.stages.conftest import StageConfig, output_dir, write_jsonl
 
@@ -162,7 +163,7 @@ def test_lora_target_modules_matching_nothing_exit_2_listing_candidates(
     tmp_path: Path, stage_config: StageConfig, tiny_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = _config(tmp_path, stage_config, tiny_model, "sft", lora={"target_modules": ["q_prj"]})
-    assert _run(config) == EXIT_BAD_INPUT
+    assert _run(config) == EXIT_INPUT_REJECTED
     error = capsys.readouterr().err
     assert "lora.targetModules" in error and "'q_prj'" in error
     assert "q_proj" in error and "v_proj" in error, "the message lists the names that would match"
@@ -174,7 +175,7 @@ def test_dpo_without_any_pair_exits_2_saying_why_and_what_to_change(
 ) -> None:
     config = _config(tmp_path, stage_config, tiny_model, "dpo")
     Path(str(config["train_uri"]).removeprefix("file://")).write_text("")
-    assert _run(config) == EXIT_BAD_INPUT
+    assert _run(config) == EXIT_INPUT_REJECTED
     error = capsys.readouterr().err
     assert "no preference pair" in error and "scored the same" in error and "samplesPerPrompt" in error
     assert not (output_dir(config) / "_manifest.json").exists(), "nothing to promote"
@@ -185,7 +186,7 @@ def test_optimize_rejects_data_of_another_shape_naming_the_missing_field(
 ) -> None:
     config = _config(tmp_path, stage_config, tiny_model, "dpo")
     write_jsonl(Path(str(config["train_uri"]).removeprefix("file://")), TRAINING_DATA["sft"])
-    assert _run(config) == EXIT_BAD_INPUT
+    assert _run(config) == EXIT_INPUT_REJECTED
     assert "`chosen`" in capsys.readouterr().err
 
 
