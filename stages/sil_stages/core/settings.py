@@ -582,8 +582,8 @@ class SelfInstruct(Settings):
         "Default: the examples one per line, then a newline (the model continues the list).",
     )
     temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature. Default: 1.0.")
-    max_new_tokens: int = Field(
-        default=64, ge=1, le=32768, description="Tokens generated per new prompt at most. Default: 64."
+    max_new_tokens: MaxNewTokens = Field(
+        default=64, description="Tokens generated per new prompt at most. Default: 64."
     )
     novelty: Novelty = Field(
         default_factory=Novelty,
