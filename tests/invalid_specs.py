@@ -86,6 +86,9 @@ PASS_AT_K = "every k must be at most evaluate.refinement.samples"
 NO_PROMPTS = "acquire.prompts needs uri (a JSONL file of prompts) or generator"
 TWO_SOURCES = "acquire.prompts.generator and acquire.prompts.uri exclude each other"
 NO_POOL = "acquire.prompts.selfInstruct needs acquire.prompts.uri"
+NUMBER_OR_AUTO = (
+    "a number-or-auto field is untyped in a structural schema; its bounds and pattern check numbers and strings only"
+)
 SCRATCH = "runtime.scratch needs exactly one of size (an emptyDir) and claimName (a PersistentVolumeClaim)"
 
 INVALID: list[Invalid] = [
@@ -106,6 +109,29 @@ INVALID: list[Invalid] = [
         "spec.acquire.prompts.selfInstruct.novelty.threshold",
     ),
     Invalid("topP above 1", {"spec.acquire.sampling": {"topP": 1.5}}, "spec.acquire.sampling.topP"),
+    Invalid(
+        "a temperature word other than auto",
+        {"spec.acquire.sampling": {"temperature": "hot"}},
+        "spec.acquire.sampling.temperature",
+    ),
+    Invalid("temperature above 5", {"spec.acquire.sampling": {"temperature": 6}}, "spec.acquire.sampling.temperature"),
+    Invalid(
+        "a temperature that is a list",
+        {"spec.acquire.sampling": {"temperature": [0.5]}},
+        "spec.acquire.sampling.temperature",
+        sil_validate_only=NUMBER_OR_AUTO,
+    ),
+    Invalid(
+        "autoTemperature min above max",
+        {"spec.acquire.sampling": {"temperature": "auto", "autoTemperature": {"min": 1.0, "max": 0.5}}},
+        "spec.acquire.sampling.autoTemperature",
+        "autoTemperature.min must not be above autoTemperature.max",
+    ),
+    Invalid(
+        "grpo temperature a word other than auto",
+        {"spec.optimize": {"method": "grpo", "grpo": {"temperature": "warm"}}},
+        "spec.optimize.grpo.temperature",
+    ),
     Invalid(
         "negative learning rate",
         {"spec.optimize": {"hyperparameters": {"learningRate": -1}}},

@@ -48,6 +48,8 @@ def _structural(schema: dict[str, Any]) -> dict[str, Any]:
         types = {o.get("type") for o in options}
         if types == {"integer", "string"}:
             schema.update({"x-kubernetes-int-or-string": True})
+        elif types == {"number", "string"} and len(options) == 2:
+            schema.update(_number_or_word(options))
         elif len(options) == 1:
             schema = {**options[0], **schema}
         else:
@@ -82,6 +84,23 @@ def _structural(schema: dict[str, Any]) -> dict[str, Any]:
     if nullable and "default" not in out:
         out["nullable"] = True
     return out
+
+
+def _number_or_word(options: list[dict[str, Any]]) -> dict[str, Any]:
+    """A number or one fixed word (a temperature or `auto`). A structural schema has no number-or-string type (only
+    int-or-string, which refuses 0.5), so the node is left untyped and checked by keywords that each apply to one
+    JSON type only: the number's bounds to numbers, a pattern of the allowed words to strings. (CEL cannot help: the
+    API server gives rules no view of an untyped value.) A boolean, list or object passes the API server; the
+    operator's parse_loop rejects it, naming the field."""
+    number = next(o for o in options if o.get("type") == "number")
+    word = next(o for o in options if o.get("type") == "string")
+    words = [word["const"]] if "const" in word else list(word.get("enum", []))
+    if not words:
+        raise ValueError(f"cannot express a number or any string {options} in a structural schema")
+    node: dict[str, Any] = {k: v for k, v in number.items() if k != "type"}
+    node["pattern"] = "^(" + "|".join(words) + ")$"
+    node["x-kubernetes-preserve-unknown-fields"] = True
+    return node
 
 
 def _all_optional_object(node: dict[str, Any]) -> bool:

@@ -24,6 +24,8 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
 
 def _type_name(annotation: Any) -> str:
     origin = get_origin(annotation)
+    if origin is typing.Annotated:  # a constrained type inside a union (e.g. a temperature or auto): its base type
+        return _type_name(get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in get_args(annotation) if a is not type(None))
     if origin is typing.Literal:

@@ -37,7 +37,7 @@ from sil_operator.api.status import (
     StagePhase,
     StageStatus,
 )
-from sil_operator.diagnosis import low_yield, why_not_improved
+from sil_operator.diagnosis import champion_greedy, low_yield, why_not_improved
 from sil_operator.gates.analysis import (
     QueryContext,
     ResolvedGate,
@@ -252,7 +252,7 @@ class _Planner:
             return self.start_iteration(status, max(status.iteration, 1))
         if current.decision is not None:
             return self.after_decision(status)
-        current = self.merge_stage_observations(current)
+        current = self.merge_stage_observations(current, greedy=champion_greedy(status))
         status = _replace_current(status, current)
         for stage in STAGES:
             stage_status = current.stage(stage)
@@ -260,7 +260,9 @@ class _Planner:
                 return self.drive_stage(status, current, stage, stage_status)
         return self.drive_gates(status, current)
 
-    def merge_stage_observations(self, current: IterationStatus) -> IterationStatus:
+    def merge_stage_observations(self, current: IterationStatus, greedy: float | None = None) -> IterationStatus:
+        """The observed stage runs folded into the iteration; `greedy` (the champion's held-out score, when known)
+        lets a LowYield warning name its likeliest lever."""
         stages = {s.stage: s for s in current.stages}
         for name, seen in self.observed.stages_of(current.index).items():
             before = stages.get(name, StageStatus(stage=name))
@@ -283,7 +285,8 @@ class _Planner:
                 }
             )
             if after.phase is not before.phase and after.phase in (StagePhase.SUCCEEDED, StagePhase.FAILED):
-                self.stage_finished_event(current.index, after)
+                acquire = stages.get("acquire")
+                self.stage_finished_event(current.index, after, greedy, acquire.metrics if acquire else {})
             elif after.phase is not before.phase:
                 self.queue_event(current.index, before, after)
             if after.phase in IN_PROGRESS_STAGE_PHASES and after.attempts > before.attempts:
@@ -297,10 +300,16 @@ class _Planner:
             update["champion_score"] = evaluate.metrics.get("champion_score")
         return current.model_copy(update=update)
 
-    def stage_finished_event(self, iteration: int, stage: StageStatus) -> None:
+    def stage_finished_event(
+        self,
+        iteration: int,
+        stage: StageStatus,
+        greedy: float | None = None,
+        acquire: Mapping[str, float] | None = None,
+    ) -> None:
         if stage.phase is StagePhase.SUCCEEDED:
             self.event("StageSucceeded", f"iteration {iteration} {stage.stage} ({stage.run_name}) succeeded")
-            warning = low_yield(stage.metrics) if stage.stage == "select" else None
+            warning = low_yield(stage.metrics, greedy, acquire) if stage.stage == "select" else None
             if warning:
                 self.event("LowYield", f"iteration {iteration}: {warning}", warning=True)
         else:

@@ -1,7 +1,8 @@
 """The end of a run: a table per iteration, `report.json`, and a PNG of the scores per iteration.
 
 Built from the status alone (plus manifest metrics already folded into it), so it can be regenerated at any time
-with `sil status`. Besides the scores it shows the evaluation layer: the share of samples select kept, the paired
+with `sil status`. Besides the scores it shows the temperature acquire sampled with (and, for `auto`, what its
+probe cost) and the evaluation layer: the share of samples select kept, the paired
 interval of candidate minus champion, the collapse guards (distinct-1, KL to the champion), the reward-hacking
 gap and contamination, and for a rejected iteration why it did not improve (`diagnosis`).
 """
@@ -44,6 +45,8 @@ def iteration_rows(status: LoopStatus) -> list[dict[str, Any]]:
             {
                 "iteration": iteration.index,
                 "samples": int(acquire.metrics["samples"]) if acquire and "samples" in acquire.metrics else None,
+                "temperature": acquire.metrics.get("temperature") if acquire else None,
+                "temperature_probe_seconds": acquire.metrics.get("temperature_probe_seconds") if acquire else None,
                 "kept": int(selected["kept"]) if "kept" in selected else None,
                 "kept_share": selected["kept"] / selected["scored"] if selected.get("scored") else None,
                 "candidate_score": iteration.candidate_score,
@@ -78,6 +81,15 @@ def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _temperature(row: dict[str, Any]) -> str:
+    """The temperature acquire sampled with; `auto` ones (a probe ran) with the probe's cost, e.g. `0.6 auto 4s`."""
+    if row["temperature"] is None:
+        return "-"
+    text = f"{row['temperature']:g}"
+    probe = row["temperature_probe_seconds"]
+    return f"{text} auto {probe:.0f}s" if probe else text
+
+
 def _interval(row: dict[str, Any]) -> str:
     if row["delta"] is None or row["delta_ci"] is None:
         return "-"
@@ -102,6 +114,7 @@ def iteration_table(status: LoopStatus) -> Table:
     for column in (
         "iter",
         "samples",
+        "temp",
         "kept",
         "candidate",
         "champion",
@@ -121,6 +134,7 @@ def iteration_table(status: LoopStatus) -> Table:
         table.add_row(
             str(row["iteration"]),
             "-" if row["samples"] is None else str(row["samples"]),
+            _temperature(row),
             kept,
             _score(row["candidate_score"]),
             _score(row["champion_score"]),

@@ -87,6 +87,8 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             sampling=acquire.sampling,
             engine=acquire.engine,
             batch_size=acquire.batch_size,
+            scorer=spec.select.scorer,
+            keep=spec.select.keep,
         )
     if stage == "select":
         select = spec.select
@@ -114,6 +116,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
             **{name: getattr(optimize, name) for name in Optimization.model_fields},
             scorer=spec.select.scorer,
             engine=spec.acquire.engine,
+            acquire_uri=stage_uri(storage, iteration, "acquire"),
             pushgateway=spec.pushgateway_address,
         )
     if stage == "evaluate":

@@ -178,6 +178,26 @@ def test_a_loop_at_the_limits_is_accepted(control_plane: ControlPlane, namespace
 
 
 @pytest.mark.parametrize(
+    "temperatures",
+    [
+        {"spec.acquire.sampling": {"temperature": "auto"}},
+        {"spec.acquire.sampling": {"temperature": 0.5, "autoTemperature": {"min": 0.2, "max": 0.8, "points": 3}}},
+        {
+            "spec.acquire.sampling": {"temperature": 0},
+            "spec.optimize": {"method": "grpo", "grpo": {"temperature": "auto"}},
+        },
+    ],
+    ids=["auto", "a number", "greedy acquire, grpo auto"],
+)
+def test_a_temperature_is_a_number_or_auto(
+    control_plane: ControlPlane, loops_namespace: str, temperatures: dict[str, Any]
+) -> None:
+    document = patched(shared_valid_loop("temperature", loops_namespace), temperatures)
+    code, answer = apply(control_plane, document, "--dry-run=server")
+    assert code == 0 and "created (server dry run)" in answer, answer
+
+
+@pytest.mark.parametrize(
     "optimize",
     [
         {"method": "dpo", "dpo": {"lossType": ["sigmoid", "sft"], "reference": "base"}, "lora": {"r": 8}},

@@ -203,6 +203,8 @@ def push_evaluations(prometheus: PrometheusServer, namespace: str) -> None:
                 "self_instruct_novel": 640.0,
                 "self_instruct_duplicates": 350.0,
                 "self_instruct_empty": 10.0,
+                "temperature": 0.6,
+                "temperature_probe_seconds": 4.2,
             }.items()
         ]
         push(prometheus.pushgateway_url, acquire, grouping, timeout=10, job="selfimprove_acquire")

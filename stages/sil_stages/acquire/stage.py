@@ -11,23 +11,29 @@ new prompts from examples of the file (`sil_stages.acquire.self_instruct`); the 
 and all of them, with their status, go to `generated.jsonl`.
 
 For every prompt it samples `samples_per_prompt` completions and writes `samples.jsonl`: one line per prompt with
-its `completions` list. The manifest counts the prompts of each source.
+its `completions` list. With `sampling.temperature: auto` the temperature is first chosen by a probe
+(`sil_stages.acquire.temperature`), whose table goes to `temperature.json`. The manifest counts the prompts of each
+source and records the temperature sampled with (`temperature`, and `temperature_probe_seconds`, 0 for a fixed one).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 
 from sil_stages.acquire import metrics as acquire_metrics
+from sil_stages.acquire import temperature as auto_temperature
 from sil_stages.acquire.sources import Growing, configured_growers, configured_source, counters
 from sil_stages.core.contract import SAMPLES_FILE, AcquireConfig, Manifest
 from sil_stages.core.engines import make_engine
-from sil_stages.core.generation import SamplingRequest
+from sil_stages.core.generation import GenerationEngine, SamplingRequest
 from sil_stages.core.manifest import StageOutputs
 from sil_stages.core.models import resolve_model
 from sil_stages.core.records import Record, to_jsonl
 from sil_stages.core.seeding import derive_seed, seed_everything
+from sil_stages.core.settings import AUTO
 from sil_stages.core.store import Store
+from sil_stages.select.scorers import ScorerContext, make_scorer
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +59,11 @@ def run(config: AcquireConfig, store: Store) -> Manifest:
     for grower in growers:
         prompts = prompts + grower.grow(Growing(config, store, engine, drawn.pool, outputs, metrics))
 
+    findings: dict[str, list[str]] = {}
+    temperature = _temperature(config, store, engine, drawn.prompts, outputs, findings, metrics)
     request = SamplingRequest(
         n=config.samples_per_prompt,
-        temperature=config.sampling.temperature,
+        temperature=temperature,
         top_p=config.sampling.top_p,
         max_new_tokens=config.sampling.max_new_tokens,
         seed=sample_seed,
@@ -69,4 +77,49 @@ def run(config: AcquireConfig, store: Store) -> Manifest:
     outputs.write_text(SAMPLES_FILE, to_jsonl(lines))
     metrics |= {"prompts": float(len(lines)), "samples": float(sum(len(c) for c in completions))}
     acquire_metrics.push_metrics(config, metrics)
-    return outputs.seal(stage="acquire", loop=config.loop, iteration=config.iteration, metrics=metrics)
+    return outputs.seal(
+        stage="acquire", loop=config.loop, iteration=config.iteration, metrics=metrics, findings=findings
+    )
+
+
+def _temperature(
+    config: AcquireConfig,
+    store: Store,
+    engine: GenerationEngine,
+    drawn: list[Record],
+    outputs: StageOutputs,
+    findings: dict[str, list[str]],
+    metrics: dict[str, float],
+) -> float:
+    """The temperature to sample with: the fixed one, or (`auto`) the probe's choice, whose table is written to
+    `temperature.json` and the manifest's findings (`temperature/probe`)."""
+    if config.sampling.temperature != AUTO:
+        metrics |= {"temperature": float(config.sampling.temperature), "temperature_probe_seconds": 0.0}
+        return float(config.sampling.temperature)
+    scorer = make_scorer(
+        ScorerContext(
+            settings=config.scorer,
+            field="select.scorer",
+            store=store,
+            champion_uri=config.model_uri,
+            seed=derive_seed(config.seed, config.iteration, "temperature-probe-score"),
+            engine=config.engine,
+        )
+    )
+    choice = auto_temperature.choose(
+        engine,
+        scorer,
+        drawn,
+        sampling=config.sampling,
+        bounds=config.sampling.auto_temperature,
+        keep=config.keep,
+        samples_per_prompt=config.samples_per_prompt,
+        draw_seed=derive_seed(config.seed, config.iteration, "temperature-probe-draw"),
+        generation_seed=derive_seed(config.seed, config.iteration, "temperature-probe"),
+    )
+    log.info("temperature auto: %s (probe %.1f s)", choice.why, choice.seconds)
+    outputs.write_text(auto_temperature.TEMPERATURE_FILE, json.dumps(choice.to_json(), indent=2) + "\n")
+    findings["temperature/probe"] = choice.findings()
+    metrics |= {"temperature": choice.temperature, "temperature_probe_seconds": choice.seconds}
+    return choice.temperature
+

@@ -119,6 +119,10 @@ class AcquireConfig(_StageConfigBase, settings.Generation):
     (an iteration without an acquire manifest is skipped)."""
     pushgateway: str | None = None
     """Pushgateway URL to push the acquire counts to (grouped by namespace, loop, iteration); None: don't."""
+    scorer: ScorerConfig = ScorerConfig()
+    """select's scorer: `sampling.temperature: auto` scores its probe samples with it."""
+    keep: KeepConfig = KeepConfig()
+    """select's keep rules: `sampling.temperature: auto` picks the temperature whose probe select would keep most of."""
 
 
 class SelectConfig(_StageConfigBase):
@@ -154,6 +158,9 @@ class OptimizeConfig(_StageConfigBase, Optimization):
     """select's scorer: the reward of methods that generate their own rollouts (grpo)."""
     engine: settings.EngineName = "transformers"
     """acquire's engine: grpo rolls out with vLLM (colocated) when it is vllm and a GPU is there."""
+    acquire_uri: str | None = None
+    """This iteration's acquire directory: `grpo.temperature: auto` reads the temperature acquire sampled with from
+    its manifest (metric `temperature`)."""
     pushgateway: str | None = None
     """Pushgateway URL to push the trainer's metrics to (grouped by namespace, loop, iteration); None: don't."""
 

@@ -63,6 +63,10 @@ HELP = {
     "selfimprove_eval_contamination_max": "Largest contamination share over the evaluation datasets (what "
     "evaluate.contamination.maxOverlap gates).",
     # the acquire samples of the iteration
+    "selfimprove_acquire_temperature": "The temperature acquire sampled with this iteration: the fixed "
+    "acquire.sampling.temperature, or the one its probe chose for temperature: auto.",
+    "selfimprove_acquire_temperature_probe_seconds": "Seconds acquire spent probing temperatures for temperature: "
+    "auto (0 for a fixed temperature).",
     "selfimprove_acquire_distinct_1": "Distinct words / all words over this iteration's acquire samples.",
     "selfimprove_acquire_distinct_2": "Distinct word bigrams / all bigrams over this iteration's acquire samples.",
     "selfimprove_acquire_self_bleu": "Mean self-BLEU (0-1) of this iteration's acquire samples.",

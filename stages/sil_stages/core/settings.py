@@ -29,6 +29,9 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     GetJsonSchemaHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -187,8 +190,112 @@ DEFAULT_MIN_SCORE = 1.0
 """select.keep.minScore's default: a completion is kept when it scores at least this (a verifier's 1.0 = correct)."""
 
 
+AUTO = "auto"
+"""The value of a temperature the loop chooses itself (acquire.sampling.temperature, optimize.grpo.temperature)."""
+MAX_TEMPERATURE = 5.0
+
+
+def _number_or_auto(expected: str) -> Callable[[Any, ValidatorFunctionWrapHandler], Any]:
+    """One error for a value that is neither a number in bounds nor `auto`, instead of one per union member (whose
+    locations would name pydantic's member tags, not the field)."""
+
+    def validate(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if isinstance(value, bool):  # YAML's `yes` is no temperature, though pydantic would read it as 1.0
+            raise PydanticCustomError("number_or_auto", "expected {expected}", {"expected": expected})
+        try:
+            return handler(value)
+        except ValidationError as error:
+            raise PydanticCustomError("number_or_auto", "expected {expected}", {"expected": expected}) from error
+
+    return validate
+
+
+TemperatureOrAuto = Annotated[
+    Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE, strict=True)] | Literal["auto"],
+    WrapValidator(_number_or_auto(f"a temperature from 0 to {MAX_TEMPERATURE:g}, or auto")),
+]
+"""acquire.sampling.temperature: a fixed temperature, or `auto` (the acquire stage chooses one per iteration)."""
+RolloutTemperature = Annotated[
+    Annotated[float, Field(gt=0.0, le=MAX_TEMPERATURE, strict=True)] | Literal["auto"],
+    WrapValidator(_number_or_auto(f"a temperature above 0, at most {MAX_TEMPERATURE:g}, or auto")),
+]
+"""optimize.grpo.temperature: a fixed temperature, or `auto` (the one acquire sampled with this iteration)."""
+
+_AUTO_BOUNDS = (0.3, 1.2)
+"""autoTemperature's default search interval: from nearly greedy to hotter than the usual 1.0."""
+
+
+class AutoTemperature(Settings):
+    """The bounded search of `temperature: auto`: acquire samples `probePrompts` of the iteration's prompts at
+    `points` temperatures evenly spaced from `min` to `max` (both included) and picks one (see temperature)."""
+
+    minimum: float = Field(
+        default=_AUTO_BOUNDS[0],
+        alias="min",
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"The lowest temperature probed. Default: {_AUTO_BOUNDS[0]}.",
+    )
+    maximum: float = Field(
+        default=_AUTO_BOUNDS[1],
+        alias="max",
+        ge=0.0,
+        le=MAX_TEMPERATURE,
+        description=f"The highest temperature probed. Default: {_AUTO_BOUNDS[1]}.",
+    )
+    points: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Temperatures probed, evenly spaced from min to max (4: 0.3, 0.6, 0.9, 1.2). The probe costs "
+        "points x probePrompts x samplesPerPrompt samples, scored by select.scorer. Default: 4.",
+    )
+    probe_prompts: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="Prompts probed at each temperature: a seeded draw from the iteration's prompts (all of them "
+        "when there are fewer), the same at every temperature. Default: 32.",
+    )
+    cross_field: ClassVar[tuple[CrossFieldRule, ...]] = (
+        CrossFieldRule(
+            cel=f"(has(self.min) ? self.min : {_AUTO_BOUNDS[0]}) <= (has(self.max) ? self.max : {_AUTO_BOUNDS[1]})",
+            message="autoTemperature.min must not be above autoTemperature.max",
+            check=lambda bounds: bounds.minimum <= bounds.maximum,
+        ),
+    )
+
+    def grid(self) -> tuple[float, ...]:
+        """The temperatures probed, ascending, without repeats (min = max probes one)."""
+        if self.points == 1 or self.minimum == self.maximum:
+            return (self.minimum,)
+        step = (self.maximum - self.minimum) / (self.points - 1)
+        return tuple(sorted({round(self.minimum + step * index, 6) for index in range(self.points)}))
+
+
+TEMPERATURE_OBJECTIVE = (
+    "auto: before sampling, acquire probes autoTemperature.probePrompts of the iteration's prompts (a seeded draw) "
+    "at each temperature of autoTemperature's grid, samplesPerPrompt samples each, scores them with select.scorer, "
+    "and samples the iteration at the temperature with the most expected kept examples per prompt: the mean over "
+    "the probed prompts of the number of distinct completions scoring at least select.keep.minScore, capped at "
+    "select.keep.topK when set, and 0 for a prompt whose pass rate lies outside select.keep.difficulty. Ties go to "
+    "the lower temperature; the same iteration always picks the same temperature. The acquire manifest records "
+    "the choice (metric temperature, probe cost temperature_probe_seconds) and temperature.json the probe table."
+)
+
+
 class Sampling(Settings):
-    temperature: float = Field(default=1.0, ge=0.0, le=5.0, description="Sampling temperature. Default: 1.0.")
+    temperature: TemperatureOrAuto = Field(
+        default=1.0,
+        description=f"Sampling temperature from 0 to {MAX_TEMPERATURE:g} (0 is greedy), or {AUTO}. "
+        + TEMPERATURE_OBJECTIVE
+        + " Default: 1.0.",
+    )
+    auto_temperature: AutoTemperature = Field(
+        default_factory=AutoTemperature,
+        description="The search of temperature: auto (ignored for a fixed temperature). Default: 4 temperatures "
+        "from 0.3 to 1.2 on 32 prompts.",
+    )
     top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass. Default: 1.0.")
     max_new_tokens: MaxNewTokens = Field(
         default=DEFAULT_MAX_NEW_TOKENS, description=f"Tokens generated per sample. Default: {DEFAULT_MAX_NEW_TOKENS}."
@@ -776,8 +883,11 @@ class Grpo(Settings):
     max_completion_length: int = Field(
         default=32, ge=1, le=32768, description="Tokens generated per rollout. Default: 32."
     )
-    temperature: float = Field(
-        default=1.0, gt=0.0, le=5.0, description="Sampling temperature of the rollouts. Default: 1.0."
+    temperature: RolloutTemperature = Field(
+        default=1.0,
+        description="Sampling temperature of the rollouts, or auto: the temperature acquire sampled with this "
+        "iteration (the one its probe chose when acquire.sampling.temperature is auto, else acquire's fixed one; "
+        "read from the acquire manifest's temperature metric). Default: 1.0.",
     )
     scale_rewards: Literal["group", "batch", "none"] = Field(
         default="group",

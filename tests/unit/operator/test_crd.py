@@ -39,7 +39,8 @@ def test_the_schema_is_structural_and_documented() -> None:
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     for path, node in _walk(spec, "spec"):
         assert "$ref" not in node and "anyOf" not in node and "title" not in node, path
-        has_type = "type" in node or node.get("x-kubernetes-int-or-string")
+        number_or_word = node.get("x-kubernetes-preserve-unknown-fields") and "pattern" in node and "maximum" in node
+        has_type = "type" in node or node.get("x-kubernetes-int-or-string") or number_or_word
         assert has_type, f"{path} has no type"
         if path.count(".") >= 1 and not path.endswith(("{}", "[]")):
             assert node.get("description"), f"{path} has no description (kubectl explain would be empty)"
@@ -109,3 +110,14 @@ def test_field_rules_reach_the_crd_as_patterns_and_bounds() -> None:
     dataset = spec["evaluate"]["properties"]["datasets"]["items"]["properties"]
     assert (dataset["name"]["pattern"], dataset["name"]["maxLength"]) == (DNS_LABEL_PATTERN, 63)
     assert dataset["uri"]["pattern"] == DATA_URI_PATTERN
+
+
+def test_a_temperature_is_a_number_in_bounds_or_the_word_auto() -> None:
+    """No structural type is number-or-string: the node is untyped, its bounds apply to numbers and its pattern to
+    strings (tests/invalid_specs.py checks both against the real API server)."""
+    spec = crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    node = spec["acquire"]["properties"]["sampling"]["properties"]["temperature"]
+    assert "type" not in node and node["x-kubernetes-preserve-unknown-fields"] is True
+    assert (node["minimum"], node["maximum"], node["pattern"], node["default"]) == (0.0, 5.0, "^(auto)$", 1.0)
+    rollout = spec["optimize"]["properties"]["grpo"]["properties"]["temperature"]
+    assert (rollout["minimum"], rollout["exclusiveMinimum"], rollout["pattern"]) == (0.0, True, "^(auto)$")

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from sil_operator.api.status import IterationStatus, StagePhase, StageStatus
-from sil_operator.diagnosis import low_yield, why_not_improved
+from sil_operator import diagnosis
+from sil_operator.api.status import (
+    ChampionStatus,
+    Decision,
+    IterationStatus,
+    LoopStatus,
+    StagePhase,
+    StageStatus,
+)
+from sil_operator.diagnosis import champion_greedy, low_yield, why_not_improved
 
 
 def _iteration(**metrics: dict[str, float]) -> IterationStatus:
@@ -80,3 +88,119 @@ def test_a_contaminated_rejection_names_the_items_the_evaluate_manifest_found() 
         "heldout contamination 3.5% (items 1: 1+1=; 2: 2+1=; 3: 3+1=; 4: 4+1=; 5: 5+1=; and 2 more in the evaluate "
         "manifest's findings)"
     )
+
+
+# The likeliest lever of a low yield, from the numbers the loop has: greedy held-out accuracy (evaluate's champion
+# score), the sampled pass rate and the difficulty band's count (select), the temperature (acquire).
+LOW = {"scored": 1000.0, "kept": 29.0, "prompts": 250.0, "prompts_with_kept": 25.0}
+FIXED = {"temperature": 1.0, "temperature_probe_seconds": 0.0}
+AUTO = {"temperature": 0.9, "temperature_probe_seconds": 4.2}
+
+
+@pytest.mark.parametrize(
+    ("select", "greedy", "acquire", "lever"),
+    [
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.03},
+            0.4,
+            FIXED,
+            "greedy held-out accuracy 40.0% is far above the 3.0% of samples passing at temperature 1: the "
+            "temperature is too high; set acquire.sampling.temperature: auto or a value below 1",
+            id="greedy far above the pass rate: too hot",
+        ),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.03},
+            0.4,
+            AUTO,
+            "greedy held-out accuracy 40.0% is far above the 3.0% of samples passing at temperature 0.9: the "
+            "temperature is too high; temperature: auto chose it, so lower "
+            "acquire.sampling.autoTemperature.min and max",
+            id="too hot under auto: its bounds",
+        ),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.03},
+            0.4,
+            {},
+            "greedy held-out accuracy 40.0% is far above the 3.0% of samples passing: the temperature is too high; "
+            "set acquire.sampling.temperature: auto or a value",
+            id="too hot, temperature unknown",
+        ),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.03},
+            0.05,
+            FIXED,
+            "greedy held-out accuracy 5.0% and 3.0% of samples passing: the task is beyond the model; use easier "
+            "prompts or a stronger base model (spec.model)",
+            id="both low: beyond the model",
+        ),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.5, "prompts_out_of_band": 240.0},
+            0.6,
+            FIXED,
+            "50.0% of samples pass, but 240 of 250 prompts fell outside select.keep.difficulty: the band is too "
+            "narrow; widen minPassRate/maxPassRate (or drop exclusive)",
+            id="pass rate fine, prompts outside the band: band too narrow",
+        ),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.5, "prompts_out_of_band": 240.0},
+            None,
+            {},
+            "50.0% of samples pass, but 240 of 250 prompts fell outside select.keep.difficulty: the band is too "
+            "narrow; widen minPassRate/maxPassRate (or drop exclusive)",
+            id="the band needs no greedy score",
+        ),
+        pytest.param({**LOW, "mean_pass_rate": 0.03}, None, FIXED, None, id="greedy unknown: no lever"),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.25}, 0.3, FIXED, None, id="pass rate near greedy: not the temperature"
+        ),
+        pytest.param({**LOW, "mean_pass_rate": 0.08}, 0.15, FIXED, None, id="half greedy but a small gap: no lever"),
+        pytest.param(
+            {**LOW, "mean_pass_rate": 0.5, "prompts_out_of_band": 100.0}, 0.6, FIXED, None, id="band keeps most"
+        ),
+        pytest.param(LOW, 0.4, FIXED, None, id="no pass rate reported"),
+    ],
+)
+def test_the_likeliest_lever_of_a_low_yield(
+    select: dict[str, float], greedy: float | None, acquire: dict[str, float], lever: str | None
+) -> None:
+    assert diagnosis.lever(select, greedy, acquire) == lever
+    warning = low_yield(select, greedy, acquire)
+    assert warning is not None
+    if lever is None:
+        assert warning.endswith("use easier prompts or loosen select.keep"), "no lever: the generic advice"
+    else:
+        assert warning.endswith(": " + lever)
+
+
+def test_a_rejection_with_a_low_yield_names_the_lever_from_the_iterations_own_evaluation() -> None:
+    select = {**LOW, "mean_pass_rate": 0.03}
+    why = why_not_improved(_iteration(acquire=FIXED, select=select, evaluate={"champion_score": 0.4}))
+    assert "; greedy held-out accuracy 40.0% is far above the 3.0% of samples passing at temperature 1" in why
+
+
+def test_a_rejection_with_a_fine_yield_names_no_lever() -> None:
+    select = {**LOW, "kept": 400.0, "mean_pass_rate": 0.1}
+    assert "temperature" not in why_not_improved(
+        _iteration(acquire=FIXED, select=select, evaluate={"champion_score": 0.4})
+    )
+
+
+@pytest.mark.parametrize(
+    ("decisions", "champion", "greedy"),
+    [
+        ([], None, None),
+        ([(Decision.REJECTED, 0.41, 0.40)], None, 0.40),  # the base, as iteration 1 measured it
+        ([(Decision.REJECTED, 0.41, 0.40), (Decision.PROMOTED, 0.55, 0.40)], 0.55, 0.55),
+        ([(Decision.PROMOTED, 0.55, 0.40), (None, None, None)], 0.55, 0.55),  # the running iteration is skipped
+        ([], 0.7, 0.7),  # history trimmed: the champion pointer's score
+    ],
+)
+def test_the_champion_greedy_score_is_the_last_decided_iterations_measurement(
+    decisions: list[tuple[Decision | None, float | None, float | None]], champion: float | None, greedy: float | None
+) -> None:
+    iterations = [
+        IterationStatus(index=i, decision=d, candidate_score=c, champion_score=h)
+        for i, (d, c, h) in enumerate(decisions, start=1)
+    ]
+    pointer = ChampionStatus(iteration=1, uri="file:///m", score=champion) if champion is not None else None
+    assert champion_greedy(LoopStatus(iterations=iterations, champion=pointer)) == greedy

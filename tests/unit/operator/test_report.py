@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from rich.console import Console
@@ -99,3 +100,36 @@ def test_the_stage_summary_shows_each_stages_phase_and_its_preemptions() -> None
     assert stage_summary(iteration) == "acquire Succeeded, select Succeeded, optimize Preempted (2 preemptions)"
     queued = IterationStatus(index=2, stages=[StageStatus(stage="acquire", phase=StagePhase.QUEUED)])
     assert stage_summary(queued) == "acquire Queued"
+
+
+def test_the_table_shows_the_temperature_acquire_sampled_with_and_what_an_auto_probe_cost() -> None:
+    fixed, auto = (
+        _iteration(1, Decision.PROMOTED, 0.1, 0.05, 0.15),
+        _iteration(2, Decision.REJECTED, 0.01, -0.02, 0.04),
+    )
+    acquire = {
+        1: {"samples": 4000.0, "temperature": 1.0, "temperature_probe_seconds": 0.0},
+        2: {"samples": 4000.0, "temperature": 0.6, "temperature_probe_seconds": 4.4},
+    }
+    status = LoopStatus(
+        iteration=2,
+        iterations=[
+            it.model_copy(
+                update={
+                    "stages": [
+                        StageStatus(stage="acquire", phase=StagePhase.SUCCEEDED, metrics=acquire[it.index]),
+                        *it.stages,
+                    ]
+                }
+            )
+            for it in (fixed, auto)
+        ],
+    )
+    rows = iteration_rows(status)
+    assert [(row["temperature"], row["temperature_probe_seconds"]) for row in rows] == [(1.0, 0.0), (0.6, 4.4)]
+    console = Console(width=220, record=True)
+    console.print(iteration_table(status))
+    cells = [[cell.strip() for cell in re.split("[│┃]", line)[1:-1]] for line in console.export_text().splitlines()]
+    header = next(row for row in cells if "samples" in row)
+    column = header.index("temp")
+    assert [row[column] for row in cells if row[:1] in (["1"], ["2"])] == ["1", "0.6 auto 4s"]

@@ -12,7 +12,10 @@ import json
 from typing import Any
 
 from sil_stages.core import methods
-from sil_stages.core.settings import Grpo
+from sil_stages.core.contract import Manifest, manifest_uri
+from sil_stages.core.errors import StageInputError
+from sil_stages.core.settings import AUTO, Grpo
+from sil_stages.core.store import StoreError
 from sil_stages.optimize.methods.base import Method, TrainingJob
 from sil_stages.optimize.methods.rewards import reward_function
 from sil_stages.optimize.methods.training import common_arguments, finish, load_policy, peft_config, snapshot
@@ -26,6 +29,28 @@ def rollout_engine(job: TrainingJob) -> dict[str, Any]:
     if job.config.engine == "vllm" and torch.cuda.is_available():
         return {"use_vllm": True, "vllm_mode": "colocate"}
     return {"use_vllm": False}
+
+
+def rollout_temperature(job: TrainingJob, settings: Grpo) -> float:
+    """grpo.temperature, or for `auto` the temperature acquire sampled with this iteration (its manifest's metric
+    `temperature`: the probe's choice under acquire's own `auto`, else acquire's fixed temperature), so that the
+    rollouts are drawn as hot as the data select kept."""
+    if settings.temperature != AUTO:
+        return float(settings.temperature)
+    acquire = job.config.acquire_uri
+    if acquire is None or job.store is None:
+        raise StageInputError("optimize.grpo.temperature: auto needs acquire_uri (this iteration's acquire directory)")
+    uri = manifest_uri(acquire)
+    try:
+        chosen = Manifest.model_validate_json(job.store.read_text(uri)).metrics.get("temperature")
+    except StoreError as error:
+        raise StageInputError(f"optimize.grpo.temperature: auto: cannot read the acquire manifest: {error}") from error
+    if chosen is None or chosen <= 0.0:
+        raise StageInputError(
+            f"optimize.grpo.temperature: auto: the acquire manifest {uri} records no temperature above 0 "
+            f"({chosen}); set a number"
+        )
+    return float(chosen)
 
 
 def train(job: TrainingJob) -> dict[str, float]:
@@ -49,7 +74,7 @@ def train(job: TrainingJob) -> dict[str, float]:
         beta=settings.beta,
         loss_type=settings.loss_type,
         max_completion_length=settings.max_completion_length,
-        temperature=settings.temperature,
+        temperature=rollout_temperature(job, settings),
         scale_rewards=settings.scale_rewards,
         **rollout_engine(job),
     )
