@@ -122,4 +122,3 @@ def _temperature(
     findings["temperature/probe"] = choice.findings()
     metrics |= {"temperature": choice.temperature, "temperature_probe_seconds": choice.seconds}
     return choice.temperature
-
