@@ -5,6 +5,7 @@
 Two tasks built like the demo (examples/arithmetic: two-digit sums, the `arithmetic:verify` verifier, SFT, the
 significance gate), each with a weak base model made by make_base_model.py's recipe changed:
 - `sums-e14`: the demo's model pretrained 14 epochs instead of 20 (greedy held-out accuracy about 0.2);
+- `sums-e17`: pretrained 17 epochs, closer to the weak base of a user's report (greedy about 0.4);
 - `sums-small`: another shape, one layer of width 64 pretrained the demo's 20 epochs.
 Each task runs `sil run` with a fixed temperature of 1.0 (the demo's), a fixed temperature picked by hand (0.5,
 the value the issue's user found) and `auto`, from the same base and seed. Prints a table of the champion's
@@ -30,7 +31,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "arithmetic"
 TEMPERATURES: tuple[float | str, ...] = (1.0, 0.5, "auto")
-TASKS = {"sums-e14": {"epochs": 14.0}, "sums-small": {"layers": 1, "hidden_size": 64, "intermediate_size": 128}}
+TASKS = {
+    "sums-e14": {"epochs": 14.0},
+    "sums-e17": {"epochs": 17.0},
+    "sums-small": {"layers": 1, "hidden_size": 64, "intermediate_size": 128},
+}
 
 
 def base_model(task: str, cache: Path) -> Path:

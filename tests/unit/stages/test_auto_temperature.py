@@ -18,8 +18,13 @@ import pytest
 
 from sil_stages.acquire.temperature import TEMPERATURE_FILE, choose, pick, probe_draw, probe_row
 from sil_stages.cli import main
+from sil_stages.core.contract import OptimizeConfig
+from sil_stages.core.errors import StageInputError
 from sil_stages.core.generation import SamplingRequest
 from sil_stages.core.settings import AutoTemperature, Difficulty, Keep, Sampling, Scorer
+from sil_stages.core.store import Store
+from sil_stages.optimize.methods.base import TrainingJob
+from sil_stages.optimize.methods.grpo import METHOD, rollout_temperature
 from sil_stages.select.scorers import PromptSamples, Score, ScorerContext, make_scorer
 from tests.unit.stages.conftest import StageConfig, output_dir, write_jsonl
 
@@ -230,3 +235,62 @@ def test_a_fixed_temperature_is_recorded_without_a_probe(
     manifest = json.loads((output_dir(config) / "_manifest.json").read_text())
     assert (manifest["metrics"]["temperature"], manifest["metrics"]["temperature_probe_seconds"]) == (0.7, 0.0)
     assert not (output_dir(config) / TEMPERATURE_FILE).exists()
+
+
+# GRPO's rollouts
+
+
+def _grpo_job(stage_config: StageConfig, tiny_model: Path, tmp_path: Path, **optimize: Any) -> TrainingJob:
+    """What GRPO's train function is given for iteration 1 of the stage_config store (no records: not trained)."""
+    config = OptimizeConfig.model_validate(
+        stage_config(
+            "optimize",
+            train_uri=(tmp_path / "train.jsonl").as_uri(),
+            init_model_uri=tiny_model.as_uri(),
+            method="grpo",
+            **optimize,
+        )
+    )
+    return TrainingJob(
+        config=config,
+        model_path=str(tiny_model),
+        base_model=lambda: str(tiny_model),
+        records=[],
+        workdir=tmp_path / "work",
+        seed=0,
+        store=Store(),
+    )
+
+
+@pytest.mark.slow
+def test_grpo_auto_rolls_out_at_the_temperature_acquires_probe_chose(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(6)])
+    auto = {"temperature": "auto", "auto_temperature": {"min": 0.5, "max": 1.5, "points": 3, "probe_prompts": 4}}
+    acquire = _acquire(stage_config, tiny_model, prompts.as_uri(), **auto)
+    assert main(["acquire", "--config", json.dumps(acquire)]) == 0
+    chosen = json.loads((output_dir(acquire) / TEMPERATURE_FILE).read_text())["temperature"]
+
+    job = _grpo_job(stage_config, tiny_model, tmp_path, grpo={"temperature": "auto"}, acquire_uri=acquire["output_uri"])
+    assert rollout_temperature(job, METHOD.settings_of(job.config)) == chosen
+
+
+def test_grpo_with_a_number_rolls_out_at_that_number_without_reading_acquire(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    job = _grpo_job(stage_config, tiny_model, tmp_path, grpo={"temperature": 0.8}, acquire_uri="file:///nowhere")
+    assert rollout_temperature(job, METHOD.settings_of(job.config)) == 0.8
+
+
+def test_grpo_auto_without_a_finished_acquire_says_what_is_missing(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    job = _grpo_job(stage_config, tiny_model, tmp_path, grpo={"temperature": "auto"})
+    with pytest.raises(StageInputError, match="auto needs acquire_uri"):
+        rollout_temperature(job, METHOD.settings_of(job.config))
+
+    never_ran = (tmp_path / "store" / "iterations" / "1" / "acquire").as_uri()
+    job = _grpo_job(stage_config, tiny_model, tmp_path, grpo={"temperature": "auto"}, acquire_uri=never_ran)
+    with pytest.raises(StageInputError, match="cannot read the acquire manifest"):
+        rollout_temperature(job, METHOD.settings_of(job.config))
