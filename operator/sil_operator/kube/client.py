@@ -101,8 +101,9 @@ class KubeApi:
                 return None
             raise
 
-    async def patch_loop_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        await self._call(
+    async def patch_loop_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patches the status subresource; returns the loop as the API server stored it."""
+        patched: dict[str, Any] = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             API_GROUP,
             API_VERSION,
@@ -111,6 +112,7 @@ class KubeApi:
             name,
             {"status": status},
         )
+        return patched
 
     async def _secret_data(self, namespace: str, name: str) -> dict[str, str]:
         """A Secret's data, base64 as the API gives it. Raises KeyError naming the Secret when it cannot be read."""

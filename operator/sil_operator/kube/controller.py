@@ -60,6 +60,7 @@ from sil_operator.kube.observe import (
     termination_message,
 )
 from sil_operator.kube.offload import OPERATOR_STORE_TIMEOUTS, Offload
+from sil_operator.kube.watched import WatchedJobs, resource_version
 from sil_operator.manifests import ManifestCache
 from sil_operator.metrics import OperatorMetrics
 from sil_operator.planner import Event, MeasureGates, Plan, Promote, StartStage, plan
@@ -128,18 +129,21 @@ class Controller:
     """One S3 client per endpoint for all loops' Stores (a client per loop cost ~12 MB each: bench/scale.py)."""
     store_credentials: dict[tuple[str, str], tuple[tuple[str, int], S3Credentials]] = field(default_factory=dict)
     """Per loop: the credentials Secret's name and the generation it was read for, and its keys."""
+    watched: WatchedJobs = field(default_factory=WatchedJobs)
+    """The loops' Jobs and JobSets as the watches delivered them (handlers feed it): no LIST per reconcile."""
+    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """Per loop: the loop as the operator's own last status patch returned it (see `_loop_body`)."""
+    verified_secrets: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    """Per loop: the credentials Secret's name and the generation it was last seen to exist at."""
 
-    async def reconcile(self, namespace: str, name: str) -> ReconcileResult:
+    async def reconcile(self, namespace: str, name: str, seen: Mapping[str, Any] | None = None) -> ReconcileResult:
+        """One reconcile of the loop. `seen` is the loop as its watch last delivered it (the daemon's live body):
+        then nothing is read from the API unless that body may be older than the operator's own last status
+        write and the two cannot be ordered (see `_freshest`). Without it the loop is read (GET)."""
         key = (namespace, name)
-        body = await self.api.get_loop(namespace, name)
+        body = await self._loop_body(namespace, name, seen)
         if body is None:
-            self.memory.pop(key, None)
-            self.specs.pop(key, None)
-            self.phases.pop(key, None)
-            self.failures.pop(key, None)
-            self.store_credentials.pop(key, None)
-            self.offload.forget(key)
-            self._count_phases()
+            self.forget(namespace, name)
             return ReconcileResult(None)
         try:
             loop = self._parse(namespace, name, body)
@@ -150,7 +154,46 @@ class Controller:
         except StoreError:
             # Keys rotated in the Secret (same generation) show up as store errors: read the Secret again next time.
             self.store_credentials.pop(key, None)
+            self.verified_secrets.pop(key, None)
             raise
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drops what the operator keeps about a loop that is gone (or whose daemon stopped: losing it is
+        harmless, the next reconcile lists its Jobs again)."""
+        key = (namespace, name)
+        self.memory.pop(key, None)
+        self.specs.pop(key, None)
+        self.phases.pop(key, None)
+        self.failures.pop(key, None)
+        self.store_credentials.pop(key, None)
+        self.written.pop(key, None)
+        self.verified_secrets.pop(key, None)
+        self.watched.forget(key)
+        self.offload.forget(key)
+        self._count_phases()
+
+    async def _loop_body(self, namespace: str, name: str, seen: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+        """The freshest loop the operator knows without a request: the watch's body, or the response of the
+        operator's own last status patch when the watch has not delivered that write yet (a reconcile woken by
+        the Job it just created must not plan again from the status before its own write: it would post the
+        same events twice). A GET only when there is no watched body or the two cannot be ordered."""
+        key = (namespace, name)
+        if seen is not None:
+            fresher = _freshest(seen, self.written.get(key))
+            if fresher is not None:
+                return fresher
+        return await self.api.get_loop(namespace, name)
+
+    async def _loop_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The loop's Jobs and JobSets (as Jobs) from the watches' cache; one LIST of each when the cache is not
+        primed for the loop (the first reconcile after a start, after a relist or the resync period)."""
+        key = (namespace, name)
+        cached = self.watched.jobs(key)
+        if cached is not None:
+            return cached
+        since = self.watched.mark()
+        listed = await self.api.list_jobs(namespace, name) + await self._jobsets_as_jobs(namespace, name)
+        return self.watched.replace(key, listed, since)
 
     async def _reconcile_parsed(
         self, namespace: str, name: str, body: Mapping[str, Any], loop: SelfImprovementLoop
@@ -161,7 +204,7 @@ class Controller:
         memory = await self.offload.run(key, self._memory, namespace, name, loop, credentials)
         store = memory.manifests.store
         status = _retry_after_spec_change(status_from_body(body), ref.generation)
-        jobs = await self.api.list_jobs(namespace, name) + await self._jobsets_as_jobs(namespace, name)
+        jobs = await self._loop_jobs(namespace, name)
         findings = await self._findings(namespace, jobs, status)
         observation = await self.offload.run(
             key,
@@ -229,7 +272,9 @@ class Controller:
         return manifest.findings if manifest else {}
 
     # -- failures -------------------------------------------------------------------------------------------
-    async def record_failure(self, namespace: str, name: str, error: BaseException) -> float | None:
+    async def record_failure(
+        self, namespace: str, name: str, error: BaseException, seen: Mapping[str, Any] | None = None
+    ) -> float | None:
         """Shows a failed reconcile on the loop; the seconds to wait before the next try, None when only a spec
         change can help (the loop is then Failed)."""
         key = (namespace, name)
@@ -241,7 +286,7 @@ class Controller:
         else:
             log.warning("reconcile of %s/%s failed (%s): %s", namespace, name, failure.reason, failure.message)
         try:
-            body = await self.api.get_loop(namespace, name)
+            body = await self._loop_body(namespace, name, seen)
             if body is not None:
                 await self._show_failure(body, failure)
         except Exception:  # the API itself may be what failed: the retry shows it later
@@ -260,7 +305,7 @@ class Controller:
         )
         if after == before:
             return
-        await self.api.patch_loop_status(meta["namespace"], meta["name"], status_to_patch(after))
+        await self._patch_status(meta["namespace"], meta["name"], after)
         was = is_degraded(before)
         if was is None or was.reason != failure.reason or failure.permanent:
             self._emit(body, Event("Warning", failure.reason, failure.message))
@@ -391,13 +436,20 @@ class Controller:
             data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"], data.get("AWS_SESSION_TOKEN") or None
         )
         self.store_credentials[key] = ((secret, generation), credentials)
+        self.verified_secrets[key] = (secret, generation)  # read just now: it exists
         return credentials
 
     async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
         """The storage Secret exists before a Job refers to it (else its pod would hang in
-        CreateContainerConfigError, visible only on the pod)."""
+        CreateContainerConfigError, visible only on the pod). Checked once per loop generation (it was a GET per
+        stage start, ~1.3 requests per transition): a Secret deleted later shows on the stage's pod, which the
+        runner diagnoses (CreateContainerConfigError) and shows on the loop."""
         secret = loop.spec.storage.credentials_secret
         if secret is None:
+            return
+        key = (identity.namespace, identity.name)
+        at = (secret, loop.metadata.generation)
+        if self.verified_secrets.get(key) == at:
             return
         problem = await self.api.secret_problem(identity.namespace, secret)
         if problem is not None:
@@ -405,6 +457,7 @@ class Controller:
                 f"spec.storage.credentialsSecret: {problem}; create it with AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or fix the name"
             )
+        self.verified_secrets[key] = at
 
     async def _provider(self, loop: SelfImprovementLoop, identity: LoopIdentity, store: Store) -> MetricsProvider:
         """Prometheus (token and CA read from the loop's Secrets) when the spec names it, else the manifests.
@@ -468,11 +521,15 @@ class Controller:
     async def _save(self, body: Mapping[str, Any], before: LoopStatus, result: Plan) -> None:
         meta = body["metadata"]
         if result.status != before:
-            await self.api.patch_loop_status(meta["namespace"], meta["name"], status_to_patch(result.status))
+            await self._patch_status(meta["namespace"], meta["name"], result.status)
         for event in result.events:
             self._emit(body, event)
         if self.metrics:
             _record_metrics(self.metrics, before, result)
+
+    async def _patch_status(self, namespace: str, name: str, status: LoopStatus) -> None:
+        """The one status write of a reconcile; the loop it returns is remembered until the watch catches up."""
+        self.written[(namespace, name)] = await self.api.patch_loop_status(namespace, name, status_to_patch(status))
 
     def _emit(self, body: Mapping[str, Any], event: Event) -> None:
         try:
@@ -498,7 +555,7 @@ class Controller:
             }
         )
         meta = body["metadata"]
-        await self.api.patch_loop_status(meta["namespace"], meta["name"], status_to_patch(failed))
+        await self._patch_status(meta["namespace"], meta["name"], failed)
         self._emit(body, Event("Warning", "InvalidSpec", message))
         return ReconcileResult(None, failed)
 
@@ -534,3 +591,16 @@ def _record_metrics(metrics: OperatorMetrics, before: LoopStatus, result: Plan) 
         finished = stage.phase.value in ("Succeeded", "Failed")
         if finished and (old is None or old.phase is not stage.phase) and stage.started_at and stage.finished_at:
             metrics.stage_finished(stage.stage, (stage.finished_at - stage.started_at).total_seconds())
+
+
+def _freshest(seen: Mapping[str, Any], written: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    """The newer of the watched loop and the operator's last write of it, by resourceVersion; None when they are of
+    the same object but cannot be ordered (then the caller reads the loop)."""
+    if written is None:
+        return seen
+    if (seen.get("metadata") or {}).get("uid") != (written.get("metadata") or {}).get("uid"):
+        return seen  # the loop was recreated: the write was to its predecessor
+    watched, wrote = resource_version(seen), resource_version(written)
+    if watched is None or wrote is None:
+        return None
+    return written if wrote > watched else seen

@@ -125,7 +125,12 @@ async def _watch_jobsets_if_served(controller: Controller) -> None:
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=2.0)
-async def run_loop(name: str, namespace: str | None, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any) -> None:
+async def run_loop(
+    name: str, namespace: str | None, body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo, **_: Any
+) -> None:
+    """The loop's reconciles. `body` is kopf's live view of the loop, replaced by each watch event: each reconcile
+    takes a snapshot of it instead of a GET (its top-level values are the event's own parsed JSON, which the next
+    event replaces rather than changes, so a shallow copy is stable)."""
     if namespace is None:  # the CRD is namespaced; kopf types allow cluster-scoped resources too
         return
     controller: Controller = memo.controller
@@ -135,18 +140,22 @@ async def run_loop(name: str, namespace: str | None, stopped: kopf.DaemonStopped
         while not stopped:
             wake.clear()
             try:
-                result = await controller.reconcile(namespace, name)
+                result = await controller.reconcile(namespace, name, dict(body))
             except Exception as error:  # shown on the loop (Degraded, or Failed), retried with backoff
                 memo.metrics.reconcile_failed()
-                delay = await controller.record_failure(namespace, name, error)
+                delay = await controller.record_failure(namespace, name, error, dict(body))
                 await _back_off(wakeups, namespace, name, RESYNC_SECONDS if delay is None else delay, stopped)
                 continue
             wait = RESYNC_SECONDS if result.requeue_after is None else result.requeue_after
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(wake.wait(), timeout=wait)
+                except TimeoutError:
+                    if result.requeue_after is None:  # the resync period: list the loop's Jobs once again
+                        controller.watched.unprime((namespace, name))
     finally:
         wakeups.forget(namespace, name)
+        controller.forget(namespace, name)
 
 
 async def _back_off(wakeups: Wakeups, namespace: str, name: str, seconds: float, stopped: kopf.DaemonStopped) -> None:
@@ -175,9 +184,10 @@ def _wake_owner(
     memo: kopf.Memo,
 ) -> None:
     loop = labels.get(LABEL_LOOP)
-    if loop and namespace:
+    if loop and namespace and uid:
+        memo.controller.watched.seen(type, (namespace, loop), uid, job)
         fingerprint = job_fingerprint(job)
-        memo.wakeups.job_event(namespace, loop, uid or "", fingerprint, deleted=type == "DELETED")
+        memo.wakeups.job_event(namespace, loop, uid, fingerprint, deleted=type == "DELETED")
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={LABEL_MANAGED_BY: MANAGED_BY})
@@ -190,7 +200,7 @@ async def job_changed(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    _wake_owner(type, cast(Mapping[str, Any], body), labels, namespace, uid, memo)
+    _wake_owner(type, dict(body), labels, namespace, uid, memo)
 
 
 async def stage_jobset_changed(
