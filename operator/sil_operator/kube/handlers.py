@@ -29,6 +29,7 @@ from sil_operator.kube.controller import Controller
 from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, as_job
 from sil_operator.kube.objects import LABEL_LOOP, LABEL_MANAGED_BY, MANAGED_BY
 from sil_operator.kube.observe import job_fingerprint
+from sil_operator.kube.persistence import NoDiffBase
 from sil_operator.metrics import OperatorMetrics
 
 RESYNC_SECONDS = float(os.environ.get("SIL_RESYNC_SECONDS", "300"))
@@ -91,9 +92,7 @@ def _post_event(body: Mapping[str, Any], type_: str, reason: str, message: str) 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=API_GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()  # no change handlers: see kube/persistence.py
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     memo.wakeups = Wakeups()
