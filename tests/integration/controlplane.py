@@ -232,10 +232,13 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def restart_apiserver(self, down_seconds: float = 0.0, ready_timeout: float = 60.0) -> None:
+    def restart_apiserver(
+        self, down_seconds: float = 0.0, ready_timeout: float = 60.0, while_down: Callable[[], None] | None = None
+    ) -> None:
         """SIGKILL kube-apiserver, wait `down_seconds`, start it again with the same flags (port, serving
         certificate, tokens) and return once it is ready. etcd and every other component keep running, so the
-        cluster's data is all there; clients see their connections and watches break, as in an API server crash."""
+        cluster's data is all there; clients see their connections and watches break, as in an API server crash.
+        `while_down` runs while it is down (e.g. `delete_from_etcd`: a change no watch can deliver)."""
         proc = next(p for p in self._processes if p.name == "kube-apiserver")
         argv = [str(arg) for arg in proc.popen.args]  # type: ignore[union-attr]
         if proc.popen.poll() is None:
@@ -244,8 +247,27 @@ class ControlPlane:
         proc.log_file.close()
         self._processes.remove(proc)
         time.sleep(down_seconds)
-        self._spawn("kube-apiserver", argv)
-        self._wait_ready(ready_timeout)
+        try:
+            if while_down is not None:
+                while_down()
+        finally:
+            self._spawn("kube-apiserver", argv)
+            self._wait_ready(ready_timeout)
+
+    def delete_from_etcd(self, key: str) -> int:
+        """Deletes one key from etcd directly (its JSON gateway), e.g. `/registry/jobs/NS/NAME`: an object gone
+        without the API server knowing, as if deleted while no watch was open. Returns how many keys went."""
+        import base64
+
+        etcd = next(p for p in self._processes if p.name == "etcd")
+        flag = next(str(a) for a in etcd.popen.args if str(a).startswith("--listen-client-urls="))  # type: ignore[union-attr]
+        request = urllib.request.Request(
+            flag.split("=", 1)[1].split(",")[0] + "/v3/kv/deleterange",
+            data=json.dumps({"key": base64.b64encode(key.encode()).decode()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(json.loads(response.read()).get("deleted", 0))
 
     def _spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> _Process:
         log_dir = self.work_dir / "logs"

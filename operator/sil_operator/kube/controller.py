@@ -48,6 +48,7 @@ from sil_operator.kube.engines import choose_engine, stage_objects
 from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, as_job
 from sil_operator.kube.objects import LoopIdentity, engine_field, stage_configmap, stage_nodes
 from sil_operator.kube.observe import (
+    DIAGNOSE_AFTER_SECONDS,
     Finding,
     finding_from_events,
     finding_from_pods,
@@ -227,6 +228,9 @@ class Controller:
         self.phases[(namespace, name)] = result.status.phase.value
         self._count_phases()
         requeue = result.requeue_after
+        if any(isinstance(action, StartStage) for action in result.actions):
+            # Its Job's creation does not wake the loop (handlers.Wakeups): look at it again if nothing happens.
+            requeue = DIAGNOSE_AFTER_SECONDS if requeue is None else min(requeue, DIAGNOSE_AFTER_SECONDS)
         if memory.measurements:
             requeue = 0.0  # fold the new measurements in right away
         return ReconcileResult(requeue, result.status)

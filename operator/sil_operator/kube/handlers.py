@@ -36,6 +36,10 @@ RESYNC_SECONDS = float(os.environ.get("SIL_RESYNC_SECONDS", "300"))
 log = logging.getLogger("selfimprove.operator")
 
 
+UNTOUCHED = job_fingerprint({})
+"""The fingerprint of a Job as created: nothing has happened to it yet."""
+
+
 class Wakeups:
     """One asyncio.Event per loop, set by watch events that matter, awaited by the loop's daemon."""
 
@@ -48,13 +52,21 @@ class Wakeups:
     def job_event(
         self, namespace: str, loop: str, uid: str, fingerprint: tuple[Any, ...], *, deleted: bool = False
     ) -> bool:
-        """Wakes the loop when the Job is new, deleted or its fingerprint changed; True when it woke it."""
+        """Wakes the loop when the Job is deleted, its fingerprint changed, or it is new and something already
+        happened to it; True when it woke it. A new Job nothing happened to yet (no pod, no start time, not
+        suspended: the one the loop's reconcile has just created) does not: that reconcile planned with it, and
+        waking for it only rewrote the stage's start from the operator's clock to the Job's creation time, one
+        more status patch per transition (bench/scale.py). The reconcile that creates a Job looks again within
+        `DIAGNOSE_AFTER_SECONDS` (controller) in case nothing ever happens to it."""
         if deleted:
             self._jobs.pop(uid, None)
         elif self._jobs.get(uid) == fingerprint:
             return False
         else:
+            new = uid not in self._jobs
             self._jobs[uid] = fingerprint
+            if new and fingerprint == UNTOUCHED:
+                return False
         self.wake(namespace, loop)
         return True
 
@@ -74,6 +86,10 @@ class Wakeups:
 
     def wake(self, namespace: str, name: str) -> None:
         self.event(namespace, name).set()
+
+    def wake_all(self) -> None:
+        for event in self._events.values():
+            event.set()
 
     def forget(self, namespace: str, name: str) -> None:
         self._events.pop((namespace, name), None)
@@ -184,7 +200,9 @@ def _wake_owner(
 ) -> None:
     loop = labels.get(LABEL_LOOP)
     if loop and namespace and uid:
-        memo.controller.watched.seen(type, (namespace, loop), uid, job)
+        if memo.controller.watched.seen(type, (namespace, loop), uid, job):
+            log.info("the Job watch relisted (its resourceVersion expired): every loop lists its Jobs once again")
+            memo.wakeups.wake_all()
         fingerprint = job_fingerprint(job)
         memo.wakeups.job_event(namespace, loop, uid, fingerprint, deleted=type == "DELETED")
 

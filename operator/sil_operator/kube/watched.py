@@ -56,10 +56,12 @@ class WatchedJobs:
     relists: int = 0
     """Relists noticed (each unprimed every loop): for tests and logs."""
 
-    def seen(self, event_type: str | None, loop: LoopKey, uid: str, body: Mapping[str, Any]) -> None:
+    def seen(self, event_type: str | None, loop: LoopKey, uid: str, body: Mapping[str, Any]) -> bool:
         """One watch event of a Job (or a JobSet as a Job) labelled for `loop`. kopf's event types: None for an
-        object of a (re)listing, ADDED, MODIFIED, DELETED."""
-        if event_type is None and uid in self._listed:
+        object of a (re)listing, ADDED, MODIFIED, DELETED. True when it shows a relist that unprimed every loop
+        (the caller wakes them all: a loop whose Jobs were all deleted meanwhile gets no event of its own)."""
+        relisted = event_type is None and uid in self._listed and bool(self._primed)
+        if relisted:
             self.relists += 1
             self._primed.clear()
         if event_type == "DELETED":
@@ -67,15 +69,16 @@ class WatchedJobs:
         else:
             self._listed.add(uid)
         if event_type == "DELETED" and loop not in self._loops:
-            return  # a forgotten loop's Job (the watch delivers every object before its deletion)
+            return relisted  # a forgotten loop's Job (the watch delivers every object before its deletion)
         entries = self._loops.setdefault(loop, {})
         current = entries.get(uid)
         if current is not None and current.body is not None and event_type != "DELETED":
             old, new = resource_version(current.body), resource_version(body)
             if old is not None and new is not None and new < old:
-                return  # an event older than what a LIST already gave
+                return relisted  # an event older than what a LIST already gave
         self._seq += 1
         entries[uid] = _Entry(self._seq, None if event_type == "DELETED" else dict(body))
+        return relisted
 
     def jobs(self, loop: LoopKey) -> list[dict[str, Any]] | None:
         """The loop's Jobs, None when the cache is not primed for it (a reconcile must LIST first)."""

@@ -60,8 +60,15 @@ def test_wakeups_pass_a_jobs_first_sight_and_its_changes_and_drop_repeats() -> N
         wakeups.job_event("ml", "demo", "u1", job_fingerprint(state))
         for state in (CREATED, STARTED, READY, TERMINATING, CRITERIA_MET, SUCCEEDED, COMPLETE, COMPLETE)
     ]
-    assert seen == [True, True, True, True, False, False, True, False]
+    assert seen == [False, True, True, True, False, False, True, False], "the Job just created does not wake"
     assert event.is_set()
+
+
+def test_a_new_job_something_already_happened_to_wakes() -> None:
+    """After a restart, or a Job created suspended (Kueue): its first sight is news."""
+    wakeups = Wakeups()
+    assert wakeups.job_event("ml", "demo", "u1", job_fingerprint(STARTED))
+    assert wakeups.job_event("ml", "demo", "u2", job_fingerprint({**CREATED, "spec": {"suspend": True}}))
 
 
 def test_a_deleted_job_always_wakes_and_is_forgotten() -> None:

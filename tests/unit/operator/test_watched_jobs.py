@@ -71,7 +71,8 @@ def test_a_relist_after_the_watch_expired_makes_every_loop_list_again() -> None:
     watched.replace(LOOP, [job("a", 5), job("b", 6)], watched.mark())
     watched.replace(other, [], watched.mark())
     assert watched.relists == 0
-    watched.seen(None, LOOP, "uid-a", job("a", 5))  # the relist shows a again; b was deleted meanwhile
+    assert watched.seen(None, LOOP, "uid-a", job("a", 5)), "the relist shows a again; b was deleted meanwhile"
+    assert not watched.seen(None, LOOP, "uid-a", job("a", 5)), "one relist wakes the loops once"
     assert watched.relists == 1
     assert watched.jobs(LOOP) is None and watched.jobs(other) is None
     assert names(watched.replace(LOOP, [job("a", 5)], watched.mark())) == ["a"]
