@@ -161,9 +161,13 @@ def test_a_loop_on_fake_gpu_nodes_walks_every_stage_rejects_without_data_and_sto
     assert container["command"] == ["python", "-m", "sil_stages", "optimize"]
     pods = control_plane.get_json("pods", "-n", namespace, "-l", "job-name=walk-1-optimize")["items"]
     assert pods[0]["spec"]["nodeName"].startswith("kwok-gpu"), "scheduled on a fake GPU node"
-    reasons = [e["reason"] for e in events(control_plane, namespace, "walk")]
+    posted = events(control_plane, namespace, "walk")
+    reasons = [e["reason"] for e in posted]
     for reason in ("IterationStarted", "StageStarted", "StageSucceeded", "Rejected", "Completed"):
         assert reason in reasons, reasons
+    said = [(e["reason"], e["message"]) for e in posted for _ in range(int(e.get("count") or 1))]
+    assert sorted(said) == sorted(set(said)), "no event posted twice (a reconcile planning from a stale status would)"
+    assert reasons.count("StageStarted") == reasons.count("StageSucceeded") == 8
     printed = control_plane.kubectl("get", "sil", "walk", "-n", namespace).stdout
     assert "Succeeded" in printed.splitlines()[1]
 
