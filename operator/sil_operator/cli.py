@@ -228,6 +228,11 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     import sil_operator.kube.handlers  # noqa: F401  (registers the handlers)
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
+    if not args.verbose:
+        # kopf logs "Handler '...' succeeded." at INFO for every watch event it hands to a handler: ~9 lines per
+        # stage transition, most of them the operator's own status patches coming back (bench/scale.py). Its
+        # warnings and errors (a handler that failed, a daemon that would not stop) still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.metrics_port:
         os.environ["SIL_METRICS_PORT"] = str(args.metrics_port)
         os.environ["SIL_METRICS_ADDRESS"] = args.metrics_address
