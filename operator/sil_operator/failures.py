@@ -9,6 +9,7 @@ one line. Pure: no I/O, so the table tests pin every classification and the sche
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -22,6 +23,10 @@ DEGRADED = "Degraded"
 
 BACKOFF_BASE_SECONDS = 5.0
 BACKOFF_CAP_SECONDS = 300.0
+UNREACHABLE_CAP_SECONDS = 10.0
+"""The longest pause after a reconcile that failed because the API server did not answer: an outage heals by
+itself (a restart, a leader change of etcd), so the loops must notice within seconds once it is back, not wait out
+a five-minute backoff earned during it."""
 
 
 class LoopProblem(Exception):
@@ -43,6 +48,12 @@ class StageInputUnreadable(LoopProblem):
 
     reason = "StageInputUnreadable"
     permanent = True
+
+
+class ApiServerUnreachable(LoopProblem):
+    """The Kubernetes API server did not answer (connection refused or reset, 502/503/504): it heals by itself."""
+
+    reason = "APIServerUnreachable"
 
 
 class SecretUnavailable(LoopProblem):
@@ -89,6 +100,24 @@ def backoff_seconds(failures: int, base: float = BACKOFF_BASE_SECONDS, cap: floa
     if failures < 1:
         return 0.0
     return min(cap, base * 2.0 ** min(failures - 1, 32))
+
+
+def retry_delay(failure: Failure, failures: int, spread: float) -> float | None:
+    """Seconds before the next try after the `failures`-th failure in a row; None when only a spec change helps.
+
+    The backoff schedule, capped at UNREACHABLE_CAP_SECONDS when the API server was unreachable, then scaled into
+    [50 %, 100 %] by `spread` (in [0, 1), see `spread_of`): after an outage every loop failed at once, and without
+    a spread they would all retry in the same second ("equal jitter").
+    """
+    if failure.permanent:
+        return None
+    cap = UNREACHABLE_CAP_SECONDS if failure.reason == ApiServerUnreachable.reason else BACKOFF_CAP_SECONDS
+    return backoff_seconds(failures, cap=cap) * (0.5 + 0.5 * min(max(spread, 0.0), 1.0))
+
+
+def spread_of(key: str) -> float:
+    """A fraction in [0, 1) fixed by `key` (e.g. namespace/name/failures): loops spread, a test can predict it."""
+    return zlib.crc32(key.encode()) / 2**32
 
 
 def degraded(status: LoopStatus, failure: Failure | None, now: datetime, generation: int) -> LoopStatus:

@@ -9,7 +9,8 @@ stage transition) and raised the operator's CPU per transition from 0.10 to 0.17
 (no GET or LIST per wake) the pool is what a handoff waits for: on the same machine 32 threads cut the 100-loop
 handoff p50 from 5.9 to 1.1 s but drained the loops later (the API server's cores went to the operator's writes).
 Create treats 409 (already exists) as success and delete treats 404 as success: with deterministic names that is
-what makes a replayed action harmless.
+what makes a replayed action harmless. A call the API server does not answer (connection refused or reset, 502,
+503, 504) raises `ApiServerUnreachable`, whose retry is capped at seconds (`failures.retry_delay`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 from sil_operator.api.spec import API_GROUP, API_VERSION
 from sil_operator.crd import PLURAL
+from sil_operator.failures import ApiServerUnreachable
 from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_KIND, JOBSET_PLURAL, JOBSET_VERSION
 from sil_operator.kube.objects import LABEL_LOOP
 
@@ -47,6 +49,26 @@ def api_threads(environ: dict[str, str] | None = None) -> int:
     if value < 1:
         raise ValueError(f"{API_THREADS_ENV}={raw!r}: expected at least 1 thread")
     return value
+
+
+UNREACHABLE_STATUSES = frozenset({502, 503, 504})
+"""What a proxy or an API server that is starting or stopping answers: nothing about the request itself."""
+
+
+def unreachable(error: BaseException) -> bool:
+    """True when `error` says the API server did not answer, not that it refused the request."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(error, ApiException):
+        return error.status in UNREACHABLE_STATUSES
+    return isinstance(error, Urllib3Error | ConnectionError)
+
+
+def _short(error: BaseException) -> str:
+    """The error's first line, without urllib3's repeated pool description."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @dataclass
@@ -73,9 +95,14 @@ class KubeApi:
 
     async def _call(self, function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Runs one blocking client call on the client's own thread pool."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, functools.partial(function, *args, **kwargs)
-        )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, functools.partial(function, *args, **kwargs)
+            )
+        except Exception as error:
+            if unreachable(error):
+                raise ApiServerUnreachable(f"the Kubernetes API server did not answer: {_short(error)}") from error
+            raise
 
     @staticmethod
     def from_kubeconfig(path: str | None = None) -> KubeApi:

@@ -35,11 +35,12 @@ from sil_operator.failures import (
     Failure,
     SecretUnavailable,
     StageImageMissing,
-    backoff_seconds,
     classify,
     degraded,
     failed_for_good,
     is_degraded,
+    retry_delay,
+    spread_of,
 )
 from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
@@ -295,7 +296,7 @@ class Controller:
                 await self._show_failure(body, failure)
         except Exception:  # the API itself may be what failed: the retry shows it later
             log.exception("cannot record the failure on %s/%s", namespace, name)
-        return None if failure.permanent else backoff_seconds(count)
+        return retry_delay(failure, count, spread_of(f"{namespace}/{name}/{count}"))
 
     async def _show_failure(self, body: Mapping[str, Any], failure: Failure) -> None:
         meta = body["metadata"]

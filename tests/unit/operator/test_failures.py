@@ -9,6 +9,7 @@ import pytest
 
 from sil_operator.api.status import Condition, LoopPhase, LoopStatus
 from sil_operator.failures import (
+    ApiServerUnreachable,
     Failure,
     PromotionCheckFailed,
     SecretUnavailable,
@@ -18,6 +19,8 @@ from sil_operator.failures import (
     degraded,
     failed_for_good,
     is_degraded,
+    retry_delay,
+    spread_of,
 )
 from sil_operator.manifests import ManifestUnreadable
 from sil_operator.planner import set_conditions
@@ -26,6 +29,7 @@ from sil_stages.core.store import StoreError
 from .builders import T0
 
 CLASSIFIED = {
+    "api server unreachable": (ApiServerUnreachable("connection refused"), "APIServerUnreachable", False),
     "no stage image": (StageImageMissing("spec.runtime.image: set it"), "StageImageMissing", True),
     "missing secret": (SecretUnavailable("Secret ml/token: Not Found (404)"), "SecretUnavailable", False),
     "promotion check": (PromotionCheckFailed("optimize manifest changed"), "PromotionCheckFailed", False),
@@ -59,6 +63,36 @@ def test_an_unknown_error_names_its_type_and_where_to_look() -> None:
 )
 def test_backoff_doubles_from_5_seconds_to_a_cap_of_5_minutes(failures: int, seconds: float) -> None:
     assert backoff_seconds(failures) == seconds
+
+
+@pytest.mark.parametrize(
+    ("failures", "spread", "seconds"),
+    [(1, 0.0, 2.5), (1, 0.5, 3.75), (2, 0.999, 9.995), (7, 0.0, 150.0), (7, 0.5, 225.0), (50, 0.5, 225.0)],
+)
+def test_a_retry_waits_between_half_and_all_of_the_backoff_as_the_spread_says(
+    failures: int, spread: float, seconds: float
+) -> None:
+    assert retry_delay(classify(StoreError("s3://b: slow")), failures, spread) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("failures", "spread", "seconds"), [(1, 0.0, 2.5), (2, 0.5, 7.5), (3, 0.0, 5.0), (9, 0.5, 7.5)]
+)
+def test_an_unreachable_api_server_is_retried_within_10_seconds_however_long_the_outage(
+    failures: int, spread: float, seconds: float
+) -> None:
+    assert retry_delay(classify(ApiServerUnreachable("refused")), failures, spread) == pytest.approx(seconds)
+
+
+def test_a_permanent_failure_is_not_retried() -> None:
+    assert retry_delay(classify(StageImageMissing("spec.runtime.image: set it")), 1, 0.5) is None
+
+
+def test_the_spread_is_a_fraction_fixed_by_the_key_and_different_across_loops() -> None:
+    spreads = [spread_of(f"ml/loop-{i}/3") for i in range(200)]
+    assert all(0.0 <= s < 1.0 for s in spreads)
+    assert spread_of("ml/loop-7/3") == spreads[7]
+    assert min(spreads) < 0.1 and max(spreads) > 0.9, "200 loops spread over the whole range"
 
 
 def _degraded_of(status: LoopStatus) -> tuple[str, str, str] | None:
