@@ -226,6 +226,7 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
     import kopf
 
     import sil_operator.kube.handlers  # noqa: F401  (registers the handlers)
+    from sil_operator.metrics import OperatorMetrics
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
@@ -233,9 +234,13 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
         # stage transition, most of them the operator's own status patches coming back (bench/scale.py). Its
         # warnings and errors (a handler that failed, a daemon that would not stop) still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.metrics_port:
-        os.environ["SIL_METRICS_PORT"] = str(args.metrics_port)
-        os.environ["SIL_METRICS_ADDRESS"] = args.metrics_address
+    # /metrics is served from the start, by followers too (a ServiceMonitor scrapes every replica; a follower shows
+    # selfimprove_operator_leader 0), and handed to the handlers through kopf's memo.
+    metrics = OperatorMetrics()
+    metrics.leading(not args.leader_elect)
+    port = args.metrics_port or int(os.environ.get("SIL_METRICS_PORT") or 0)
+    if port:
+        metrics.serve(port, os.environ.get("SIL_METRICS_ADDRESS") or args.metrics_address)
     elector = None
     if args.leader_elect:
         namespace = args.leader_election_namespace or _own_namespace(args.namespace)
@@ -250,12 +255,14 @@ def cmd_operator(args: argparse.Namespace, console: Console) -> int:
             elector = _lead(namespace, args.leader_election_id, args.liveness)
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
+        metrics.leading(True)
     try:
         kopf.run(
             standalone=True,
             clusterwide=not args.namespace,
             namespaces=list(args.namespace),
             liveness_endpoint=args.liveness or None,
+            memo=kopf.Memo(metrics=metrics),
         )
     finally:
         if elector is not None:

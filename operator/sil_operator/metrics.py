@@ -64,6 +64,11 @@ class OperatorMetrics:
             ["phase"],
             registry=self.registry,
         )
+        self._leader = Gauge(
+            "selfimprove_operator_leader",
+            "1 while this replica leads (acts on loops), 0 while it waits for the Lease; 1 without --leader-elect.",
+            registry=self.registry,
+        )
         self._reconcile_errors = Counter(
             "selfimprove_reconcile_errors_total",
             "Reconciles of a loop that raised an error (they are retried).",
@@ -105,6 +110,9 @@ class OperatorMetrics:
     def gate_measured(self, phase: str) -> None:
         """`phase` is the measurement's GatePhase value."""
         self._measurements.labels(phase=str(phase)).inc()
+
+    def leading(self, leads: bool) -> None:
+        self._leader.set(1.0 if leads else 0.0)
 
     def reconcile_failed(self) -> None:
         self._reconcile_errors.inc()

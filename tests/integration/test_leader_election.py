@@ -55,11 +55,27 @@ class Lease:
         self._api.patch_namespaced_lease(LEASE, self.namespace, {"spec": {"holderIdentity": holder}})
 
 
-def replica(plane: ControlPlane, namespace: str, log: Path, pod_name: str, health_port: int) -> OperatorProcess:
+def replica(
+    plane: ControlPlane, namespace: str, log: Path, pod_name: str, health_port: int, metrics_port: int = 0
+) -> OperatorProcess:
     liveness = ["--liveness", f"http://127.0.0.1:{health_port}/healthz"]
+    metrics = ["--metrics-port", str(metrics_port)] if metrics_port else []
     return OperatorProcess(
-        plane, log, namespace, {"POD_NAME": pod_name}, [*leader_election_args(namespace, LEASE), *liveness]
+        plane, log, namespace, {"POD_NAME": pod_name}, [*leader_election_args(namespace, LEASE), *liveness, *metrics]
     )
+
+
+def leader_gauge(port: int) -> float | None:
+    """selfimprove_operator_leader as the replica's /metrics says it; None when /metrics does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("selfimprove_operator_leader "):
+            return float(line.split()[1])
+    return None
 
 
 def healthy(port: int) -> bool:
@@ -81,15 +97,16 @@ def test_two_replicas_elect_one_leader_and_the_follower_takes_over_within_30_s_o
     control_plane: ControlPlane, namespace: str, tmp_path: Path, job_watch: JobWatch
 ) -> None:
     lease = Lease(control_plane, namespace)
-    ports = free_ports(2)
-    first = replica(control_plane, namespace, tmp_path / "operator-a.log", "operator-a", ports[0])
-    second = replica(control_plane, namespace, tmp_path / "operator-b.log", "operator-b", ports[1])
+    ports = free_ports(4)
+    first = replica(control_plane, namespace, tmp_path / "operator-a.log", "operator-a", ports[0], ports[2])
+    second = replica(control_plane, namespace, tmp_path / "operator-b.log", "operator-b", ports[1], ports[3])
     first.start()
     try:
         wait_until(lambda: lease.holder() == "operator-a", 30, "operator-a to lead\n" + first.log())
         second.start()
         wait_until(lambda: "operator-b is waiting to become the leader" in second.log(), 30, "operator-b to wait")
         wait_until(lambda: healthy(ports[1]), 10, "the follower to answer its liveness probe\n" + second.log())
+        assert (leader_gauge(ports[2]), leader_gauge(ports[3])) == (1.0, 0.0), "both serve /metrics, one leads"
 
         document = kwok_loop(namespace, "ha", tmp_path / "store", maxIterations=1)
         document["spec"]["runtime"]["podAnnotations"] = {"kwok.selfimprove.dev/run-ms": "1500"}
@@ -113,6 +130,7 @@ def test_two_replicas_elect_one_leader_and_the_follower_takes_over_within_30_s_o
 
         wait_until(lambda: phase(control_plane, namespace, "ha") == "Succeeded", 60, "the loop\n" + second.log())
         assert healthy(ports[1]), "the new leader's liveness endpoint (kopf's now) answers on the same port"
+        assert leader_gauge(ports[3]) == 1.0, "the new leader's /metrics says it leads"
     finally:
         first.kill()
         second.stop()

@@ -112,11 +112,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     memo.wakeups = Wakeups()
-    metrics = OperatorMetrics()
-    port = os.environ.get("SIL_METRICS_PORT")
-    if port:
-        metrics.serve(int(port), os.environ.get("SIL_METRICS_ADDRESS", "127.0.0.1"))
-    memo.metrics = metrics
+    metrics = memo.get("metrics")
+    if not isinstance(metrics, OperatorMetrics):  # kopf run without `sil operator`: no /metrics served
+        metrics = memo.metrics = OperatorMetrics()
     memo.controller = Controller(
         api=KubeApi.from_kubeconfig(os.environ.get("KUBECONFIG")),
         emit=_post_event,

@@ -54,6 +54,7 @@ def test_every_name_is_selfimprove_and_counters_end_in_total() -> None:
         "selfimprove_gate_measurements",
         "selfimprove_reconcile_errors",
         "selfimprove_jobs_created",
+        "selfimprove_operator_leader",
     }
     text = metrics.exposition().decode()
     for family in families:
@@ -145,3 +146,11 @@ def test_serve_answers_a_scrape_on_loopback_with_the_exposition() -> None:
         thread.join(10)
     assert "selfimprove_iterations_started_total 1.0" in scraped
     assert 'selfimprove_jobs_created_total{stage="acquire"} 1.0' in scraped
+
+
+def test_the_leader_gauge_says_whether_this_replica_acts() -> None:
+    metrics = OperatorMetrics()
+    metrics.leading(False)
+    assert value(metrics, "selfimprove_operator_leader") == 0
+    metrics.leading(True)
+    assert value(metrics, "selfimprove_operator_leader") == 1
