@@ -35,9 +35,9 @@ PROMETHEUS_DOWN_SECONDS = 12.0
 """Longer than two gate retries after an Error (sil_operator.gates.analysis.ERROR_RETRY_SECONDS = 5)."""
 S3_DOWN_SECONDS = 1.5
 APISERVER_RECOVERY_SECONDS = 180.0
-"""A reconcile that failed while the API server was away waits out its backoff before it tries again
-(sil_operator.failures: 5 s, doubled per failure in a row, so 5 + 10 + 20 + 40 s after four failures), and a
-restarted API server on a loaded machine takes seconds to serve again: recoveries measured 1.5 to 57.5 s."""
+"""A bound, not a schedule: a reconcile that failed while the API server was away waits at most 10 s before it
+tries again (sil_operator.failures.UNREACHABLE_CAP_SECONDS; before that cap, recoveries measured 1.5 to 57.5 s),
+and a restarted API server on a loaded machine takes seconds to serve again."""
 
 _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chaos-spawner")
 """Starts every restarted process. The servers' processes get SIGKILL when the thread that started them ends
