@@ -110,33 +110,47 @@ class LoopMemory:
 
 
 @dataclass
+class LoopState:
+    """Everything the operator keeps about one loop between reconciles, in one place: dropped as a whole when the
+    loop goes (`Controller.forget`), and harmless to lose (a restarted operator rebuilds it from the API)."""
+
+    spec: tuple[str, int, SelfImprovementLoop] | None = None
+    """The parsed spec with the uid and generation it was parsed at (see `Controller._parse`)."""
+    memory: LoopMemory | None = None
+    """The loop's store, manifest cache and pending measurements."""
+    phase: str | None = None
+    """The status phase last written: the selfimprove_loops gauge counts these."""
+    failures: int = 0
+    """Failed reconciles in a row: the backoff schedule's position (reset by a success)."""
+    credentials: tuple[tuple[str, int], S3Credentials] | None = None
+    """The credentials Secret's name and the generation it was read for, and its keys."""
+    verified_secret: tuple[str, int] | None = None
+    """The credentials Secret's name and the generation it was last seen to exist at."""
+    written: dict[str, Any] | None = None
+    """The loop as the operator's own last status patch returned it (see `Controller._loop_body`)."""
+
+
+@dataclass
 class Controller:
     api: KubeApi
     emit: EmitEvent
     default_image: str | None = None
     clock: Callable[[], datetime] = utcnow
     metrics: OperatorMetrics | None = None
-    memory: dict[tuple[str, str], LoopMemory] = field(default_factory=dict)
-    phases: dict[tuple[str, str], str] = field(default_factory=dict)
+    loops: dict[tuple[str, str], LoopState] = field(default_factory=dict)
+    """Per loop (namespace, name): what the operator keeps between its reconciles."""
     ca_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sil-operator-ca-")))
     offload: Offload = field(default_factory=Offload)
     discovery: ApiDiscovery = field(default_factory=ApiDiscovery)
     jobsets_enabled: bool = True
     """False where the operator may not use JobSets (the chart's jobset.enabled false: no RBAC for them)."""
-    failures: dict[tuple[str, str], int] = field(default_factory=dict)
-    """Failed reconciles in a row, per loop: the backoff schedule's position (reset by a success)."""
-    specs: dict[tuple[str, str], tuple[str, int, SelfImprovementLoop]] = field(default_factory=dict)
-    """The parsed spec per loop with the uid and generation it was parsed at (see `_parse`)."""
     s3_clients: S3Clients = field(default_factory=S3Clients)
     """One S3 client per endpoint for all loops' Stores (a client per loop cost ~12 MB each: bench/scale.py)."""
-    store_credentials: dict[tuple[str, str], tuple[tuple[str, int], S3Credentials]] = field(default_factory=dict)
-    """Per loop: the credentials Secret's name and the generation it was read for, and its keys."""
     watched: WatchedJobs = field(default_factory=WatchedJobs)
     """The loops' Jobs and JobSets as the watches delivered them (handlers feed it): no LIST per reconcile."""
-    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    """Per loop: the loop as the operator's own last status patch returned it (see `_loop_body`)."""
-    verified_secrets: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
-    """Per loop: the credentials Secret's name and the generation it was last seen to exist at."""
+
+    def _state(self, key: tuple[str, str]) -> LoopState:
+        return self.loops.setdefault(key, LoopState())
 
     async def reconcile(self, namespace: str, name: str, seen: Mapping[str, Any] | None = None) -> ReconcileResult:
         """One reconcile of the loop. `seen` is the loop as its watch last delivered it (the daemon's live body):
@@ -155,21 +169,15 @@ class Controller:
             return await self._reconcile_parsed(namespace, name, body, loop)
         except StoreError:
             # Keys rotated in the Secret (same generation) show up as store errors: read the Secret again next time.
-            self.store_credentials.pop(key, None)
-            self.verified_secrets.pop(key, None)
+            state = self._state(key)
+            state.credentials = state.verified_secret = None
             raise
 
     def forget(self, namespace: str, name: str) -> None:
         """Drops what the operator keeps about a loop that is gone (or whose daemon stopped: losing it is
         harmless, the next reconcile lists its Jobs again)."""
         key = (namespace, name)
-        self.memory.pop(key, None)
-        self.specs.pop(key, None)
-        self.phases.pop(key, None)
-        self.failures.pop(key, None)
-        self.store_credentials.pop(key, None)
-        self.written.pop(key, None)
-        self.verified_secrets.pop(key, None)
+        self.loops.pop(key, None)
         self.watched.forget(key)
         self.offload.forget(key)
         self._count_phases()
@@ -181,7 +189,8 @@ class Controller:
         same events twice). A GET only when there is no watched body or the two cannot be ordered."""
         key = (namespace, name)
         if seen is not None:
-            fresher = _freshest(seen, self.written.get(key))
+            known = self.loops.get(key)
+            fresher = _freshest(seen, known.written if known else None)
             if fresher is not None:
                 return fresher
         return await self.api.get_loop(namespace, name)
@@ -226,7 +235,7 @@ class Controller:
             await self._execute(action, loop, identity, store, memory)
         result = self._recovered(key, result, ref.generation)
         await self._save(body, status_from_body(body), result)
-        self.phases[(namespace, name)] = result.status.phase.value
+        self._state(key).phase = result.status.phase.value
         self._count_phases()
         requeue = result.requeue_after
         if any(isinstance(action, StartStage) for action in result.actions):
@@ -243,11 +252,11 @@ class Controller:
         key = (namespace, name)
         meta = body["metadata"]
         at = (str(meta.get("uid", "")), int(meta.get("generation", 1)))
-        cached = self.specs.get(key)
-        if cached is not None and cached[:2] == at:
-            return cached[2]
+        state = self._state(key)
+        if state.spec is not None and state.spec[:2] == at:
+            return state.spec[2]
         loop = parse_loop({k: v for k, v in body.items() if k != "status"}, f"{namespace}/{name}")
-        self.specs[key] = (*at, loop)
+        state.spec = (*at, loop)
         for deprecated in loop.spec.deprecations():  # once per generation (and per operator start)
             self._emit(body, Event("Warning", "DeprecatedField", deprecated))
         return loop
@@ -259,11 +268,11 @@ class Controller:
         """The loop's memory; started afresh when its storage settings or credentials changed."""
         storage = loop.spec.storage
         options = StorageOptions(uri=storage.uri, endpoint=storage.endpoint, region=storage.region)
-        memory = self.memory.get((namespace, name))
+        state = self._state((namespace, name))
+        memory = state.memory
         if memory is None or memory.options != options or memory.credentials != credentials:
             store = Store(options, OPERATOR_STORE_TIMEOUTS, self.s3_clients, credentials)
-            memory = LoopMemory(options, ManifestCache(store, storage.uri), credentials=credentials)
-            self.memory[(namespace, name)] = memory
+            memory = state.memory = LoopMemory(options, ManifestCache(store, storage.uri), credentials=credentials)
         return memory
 
     def _metrics(self, memory: LoopMemory, iteration: int, stage: str) -> Mapping[str, float] | None:
@@ -284,8 +293,9 @@ class Controller:
         change can help (the loop is then Failed)."""
         key = (namespace, name)
         failure = classify(error)
-        count = self.failures.get(key, 0) + 1
-        self.failures[key] = count
+        state = self._state(key)
+        state.failures += 1
+        count = state.failures
         if failure.reason == "ReconcileError":
             log.error("reconcile of %s/%s failed: %s", namespace, name, failure.message, exc_info=error)
         else:
@@ -314,12 +324,12 @@ class Controller:
         was = is_degraded(before)
         if was is None or was.reason != failure.reason or failure.permanent:
             self._emit(body, Event("Warning", failure.reason, failure.message))
-        self.phases[(meta["namespace"], meta["name"])] = after.phase.value
+        self._state((meta["namespace"], meta["name"])).phase = after.phase.value
         self._count_phases()
 
     def _recovered(self, key: tuple[str, str], result: Plan, generation: int) -> Plan:
         """A successful reconcile: the backoff starts over and a Degraded condition turns False."""
-        self.failures.pop(key, None)
+        self._state(key).failures = 0
         healed = degraded(result.status, None, self.clock(), generation)
         if healed == result.status:
             return result
@@ -421,9 +431,9 @@ class Controller:
         if secret is None or not is_remote(loop.spec.storage.uri):
             return None
         key = (namespace, loop.metadata.name)
-        cached = self.store_credentials.get(key)
-        if cached is not None and cached[0] == (secret, generation):
-            return cached[1]
+        state = self._state(key)
+        if state.credentials is not None and state.credentials[0] == (secret, generation):
+            return state.credentials[1]
         try:
             data = await self.api.read_secret(namespace, secret)
         except KeyError as error:
@@ -440,8 +450,8 @@ class Controller:
         credentials = S3Credentials(
             data["AWS_ACCESS_KEY_ID"], data["AWS_SECRET_ACCESS_KEY"], data.get("AWS_SESSION_TOKEN") or None
         )
-        self.store_credentials[key] = ((secret, generation), credentials)
-        self.verified_secrets[key] = (secret, generation)  # read just now: it exists
+        state.credentials = ((secret, generation), credentials)
+        state.verified_secret = (secret, generation)  # read just now: it exists
         return credentials
 
     async def _require_credentials(self, loop: SelfImprovementLoop, identity: LoopIdentity) -> None:
@@ -454,7 +464,8 @@ class Controller:
             return
         key = (identity.namespace, identity.name)
         at = (secret, loop.metadata.generation)
-        if self.verified_secrets.get(key) == at:
+        state = self._state(key)
+        if state.verified_secret == at:
             return
         problem = await self.api.secret_problem(identity.namespace, secret)
         if problem is not None:
@@ -462,7 +473,7 @@ class Controller:
                 f"spec.storage.credentialsSecret: {problem}; create it with AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, or fix the name"
             )
-        self.verified_secrets[key] = at
+        state.verified_secret = at
 
     async def _provider(self, loop: SelfImprovementLoop, identity: LoopIdentity, store: Store) -> MetricsProvider:
         """Prometheus (token and CA read from the loop's Secrets) when the spec names it, else the manifests.
@@ -521,7 +532,7 @@ class Controller:
 
     def _count_phases(self) -> None:
         if self.metrics:
-            self.metrics.set_loop_phases(Counter(self.phases.values()))
+            self.metrics.set_loop_phases(Counter(state.phase for state in self.loops.values() if state.phase))
 
     async def _save(self, body: Mapping[str, Any], before: LoopStatus, result: Plan) -> None:
         meta = body["metadata"]
@@ -534,7 +545,8 @@ class Controller:
 
     async def _patch_status(self, namespace: str, name: str, status: LoopStatus) -> None:
         """The one status write of a reconcile; the loop it returns is remembered until the watch catches up."""
-        self.written[(namespace, name)] = await self.api.patch_loop_status(namespace, name, status_to_patch(status))
+        written = await self.api.patch_loop_status(namespace, name, status_to_patch(status))
+        self._state((namespace, name)).written = written
 
     def _emit(self, body: Mapping[str, Any], event: Event) -> None:
         try:
