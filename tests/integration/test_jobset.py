@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sil_operator.kube.jobset import JOBSET_NAME_LABEL
 from sil_stages.core.contract import StorageOptions, stage_uri
 from sil_stages.core.manifest import StageOutputs
 from sil_stages.core.store import Store
@@ -196,3 +197,47 @@ def test_engine_jobset_without_jobsets_served_shows_an_error_naming_the_engine_f
     assert "install JobSet" in shown["message"]
     jobs = {j["metadata"]["name"] for j in control_plane.get_json("jobs", "-n", namespace)["items"]}
     assert jobs == {"nojs-1-acquire", "nojs-1-select"}, "nothing is started in its place"
+
+
+def test_a_jobset_whose_pod_cannot_start_shows_the_waiting_reason_on_the_loop_as_a_job_would(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, jobset_crd: None
+) -> None:
+    """The JobSet controller's place again: it made a child Job whose pod waits on an image that cannot be pulled
+    (kwok plays the kubelet). The operator finds the pod by the JobSet's label, not the Job name it never saw."""
+    with running_operator(control_plane, namespace, tmp_path / "operator.log") as operator:
+        apply(control_plane, multi_node_loop(namespace, "nopull", tmp_path / "store"))
+        wait_until(
+            lambda: jobset_exists(control_plane, namespace, "nopull-1-optimize"),
+            90,
+            "the optimize JobSet\n" + operator.log(),
+        )
+        jobset = json.loads(
+            control_plane.kubectl("get", JOBSETS, "nopull-1-optimize", "-n", namespace, "-o", "json").stdout
+        )
+        template = jobset["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "nopull-1-optimize-node-0-0-abcde",
+                "namespace": namespace,
+                "labels": {**(template["metadata"].get("labels") or {}), JOBSET_NAME_LABEL: "nopull-1-optimize"},
+                "annotations": {
+                    **(template["metadata"].get("annotations") or {}),
+                    "kwok.selfimprove.dev/waiting-reason": "ImagePullBackOff",
+                },
+            },
+            "spec": {**template["spec"], "restartPolicy": "Never"},
+        }
+        control_plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        set_status(control_plane, namespace, "nopull-1-optimize", {"replicatedJobsStatus": running(0)})
+
+        def shown() -> bool:
+            stage = optimize_status(control_plane, namespace, "nopull")
+            return stage.get("reason") == "ImagePullBackOff"
+
+        wait_until(shown, 60, "the loop to show ImagePullBackOff\n" + operator.log())
+    stage = optimize_status(control_plane, namespace, "nopull")
+    assert "nopull-1-optimize-node-0-0-abcde" in stage["message"], stage
+    reasons = [e["reason"] for e in events(control_plane, namespace, "nopull")]
+    assert reasons.count("StageBlocked") == 1, reasons

@@ -27,7 +27,7 @@ from typing import Any
 from sil_operator.api.spec import API_GROUP, API_VERSION
 from sil_operator.crd import PLURAL
 from sil_operator.failures import ApiServerUnreachable
-from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_KIND, JOBSET_PLURAL, JOBSET_VERSION
+from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_KIND, JOBSET_NAME_LABEL, JOBSET_PLURAL, JOBSET_VERSION
 from sil_operator.kube.objects import LABEL_LOOP
 
 log = logging.getLogger("selfimprove.operator")
@@ -197,10 +197,18 @@ class KubeApi:
         selector = f"involvedObject.kind=Job,involvedObject.name={job},involvedObject.uid={uid},type=Warning"
         return await self._list_for_diagnosis(self.core.list_namespaced_event, namespace, field_selector=selector)
 
-    async def list_job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
-        """The pods of one Job, by the label the Job controller puts on them."""
-        selector = f"batch.kubernetes.io/job-name={job}"
+    async def list_job_pods(self, namespace: str, job: str, jobset: bool = False) -> list[dict[str, Any]]:
+        """The pods of one Job (or of every child Job of a JobSet), by the label their controller puts on them."""
+        selector = f"{JOBSET_NAME_LABEL}={job}" if jobset else f"batch.kubernetes.io/job-name={job}"
         return await self._list_for_diagnosis(self.core.list_namespaced_pod, namespace, label_selector=selector)
+
+    async def list_jobset_child_events(self, namespace: str, jobset: str) -> list[dict[str, Any]]:
+        """The Warning events of a JobSet's child Jobs (named `<jobset>-<replicated job>-<index>`; a field selector
+        cannot match a prefix, so the namespace's Job Warnings are filtered here). Read only for a stuck JobSet."""
+        selector = "involvedObject.kind=Job,type=Warning"
+        events = await self._list_for_diagnosis(self.core.list_namespaced_event, namespace, field_selector=selector)
+        prefix = f"{jobset}-"
+        return [e for e in events if str((e.get("involvedObject") or {}).get("name", "")).startswith(prefix)]
 
     async def _list_for_diagnosis(self, list_call: Any, namespace: str, **selector: str) -> list[dict[str, Any]]:
         """A read that only explains a stage: when it is forbidden (RBAC without pods/events list), the loop goes

@@ -46,7 +46,7 @@ from sil_operator.gates.providers import ManifestProvider, MetricsProvider
 from sil_operator.kube.client import KubeApi
 from sil_operator.kube.discovery import ApiDiscovery
 from sil_operator.kube.engines import choose_engine, stage_objects
-from sil_operator.kube.jobset import JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, as_job
+from sil_operator.kube.jobset import FROM_JOBSET, JOBSET_GROUP, JOBSET_PLURAL, JOBSET_VERSION, as_job
 from sil_operator.kube.objects import LoopIdentity, engine_field, stage_configmap, stage_nodes
 from sil_operator.kube.observe import (
     DIAGNOSE_AFTER_SECONDS,
@@ -344,16 +344,19 @@ class Controller:
         findings: dict[str, Finding] = {}
         for job in jobs:
             meta = job["metadata"]
+            jobset = bool(job.get(FROM_JOBSET))  # a JobSet's pods and events are its child Jobs'
             found: Finding | None = None
             if needs_diagnosis(job, self.clock()):
                 if has_pods(job):
-                    found = finding_from_pods(await self.api.list_job_pods(namespace, meta["name"]))
+                    found = finding_from_pods(await self.api.list_job_pods(namespace, meta["name"], jobset))
+                elif jobset:
+                    found = finding_from_events(await self.api.list_jobset_child_events(namespace, meta["name"]))
                 else:
                     found = finding_from_events(await self.api.list_job_events(namespace, meta["name"], meta["uid"]))
             elif rejected_input(job) and status.phase not in TERMINAL_PHASES:
-                found = termination_message(await self.api.list_job_pods(namespace, meta["name"]))
+                found = termination_message(await self.api.list_job_pods(namespace, meta["name"], jobset))
             elif job_failed(job) and status.phase not in TERMINAL_PHASES:
-                found = oom_killed(await self.api.list_job_pods(namespace, meta["name"]))
+                found = oom_killed(await self.api.list_job_pods(namespace, meta["name"], jobset))
             if found is not None:
                 findings[meta["name"]] = found
         return findings

@@ -162,6 +162,12 @@ def _max_restarts(jobset: Mapping[str, Any]) -> int:
     return int(((jobset.get("spec") or {}).get("failurePolicy") or {}).get("maxRestarts") or 0)
 
 
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+"""The label the JobSet controller puts on a JobSet's child Jobs and their pods."""
+FROM_JOBSET = "fromJobSet"
+"""Key of `as_job`'s answer marking it as a JobSet's view: its pods are found by JOBSET_NAME_LABEL, not job-name."""
+
+
 def as_job(jobset: Mapping[str, Any]) -> dict[str, Any]:
     """The JobSet as the batch/v1 Job kube/observe.py reads: same metadata (labels, run and attempt annotations),
     its terminal condition as the Job's, its restarts as failed pods and maxRestarts as backoffLimit (so a failed
@@ -189,6 +195,7 @@ def as_job(jobset: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
+        FROM_JOBSET: True,
         "metadata": meta,
         "spec": {"backoffLimit": _max_restarts(jobset), "suspend": bool((jobset.get("spec") or {}).get("suspend"))},
         "status": {
