@@ -241,3 +241,42 @@ def test_a_jobset_whose_pod_cannot_start_shows_the_waiting_reason_on_the_loop_as
     assert "nopull-1-optimize-node-0-0-abcde" in stage["message"], stage
     reasons = [e["reason"] for e in events(control_plane, namespace, "nopull")]
     assert reasons.count("StageBlocked") == 1, reasons
+
+
+def test_jobsets_installed_while_the_operator_runs_are_followed_by_their_watch(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """The operator starts where JobSets are not served; the JobSet CRD is installed afterwards. The loop's JobSet
+    is created, and its completion is followed within REACT_SECONDS, well under the 30 s resync: by the watch kopf
+    started when the CRD appeared."""
+    assert control_plane.kubectl("get", "crd", CRD_NAME, check=False).returncode != 0, "no JobSet CRD yet"
+    store = tmp_path / "store"
+    with running_operator(control_plane, namespace, tmp_path / "operator.log") as operator:
+        wait_until(lambda: "watching jobset.x-k8s.io" in operator.log(), 60, "the operator to start\n" + operator.log())
+        control_plane.kubectl("apply", "--server-side", "-f", str(CRD))
+        try:
+            control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd", CRD_NAME)
+            apply(control_plane, multi_node_loop(namespace, "late", store))
+            wait_until(
+                lambda: jobset_exists(control_plane, namespace, "late-1-optimize"),
+                90,
+                "the optimize JobSet\n" + operator.log(),
+            )
+            set_status(control_plane, namespace, "late-1-optimize", {"restarts": 0, "replicatedJobsStatus": running(1)})
+            outputs = StageOutputs(Store(StorageOptions(uri=store.as_uri())), stage_uri(store.as_uri(), 1, "optimize"))
+            outputs.write_text("checkpoint/config.json", "{}")
+            outputs.seal(stage="optimize", loop="late", iteration=1, metrics={"world_size": 2.0})
+            completed = condition("Completed", "AllJobsCompleted", "jobset completed successfully")
+            set_status(
+                control_plane,
+                namespace,
+                "late-1-optimize",
+                {"restarts": 0, "terminalState": "Completed", "conditions": [completed]},
+            )
+            wait_until(
+                lambda: optimize_status(control_plane, namespace, "late").get("phase") == "Succeeded",
+                REACT_SECONDS,
+                "optimize to succeed through the JobSet watch\n" + operator.log(),
+            )
+        finally:
+            control_plane.kubectl("delete", "crd", CRD_NAME, "--wait=true", "--timeout=60s", check=False)

@@ -122,19 +122,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         metrics=metrics,
         jobsets_enabled=os.environ.get("SIL_JOBSETS", "enabled") != "disabled",
     )
-    await _watch_jobsets_if_served(memo.controller)
+    await _watch_jobsets_if_enabled(memo.controller)
 
 
-async def _watch_jobsets_if_served(controller: Controller) -> None:
-    """Registers the JobSet watch only where the API server serves JobSets (asked once, at startup: kopf starts
-    its watches after the startup handlers). Elsewhere the operator never touches the JobSet API, and needs no
-    RBAC for it; a JobSet installed later is used (discovery is asked again each minute) but its changes are
-    noticed only on the resync period until the operator restarts."""
-    if await controller.jobset_served():
-        kopf.on.event(JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL, labels={LABEL_MANAGED_BY: MANAGED_BY})(
-            stage_jobset_changed
-        )
-        log.info("JobSets are served: watching %s/%s %s", JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
+async def _watch_jobsets_if_enabled(controller: Controller) -> None:
+    """Registers the JobSet watch unless JobSets are disabled (the chart's jobset.enabled false: no RBAC for them).
+
+    Registered whether or not the API server serves JobSets yet: kopf's scanning (the chart grants its CRD
+    list/watch) starts the watch when the JobSet CRD is installed, so a JobSet installed while the operator runs
+    is followed by its watch, not only on the resync period. Until then kopf logs once that the resource is not
+    served; where JobSets are disabled the operator never touches their API."""
+    if not controller.jobsets_enabled:
+        return
+    kopf.on.event(JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL, labels={LABEL_MANAGED_BY: MANAGED_BY})(
+        stage_jobset_changed
+    )
+    log.info("watching %s/%s %s once they are served", JOBSET_GROUP, JOBSET_VERSION, JOBSET_PLURAL)
 
 
 @kopf.daemon(API_GROUP, API_VERSION, PLURAL, cancellation_timeout=2.0)
