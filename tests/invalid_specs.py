@@ -86,6 +86,9 @@ PASS_AT_K = "every k must be at most evaluate.refinement.samples"
 NO_PROMPTS = "acquire.prompts needs uri (a JSONL file of prompts) or generator"
 TWO_SOURCES = "acquire.prompts.generator and acquire.prompts.uri exclude each other"
 NO_POOL = "acquire.prompts.selfInstruct needs acquire.prompts.uri"
+ONE_DATASET_KIND = "a dataset sets exactly one of uri"
+HARNESS_FIRST = "evaluate.datasets[0] must be a JSONL dataset (uri)"
+HARNESS: dict[str, Any] = {"tasks": ["tiny-arith"], "includePath": "file:///data/harness-tasks"}
 SCRATCH = "runtime.scratch needs exactly one of size (an emptyDir) and claimName (a PersistentVolumeClaim)"
 
 INVALID: list[Invalid] = [
@@ -288,6 +291,29 @@ INVALID: list[Invalid] = [
     ),
     # list sizes and uniqueness
     Invalid("no datasets", {"spec.evaluate.datasets": []}, "spec.evaluate.datasets"),
+    Invalid(
+        "a dataset with both uri and harness",
+        {"spec.evaluate.datasets": [_dataset("heldout"), {**_dataset("general"), "harness": HARNESS}]},
+        "spec.evaluate.datasets.1",
+        ONE_DATASET_KIND,
+    ),
+    Invalid(
+        "a dataset with neither uri nor harness",
+        {"spec.evaluate.datasets": [_dataset("heldout"), {"name": "general"}]},
+        "spec.evaluate.datasets.1",
+        ONE_DATASET_KIND,
+    ),
+    Invalid(
+        "a harness entry as the first dataset",
+        {"spec.evaluate.datasets": [{"name": "general", "harness": HARNESS}, _dataset("heldout")]},
+        "spec.evaluate.datasets",
+        HARNESS_FIRST,
+    ),
+    Invalid(
+        "a harness entry without tasks",
+        {"spec.evaluate.datasets": [_dataset("heldout"), {"name": "general", "harness": {**HARNESS, "tasks": []}}]},
+        "spec.evaluate.datasets.1.harness.tasks",
+    ),
     Invalid(
         "17 datasets", {"spec.evaluate.datasets": [_dataset(f"d{i}") for i in range(17)]}, "spec.evaluate.datasets"
     ),

@@ -391,6 +391,12 @@ class EvaluateSpec(ApiModel, Judging):
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         unique_names_rule("datasets", "dataset"),
         CelRule(
+            rule="!has(self.datasets[0].harness)",
+            message="evaluate.datasets[0] must be a JSONL dataset (uri): its greedy accuracy is the primary score; "
+            "put harness entries after it",
+            field_path=".datasets",
+        ),
+        CelRule(
             rule="!has(self.refinement) || !has(self.refinement.passAtK) || "
             "self.refinement.passAtK.all(k, k <= self.refinement.samples)",
             message="evaluate.refinement.passAtK: every k must be at most evaluate.refinement.samples (pass@k "
