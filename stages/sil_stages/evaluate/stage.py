@@ -34,6 +34,11 @@ And the evaluation layer around those scores (see `significance`, `guards`):
   gate reads); the items are in results.json and named in the manifest's `findings` (`<dataset>/contaminated`:
   `<item number>: <prompt>`), which the Rejected event and the end-of-run table show.
 
+Standard benchmarks (`harness`): a dataset entry with `harness` names lm-evaluation-harness tasks of a local folder;
+they are checked before any model is loaded, run on each loaded model, and each task becomes a dataset of its own
+(`dataset=<task>`): `score` per model and the paired `delta`, `delta_ci_low`, `delta_ci_high`, `p_value` of the
+per-item values; results.json's `harness` says per task which metric and filter were compared.
+
 Both models see the same sampling seed, so their difference is the weights, not the dice. When candidate and
 champion are the same URI (iteration 1 before any training, or a no-op), the model is evaluated once.
 
