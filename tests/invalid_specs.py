@@ -292,6 +292,12 @@ INVALID: list[Invalid] = [
     # list sizes and uniqueness
     Invalid("no datasets", {"spec.evaluate.datasets": []}, "spec.evaluate.datasets"),
     Invalid(
+        "a checkpoint-selection validation set that is an evaluation dataset",
+        {"spec.optimize": {"checkpointSelection": {"validationUri": "file:///data/heldout.jsonl"}}},
+        "spec.optimize.checkpointSelection.validationUri",
+        "is an evaluation dataset",
+    ),
+    Invalid(
         "a dataset with both uri and harness",
         {"spec.evaluate.datasets": [_dataset("heldout"), {**_dataset("general"), "harness": HARNESS}]},
         "spec.evaluate.datasets.1",

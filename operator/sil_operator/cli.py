@@ -56,6 +56,9 @@ def preflight(spec: LoopSpec) -> list[str]:
     checks = [("spec.model.uri", spec.model.uri, True)]
     if spec.acquire.prompts.uri is not None:
         checks.append(("spec.acquire.prompts.uri", spec.acquire.prompts.uri, False))
+    selection = spec.optimize.checkpoint_selection
+    if selection is not None:
+        checks.append(("spec.optimize.checkpointSelection.validationUri", selection.validation_uri, False))
     for i, dataset in enumerate(spec.evaluate.datasets):
         if dataset.uri is not None:
             checks.append((f"spec.evaluate.datasets.{i}.uri", dataset.uri, False))

@@ -116,6 +116,11 @@ def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
     evaluate = spec.evaluate.model_copy(
         update={"datasets": [_resolve_dataset(d, base) for d in spec.evaluate.datasets]}
     )
+    optimize = spec.optimize
+    selection = optimize.checkpoint_selection
+    if selection is not None:
+        selection = selection.model_copy(update={"validation_uri": uri(selection.validation_uri)})
+        optimize = optimize.model_copy(update={"checkpoint_selection": selection})
     scorer = spec.select.scorer
     if scorer.model is not None:
         scorer = scorer.model_copy(update={"model": uri(scorer.model)})
@@ -126,6 +131,7 @@ def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
             "storage": spec.storage.model_copy(update={"uri": uri(spec.storage.uri)}),
             "acquire": acquire,
             "select": select,
+            "optimize": optimize,
             "evaluate": evaluate,
         }
     )

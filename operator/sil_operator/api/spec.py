@@ -623,6 +623,13 @@ class LoopSpec(ApiModel):
             "answer judged)",
             field_path=".select.scorer.judge.template",
         ),
+        CelRule(
+            rule="!has(self.optimize) || !has(self.optimize.checkpointSelection) || self.evaluate.datasets.all(d, "
+            "!has(d.uri) || d.uri != self.optimize.checkpointSelection.validationUri)",
+            message="optimize.checkpointSelection.validationUri is an evaluation dataset (evaluate.datasets[].uri): "
+            "the candidate would be chosen on the data that judges it; give it a validation file of its own",
+            field_path=".optimize.checkpointSelection.validationUri",
+        ),
     )
 
     @model_validator(mode="before")

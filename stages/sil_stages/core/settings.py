@@ -430,6 +430,30 @@ class Accumulate(Settings):
     )
 
 
+class CheckpointSelection(Settings):
+    """Best checkpoint of a training run: the model in training is scored every N steps (or each epoch) on a
+    validation set of its own, by the loop's scorer, and the candidate is the best-scored one, not the last
+    (sil_stages.optimize.checkpoint_selection)."""
+
+    validation_uri: DataUri = Field(
+        description="JSONL of validation prompts (`prompt`, and what the scorer reads, e.g. `answer`): s3://, "
+        "file:// or a path relative to the loop file. It must not be an evaluation dataset "
+        "(evaluate.datasets[].uri): the candidate would be chosen on the data that judges it. Required.",
+    )
+    every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Score every N optimizer steps (and at the last step). Default: at the end of each epoch.",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, le=100000, description="Score only the first `limit` prompts. Default: all."
+    )
+    max_new_tokens: MaxNewTokens = Field(
+        default=DEFAULT_MAX_NEW_TOKENS,
+        description=f"Tokens generated per greedy answer. Default: {DEFAULT_MAX_NEW_TOKENS}.",
+    )
+
+
 class Hyperparameters(Settings):
     learning_rate: float = Field(default=1e-4, ge=0.0, le=1.0, description="Peak learning rate. Default: 1e-4.")
     epochs: float = Field(default=1.0, gt=0.0, le=100.0, description="Passes over the selected data. Default: 1.")
