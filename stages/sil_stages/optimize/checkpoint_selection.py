@@ -69,9 +69,16 @@ def due(step: int, every_steps: int | None, *, epoch_end: bool) -> bool:
 
 def check(config: OptimizeConfig) -> None:
     """Settings that cannot work, refused before any model is loaded."""
-    if config.checkpoint_selection is not None and config.distributed.deepspeed is not None:
+    if config.checkpoint_selection is None:
+        return
+    if config.distributed.deepspeed is not None:
         raise StageInputError(
             f"{FIELD}: not with distributed.deepspeed (its weights are sharded across ranks); remove one of them"
+        )
+    if config.scorer.type == "majority-vote":
+        raise StageInputError(
+            f"{FIELD}: select.scorer majority-vote cannot judge one greedy answer (it always agrees with itself); "
+            "use a verifier, reward model or judge, or remove checkpointSelection"
         )
 
 

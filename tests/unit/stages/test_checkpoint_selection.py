@@ -3,11 +3,13 @@ model is scored, what the manifest records, and the refusals before any model is
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sil_stages.cli import main
 from sil_stages.core.contract import OptimizeConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.settings import CheckpointSelection
@@ -21,7 +23,7 @@ from sil_stages.optimize.checkpoint_selection import (
     read_validation,
     selection_metrics,
 )
-from tests.unit.stages.conftest import write_jsonl
+from tests.unit.stages.conftest import StageConfig, output_dir, write_jsonl
 
 
 @pytest.mark.parametrize(
@@ -97,6 +99,14 @@ def test_deepspeed_is_refused_with_checkpoint_selection_naming_the_field(tmp_pat
         check(config)
 
 
+def test_a_majority_vote_scorer_is_refused_it_cannot_judge_one_answer(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path, checkpoint_selection={"validation_uri": "file:///v.jsonl"}, scorer={"type": "majority-vote"}
+    )
+    with pytest.raises(StageInputError, match=r"^checkpointSelection: select.scorer majority-vote"):
+        check(config)
+
+
 def test_the_validation_set_is_cut_to_its_limit_and_needs_prompts(tmp_path: Path) -> None:
     store = Store(_config(tmp_path).storage)
     good = write_jsonl(tmp_path / "v.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(5)])
@@ -144,3 +154,34 @@ def test_ranks_other_than_zero_neither_score_nor_restore() -> None:
     selection = Selection(_ScoresInTurn([]), every_steps=1, is_main=False)  # type: ignore[arg-type]
     selection.record(1, model)
     assert selection.scores == [] and selection.restore_best(model) == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("method", ["sft", "dpo", "grpo"])
+def test_every_method_with_or_without_lora_records_its_scored_steps_and_choice(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path, method: str, lora: bool
+) -> None:
+    """The callback rides on every method's trainer (full and LoRA): a score per step and the choice in the
+    manifest. The random tiny model never adds right, so every step scores 0 and the earliest is chosen."""
+    from tests.unit.stages.test_methods_training import _config as method_config
+
+    validation = write_jsonl(tmp_path / "validation.jsonl", [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}])
+    fields: dict[str, Any] = {
+        "checkpoint_selection": {"validation_uri": validation.as_uri(), "every_steps": 1, "max_new_tokens": 2}
+    }
+    if lora:
+        fields["lora"] = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    config = method_config(
+        tmp_path, stage_config, tiny_model, method, scorer={"type": "verifier", "verifier": "exact-match"}, **fields
+    )
+    assert main(["optimize", "--config", json.dumps(config)]) == 0
+    metrics = json.loads((output_dir(config) / "_manifest.json").read_text())["metrics"]
+    assert {k: v for k, v in metrics.items() if k.startswith("checkpoint_selection/")} == {
+        "checkpoint_selection/step_1": 0.0,
+        "checkpoint_selection/step_2": 0.0,
+        "checkpoint_selection/chosen_step": 1.0,
+        "checkpoint_selection/chosen_score": 0.0,
+        "checkpoint_selection/last_score": 0.0,
+    }
+    assert (output_dir(config) / "checkpoint" / "model.safetensors").is_file()
