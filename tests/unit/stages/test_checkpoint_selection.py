@@ -166,7 +166,9 @@ def test_every_method_with_or_without_lora_records_its_scored_steps_and_choice(
     manifest. The random tiny model never adds right, so every step scores 0 and the earliest is chosen."""
     from tests.unit.stages.test_methods_training import _config as method_config
 
-    validation = write_jsonl(tmp_path / "validation.jsonl", [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}])
+    validation = write_jsonl(
+        tmp_path / "validation.jsonl", [{"prompt": "1+2=", "answer": "3"}, {"prompt": "2+2=", "answer": "4"}]
+    )
     fields: dict[str, Any] = {
         "checkpoint_selection": {"validation_uri": validation.as_uri(), "every_steps": 1, "max_new_tokens": 2}
     }
