@@ -4,10 +4,13 @@
 
 Runs the evaluate stage in this process on the arithmetic demo's settings (heldout, 200 prompts, greedy and 8
 self-consistency samples), candidate the demo's base model and champion a copy of it (two loads, as in a loop),
-first without a harness dataset, then with `examples/arithmetic-harness`'s task `sums-mc` limited to N items. The
-extra time is the difference of the medians of `repeats` runs. Needs the demo base model
-(python examples/arithmetic/make_base_model.py). Offline: HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1 are set.
-Prints a table and writes JSON.
+without a harness dataset and with `examples/arithmetic-harness`'s task `sums-mc` limited to N items, the sizes
+interleaved within each repeat. Two numbers per size: the harness's own time inside those runs (the task checks,
+`prepare_suites`, plus lm-eval on both models, `run_suite`, timed around the calls: what a harness entry adds,
+robust to other load on the machine) and the stage's wall time (the difference to the run without harness is the
+same extra time, but on a shared machine it drowns in the load's noise). Medians of `repeats` runs; the 1-minute
+load average is recorded. Needs the demo base model (python examples/arithmetic/make_base_model.py). Offline:
+HF_DATASETS_OFFLINE=1, HF_HUB_OFFLINE=1 are set. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -30,8 +33,31 @@ HELDOUT = REPO / "examples" / "arithmetic" / "data" / "heldout.jsonl"
 TASKS = REPO / "examples" / "arithmetic-harness" / "tasks"
 
 
-def evaluate_seconds(work: Path, champion: Path, items: int | None, run_number: int) -> float:
-    """Wall seconds of one evaluate stage run (models loaded, scored, compared, manifest written)."""
+HARNESS_SECONDS = [0.0]
+"""Seconds spent in the harness's own calls during the current run."""
+
+
+def timed_harness() -> None:
+    """Wraps the harness's two entry points as evaluate calls them, adding their time to HARNESS_SECONDS."""
+    from sil_stages.evaluate import measurement, stage
+
+    def timing(function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                HARNESS_SECONDS[0] += time.monotonic() - started
+
+        return wrapper
+
+    measurement.run_suite = timing(measurement.run_suite)
+    stage.prepare_suites = timing(stage.prepare_suites)
+
+
+def evaluate_seconds(work: Path, champion: Path, items: int | None, run_number: int) -> tuple[float, float]:
+    """Wall seconds of one evaluate stage run (models loaded, scored, compared, manifest written), and of its
+    harness part."""
     from sil_stages.core.contract import EvaluateConfig
     from sil_stages.core.store import Store
     from sil_stages.evaluate.stage import run
@@ -54,9 +80,10 @@ def evaluate_seconds(work: Path, champion: Path, items: int | None, run_number: 
             "max_new_tokens": 8,
         }
     )
+    HARNESS_SECONDS[0] = 0.0
     started = time.monotonic()
     run(config, Store(config.storage))
-    return time.monotonic() - started
+    return time.monotonic() - started, HARNESS_SECONDS[0]
 
 
 def main() -> int:
@@ -72,25 +99,42 @@ def main() -> int:
     import logging
 
     logging.disable(logging.WARNING)
-    rows: list[dict[str, Any]] = []
+    timed_harness()
+    sizes: list[int | None] = [None, *args.items]
+    runs: dict[int, list[tuple[float, float, float]]] = {size or 0: [] for size in sizes}
     with tempfile.TemporaryDirectory(prefix="bench-harness-") as scratch:
         work = Path(scratch)
         champion = shutil.copytree(BASE, work / "champion")
         evaluate_seconds(work, champion, None, -1)  # warm: imports, first model loads
         evaluate_seconds(work, champion, args.items[0], -1)  # warm lm-eval's imports
-        baseline = [evaluate_seconds(work, champion, None, r) for r in range(args.repeats)]
-        rows.append({"items": 0, "seconds": baseline, "median_s": statistics.median(baseline), "extra_s": 0.0})
-        for items in args.items:
-            times = [evaluate_seconds(work, champion, items, r) for r in range(args.repeats)]
-            median = statistics.median(times)
-            extra = median - rows[0]["median_s"]
-            rows.append({"items": items, "seconds": times, "median_s": median, "extra_s": extra})
-
-    print(f"{'harness items':>13} | {'evaluate s (median)':>19} | {'extra s':>7} | {'extra ms/item/model':>19}")
+        for repeat in range(args.repeats):
+            for size in sizes:
+                wall, harness = evaluate_seconds(work, champion, size, repeat)
+                runs[size or 0].append((wall, harness, os.getloadavg()[0]))
+    rows: list[dict[str, Any]] = []
+    for size, measured in runs.items():
+        wall = statistics.median(m[0] for m in measured)
+        harness = statistics.median(m[1] for m in measured)
+        per_item = 1000 * harness / (2 * size) if size else 0.0
+        rows.append(
+            {
+                "items": size,
+                "wall_s": [m[0] for m in measured],
+                "harness_s": [m[1] for m in measured],
+                "load_1min": [m[2] for m in measured],
+                "median_wall_s": wall,
+                "median_harness_s": harness,
+                "harness_ms_per_item_per_model": per_item,
+            }
+        )
+    header = f"{'harness items':>13} | {'harness s (median)':>18} | {'ms/item/model':>13} | {'evaluate s (median)':>19}"
+    print(header + " | load (1 min)")
     for row in rows:
-        per_item = 1000 * row["extra_s"] / (2 * row["items"]) if row["items"] else 0.0
-        row["extra_ms_per_item_per_model"] = per_item
-        print(f"{row['items']:>13} | {row['median_s']:>19.2f} | {row['extra_s']:>7.2f} | {per_item:>19.1f}")
+        loads = ", ".join(f"{load:.0f}" for load in row["load_1min"])
+        print(
+            f"{row['items']:>13} | {row['median_harness_s']:>18.2f} | {row['harness_ms_per_item_per_model']:>13.1f} | "
+            f"{row['median_wall_s']:>19.2f} | {loads}"
+        )
     document = {
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
         "repeats": args.repeats,
