@@ -187,3 +187,31 @@ def test_every_method_with_or_without_lora_records_its_scored_steps_and_choice(
         "checkpoint_selection/last_score": 0.0,
     }
     assert (output_dir(config) / "checkpoint" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_with_two_processes_rank_0_scores_each_epoch_and_writes_the_choice(
+    tmp_path: Path, stage_config: StageConfig, tiny_model: Path
+) -> None:
+    """Two gloo processes under accelerate: global rank 0 alone scores (at each epoch's end without everySteps),
+    keeps and restores the best step, and its manifest records the choice."""
+    from tests.unit.stages.test_distributed_optimize import _sft_config, _stage
+
+    validation = write_jsonl(tmp_path / "validation.jsonl", [{"prompt": "1+2=", "answer": "3"}])
+    config = _sft_config(
+        tmp_path,
+        stage_config,
+        tiny_model,
+        distributed={"processesPerNode": 2},
+        checkpoint_selection={"validation_uri": validation.as_uri(), "max_new_tokens": 2},
+    )
+    code, stderr, _ = _stage(config)
+    assert code == 0, stderr
+    assert "launching 2 training processes" in stderr
+    metrics = json.loads((output_dir(config) / "_manifest.json").read_text())["metrics"]
+    assert metrics["world_size"] == 2 and metrics["steps"] == 4  # 2 steps per epoch, 2 epochs
+    assert {k for k in metrics if k.startswith("checkpoint_selection/step_")} == {
+        "checkpoint_selection/step_2",
+        "checkpoint_selection/step_4",
+    }
+    assert metrics["checkpoint_selection/chosen_step"] == 2  # the random tiny model scores 0 twice: the earliest
