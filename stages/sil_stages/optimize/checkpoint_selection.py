@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 from sil_stages.core.contract import OptimizeConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.records import Record, read_jsonl, require_field
+from sil_stages.core.scoring import EXACT_MATCH
 from sil_stages.core.settings import CheckpointSelection
+from sil_stages.core.settings import Scorer as ScorerSettings
 from sil_stages.core.store import Store
 
 if TYPE_CHECKING:
@@ -82,8 +84,9 @@ def check(config: OptimizeConfig) -> None:
         )
 
 
-def read_validation(store: Store, settings: CheckpointSelection) -> list[Record]:
-    """The validation records (the first `limit`), each with a prompt."""
+def read_validation(store: Store, settings: CheckpointSelection, scorer: ScorerSettings | None = None) -> list[Record]:
+    """The validation records (the first `limit`), each with a prompt, and with an `answer` when the scorer is the
+    exact-match verifier (which would otherwise fail at the first scoring, mid-training)."""
     field_name = f"{FIELD}.validationUri"
     records = read_jsonl(store, settings.validation_uri, field=field_name)
     if settings.limit is not None:
@@ -91,6 +94,8 @@ def read_validation(store: Store, settings: CheckpointSelection) -> list[Record]
     if not records:
         raise StageInputError(f"{field_name}: {settings.validation_uri} holds no records")
     require_field(records, "prompt", uri=settings.validation_uri, field=field_name)
+    if scorer is not None and scorer.type == "verifier" and scorer.verifier == EXACT_MATCH:
+        require_field(records, "answer", uri=settings.validation_uri, field=field_name)
     return records
 
 
@@ -189,7 +194,7 @@ def attach(trainer: Any, config: OptimizeConfig, store: Store | None, model_path
     if store is None:
         raise StageInputError(f"{FIELD}: the validation set needs the loop's store")
     validator = Validator(
-        records=read_validation(store, settings),
+        records=read_validation(store, settings, config.scorer),
         scorer=make_scorer(
             ScorerContext(
                 settings=config.scorer,

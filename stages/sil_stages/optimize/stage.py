@@ -84,7 +84,7 @@ def run(config: OptimizeConfig, store: Store) -> Manifest | None:
         raise StageInputError(method.empty_data)
     if config.checkpoint_selection is not None:  # its errors before any model is loaded
         checkpoint_selection.check(config)
-        checkpoint_selection.read_validation(store, config.checkpoint_selection)
+        checkpoint_selection.read_validation(store, config.checkpoint_selection, config.scorer)
     model_path = resolve_model(store, config.init_model_uri, field="init_model_uri")
 
     def base_model() -> str:

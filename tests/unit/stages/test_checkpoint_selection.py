@@ -12,7 +12,7 @@ import pytest
 from sil_stages.cli import main
 from sil_stages.core.contract import OptimizeConfig
 from sil_stages.core.errors import StageInputError
-from sil_stages.core.settings import CheckpointSelection
+from sil_stages.core.settings import CheckpointSelection, Scorer
 from sil_stages.core.store import Store
 from sil_stages.optimize.checkpoint_selection import (
     Selection,
@@ -115,6 +115,15 @@ def test_the_validation_set_is_cut_to_its_limit_and_needs_prompts(tmp_path: Path
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "1+1="}])
     with pytest.raises(StageInputError, match=r"checkpointSelection\.validationUri"):
         read_validation(store, CheckpointSelection(validation_uri=bad.as_uri()))
+
+
+def test_an_exact_match_scorer_needs_answers_in_the_validation_set_before_training(tmp_path: Path) -> None:
+    store = Store(_config(tmp_path).storage)
+    unanswered = write_jsonl(tmp_path / "v.jsonl", [{"prompt": "1+1="}])
+    settings = CheckpointSelection(validation_uri=unanswered.as_uri())
+    with pytest.raises(StageInputError, match=r"checkpointSelection\.validationUri.*answer"):
+        read_validation(store, settings, Scorer(type="verifier", verifier="exact-match"))
+    assert read_validation(store, settings, Scorer(type="verifier", verifier="arithmetic:verify"))
 
 
 class _ScoresInTurn:
