@@ -166,6 +166,7 @@ def task_folder(store: Store, uri: str, *, field: str, scratch: Path) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         raise StageInputError(f"{field}: cannot download {uri} ({error})") from error
     if not names:
+        shutil.rmtree(target, ignore_errors=True)
         raise StageInputError(f"{field}: {uri} holds no files")
     return target
 
