@@ -228,3 +228,19 @@ def test_harness_scores_equal_lm_evals_own_run_of_the_same_model(tiny_model: Pat
     assert len(run.per_item) == 24
     assert run.score == pytest.approx(sum(run.per_item.values()) / 24)
     assert set(run.per_item.values()) <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_a_generation_task_is_paired_by_its_exact_match_per_item(tiny_model: Path, tmp_path: Path) -> None:
+    """generate_until with exact_match: each item's value is 0 or 1, and they average to lm-eval's score."""
+    from sil_stages.core.models import load_model, load_tokenizer
+    from sil_stages.evaluate.harness import run_suite
+
+    (suite,) = _prepare(tmp_path, _harness(["tiny-sums-gen"], limit=6))
+    assert [(t.name, t.metric, t.filter) for t in suite.tasks] == [("tiny-sums-gen", "exact_match", "none")]
+    (run,) = run_suite(
+        suite, load_model(str(tiny_model)), load_tokenizer(str(tiny_model)), batch_size=4, seed=3
+    ).values()
+    assert sorted(run.per_item) == list(range(6))
+    assert set(run.per_item.values()) <= {0.0, 1.0}
+    assert run.score == pytest.approx(sum(run.per_item.values()) / 6)
