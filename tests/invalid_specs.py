@@ -89,6 +89,9 @@ NO_POOL = "acquire.prompts.selfInstruct needs acquire.prompts.uri"
 NUMBER_OR_AUTO = (
     "a number-or-auto field is untyped in a structural schema; its bounds and pattern check numbers and strings only"
 )
+ONE_DATASET_KIND = "a dataset sets exactly one of uri"
+HARNESS_FIRST = "evaluate.datasets[0] must be a JSONL dataset (uri)"
+HARNESS: dict[str, Any] = {"tasks": ["tiny-arith"], "includePath": "file:///data/harness-tasks"}
 SCRATCH = "runtime.scratch needs exactly one of size (an emptyDir) and claimName (a PersistentVolumeClaim)"
 
 INVALID: list[Invalid] = [
@@ -314,6 +317,35 @@ INVALID: list[Invalid] = [
     ),
     # list sizes and uniqueness
     Invalid("no datasets", {"spec.evaluate.datasets": []}, "spec.evaluate.datasets"),
+    Invalid(
+        "a checkpoint-selection validation set that is an evaluation dataset",
+        {"spec.optimize": {"checkpointSelection": {"validationUri": "file:///data/heldout.jsonl"}}},
+        "spec.optimize.checkpointSelection.validationUri",
+        "is an evaluation dataset",
+    ),
+    Invalid(
+        "a dataset with both uri and harness",
+        {"spec.evaluate.datasets": [_dataset("heldout"), {**_dataset("general"), "harness": HARNESS}]},
+        "spec.evaluate.datasets.1",
+        ONE_DATASET_KIND,
+    ),
+    Invalid(
+        "a dataset with neither uri nor harness",
+        {"spec.evaluate.datasets": [_dataset("heldout"), {"name": "general"}]},
+        "spec.evaluate.datasets.1",
+        ONE_DATASET_KIND,
+    ),
+    Invalid(
+        "a harness entry as the first dataset",
+        {"spec.evaluate.datasets": [{"name": "general", "harness": HARNESS}, _dataset("heldout")]},
+        "spec.evaluate.datasets",
+        HARNESS_FIRST,
+    ),
+    Invalid(
+        "a harness entry without tasks",
+        {"spec.evaluate.datasets": [_dataset("heldout"), {"name": "general", "harness": {**HARNESS, "tasks": []}}]},
+        "spec.evaluate.datasets.1.harness.tasks",
+    ),
     Invalid(
         "17 datasets", {"spec.evaluate.datasets": [_dataset(f"d{i}") for i in range(17)]}, "spec.evaluate.datasets"
     ),

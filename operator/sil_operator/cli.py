@@ -56,7 +56,14 @@ def preflight(spec: LoopSpec) -> list[str]:
     checks = [("spec.model.uri", spec.model.uri, True)]
     if spec.acquire.prompts.uri is not None:
         checks.append(("spec.acquire.prompts.uri", spec.acquire.prompts.uri, False))
-    checks += [(f"spec.evaluate.datasets.{i}.uri", d.uri, False) for i, d in enumerate(spec.evaluate.datasets)]
+    selection = spec.optimize.checkpoint_selection
+    if selection is not None:
+        checks.append(("spec.optimize.checkpointSelection.validationUri", selection.validation_uri, False))
+    for i, dataset in enumerate(spec.evaluate.datasets):
+        if dataset.uri is not None:
+            checks.append((f"spec.evaluate.datasets.{i}.uri", dataset.uri, False))
+        if dataset.harness is not None:
+            checks.append((f"spec.evaluate.datasets.{i}.harness.includePath", dataset.harness.include_path, True))
     if spec.select.scorer.model is not None:
         checks.append(("spec.select.scorer.model", spec.select.scorer.model, True))
     for field, uri, is_dir in checks:

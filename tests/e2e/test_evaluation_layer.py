@@ -175,3 +175,48 @@ def test_evaluation_items_in_the_training_data_fail_the_contamination_gate_which
     (evaluate,) = [stage for stage in iteration["stages"] if stage["stage"] == "evaluate"]
     assert evaluate["findings"] == manifest["findings"]
     assert f"(items {named[0]}" in " ".join(stdout.split()), "the Rejected event and the table name them: " + stdout
+
+
+HARNESS_EXAMPLE = EXAMPLE.parent / "arithmetic-harness"
+NO_REGRESSION = 'selfimprove_eval_delta_ci_high{iteration="{{iteration}}",dataset="sums-mc"}'
+
+
+def test_a_standard_benchmark_task_is_a_no_regression_gate_over_its_paired_interval(
+    tmp_path: Path, base_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The example's lm-evaluation-harness task (local YAML and JSONL, nothing downloaded) runs on both models in
+    evaluate; its paired interval is a series like the heldout dataset's, and the gate reads it. A threshold no
+    interval can reach (above 1) fails the gate and rejects the iteration: the gate really reads the task's series."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    harness = {"tasks": ["sums-mc"], "includePath": str(HARNESS_EXAMPLE / "tasks"), "limit": 40}
+    status, manifest, stdout = _run_one_iteration(
+        tmp_path,
+        base_model,
+        evaluate={
+            "datasets": [
+                {"name": "heldout", "uri": str(EXAMPLE / "data" / "heldout.jsonl")},
+                {"name": "general", "harness": harness},
+            ]
+        },
+        promotion={
+            "gates": [
+                {"name": "sums-mc-holds", "query": NO_REGRESSION, "successCondition": "result >= -0.05"},
+                {"name": "sums-mc-impossible", "query": NO_REGRESSION, "successCondition": "result > 1"},
+            ]
+        },
+    )
+    task = {
+        (s["name"], s["labels"].get("model")): s["value"]
+        for s in manifest["series"]
+        if s["labels"].get("dataset") == "sums-mc"
+    }
+    candidate, champion = task[("selfimprove_eval_score", "candidate")], task[("selfimprove_eval_score", "champion")]
+    assert task[("selfimprove_eval_delta", None)] == pytest.approx(candidate - champion)
+    assert task[("selfimprove_eval_delta_ci_low", None)] <= task[("selfimprove_eval_delta_ci_high", None)]
+    assert 0.0 <= champion <= 1.0 and 0.0 < task[("selfimprove_eval_p_value", None)] <= 1.0
+    (iteration,) = status["iterations"]
+    phases = {gate["name"]: gate["phase"] for gate in iteration["gates"]}
+    high = task[("selfimprove_eval_delta_ci_high", None)]
+    assert phases["sums-mc-impossible"] == "Failed" and iteration["decision"] == "Rejected", stdout
+    assert phases["sums-mc-holds"] == ("Successful" if high >= -0.05 else "Failed"), f"ci_high {high}"

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from sil_operator.api.rules import CEL_RULE_ERROR
 from sil_operator.api.spec import LoopSpec, SelfImprovementLoop
+from sil_stages.core.settings import EvalDataset
 from sil_stages.core.store import to_uri
 
 
@@ -92,6 +93,16 @@ def load_loop(path: Path) -> SelfImprovementLoop:
     return loop.model_copy(update={"spec": resolve_paths(loop.spec, path.parent)})
 
 
+def _resolve_dataset(dataset: EvalDataset, base: Path) -> EvalDataset:
+    """A dataset's file (uri) or its harness task folder (harness.includePath) as an absolute file:// URI."""
+    if dataset.harness is not None:
+        harness = dataset.harness.model_copy(update={"include_path": to_uri(dataset.harness.include_path, base)})
+        return dataset.model_copy(update={"harness": harness})
+    if dataset.uri is None:
+        return dataset
+    return dataset.model_copy(update={"uri": to_uri(dataset.uri, base)})
+
+
 def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
     """Every URI in the spec that is a plain path becomes an absolute file:// URI relative to `base`."""
 
@@ -103,8 +114,13 @@ def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
         prompts = prompts.model_copy(update={"uri": uri(prompts.uri)})
     acquire = spec.acquire.model_copy(update={"prompts": prompts})
     evaluate = spec.evaluate.model_copy(
-        update={"datasets": [d.model_copy(update={"uri": uri(d.uri)}) for d in spec.evaluate.datasets]}
+        update={"datasets": [_resolve_dataset(d, base) for d in spec.evaluate.datasets]}
     )
+    optimize = spec.optimize
+    selection = optimize.checkpoint_selection
+    if selection is not None:
+        selection = selection.model_copy(update={"validation_uri": uri(selection.validation_uri)})
+        optimize = optimize.model_copy(update={"checkpoint_selection": selection})
     scorer = spec.select.scorer
     if scorer.model is not None:
         scorer = scorer.model_copy(update={"model": uri(scorer.model)})
@@ -115,6 +131,7 @@ def resolve_paths(spec: LoopSpec, base: Path) -> LoopSpec:
             "storage": spec.storage.model_copy(update={"uri": uri(spec.storage.uri)}),
             "acquire": acquire,
             "select": select,
+            "optimize": optimize,
             "evaluate": evaluate,
         }
     )

@@ -391,6 +391,12 @@ class EvaluateSpec(ApiModel, Judging):
     cel_rules: ClassVar[tuple[CelRule, ...]] = (
         unique_names_rule("datasets", "dataset"),
         CelRule(
+            rule="!has(self.datasets[0].harness)",
+            message="evaluate.datasets[0] must be a JSONL dataset (uri): its greedy accuracy is the primary score; "
+            "put harness entries after it",
+            field_path=".datasets",
+        ),
+        CelRule(
             rule="!has(self.refinement) || !has(self.refinement.passAtK) || "
             "self.refinement.passAtK.all(k, k <= self.refinement.samples)",
             message="evaluate.refinement.passAtK: every k must be at most evaluate.refinement.samples (pass@k "
@@ -616,6 +622,13 @@ class LoopSpec(ApiModel):
             message=f"select.scorer.judge.template must contain {JUDGE_REQUIRES.listed} (the question and the "
             "answer judged)",
             field_path=".select.scorer.judge.template",
+        ),
+        CelRule(
+            rule="!has(self.optimize) || !has(self.optimize.checkpointSelection) || self.evaluate.datasets.all(d, "
+            "!has(d.uri) || d.uri != self.optimize.checkpointSelection.validationUri)",
+            message="optimize.checkpointSelection.validationUri is an evaluation dataset (evaluate.datasets[].uri): "
+            "the candidate would be chosen on the data that judges it; give it a validation file of its own",
+            field_path=".optimize.checkpointSelection.validationUri",
         ),
     )
 

@@ -66,6 +66,15 @@ class TransformersEngine:
         self._batch_size = max(1, batch_size)
         self._progress = progress
 
+    @property
+    def model(self) -> PreTrainedModel:
+        """The loaded model, for what runs on it besides generation (evaluate's lm-eval tasks)."""
+        return self._model
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self._tokenizer
+
     def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
         # Imported here, as torch is: the operator side imports this module (through the scorer registry) in an
         # image that has neither (images/operator.Dockerfile; tests/unit/test_import_boundaries.py).

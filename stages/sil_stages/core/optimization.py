@@ -14,7 +14,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from sil_stages.core.methods import DEFAULT_METHOD, METHODS
-from sil_stages.core.settings import Distributed, Dpo, Grpo, Hyperparameters, Lora, Settings
+from sil_stages.core.settings import CheckpointSelection, Distributed, Dpo, Grpo, Hyperparameters, Lora, Settings
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,12 @@ class Optimization(Settings):
         default_factory=Distributed,
         description="Training with several processes or nodes (accelerate, DeepSpeed). Default: one process per "
         "GPU the stage sees, one on CPU.",
+    )
+    checkpoint_selection: CheckpointSelection | None = Field(
+        default=None,
+        description="Score the model every N steps (or each epoch) on a validation set with the loop's scorer and "
+        "hand evaluate the best-scored step instead of the last; the optimize manifest records every score and "
+        "the step chosen. Not with DeepSpeed. Default: off (the last step is the candidate).",
     )
     checkpoint_every_steps: int | None = Field(
         default=None,

@@ -537,6 +537,30 @@ class Accumulate(Settings):
     )
 
 
+class CheckpointSelection(Settings):
+    """Best checkpoint of a training run: the model in training is scored every N steps (or each epoch) on a
+    validation set of its own, by the loop's scorer, and the candidate is the best-scored one, not the last
+    (sil_stages.optimize.checkpoint_selection)."""
+
+    validation_uri: DataUri = Field(
+        description="JSONL of validation prompts (`prompt`, and what the scorer reads, e.g. `answer`): s3://, "
+        "file:// or a path relative to the loop file. It must not be an evaluation dataset "
+        "(evaluate.datasets[].uri): the candidate would be chosen on the data that judges it. Required.",
+    )
+    every_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Score every N optimizer steps (and at the last step). Default: at the end of each epoch.",
+    )
+    limit: int | None = Field(
+        default=None, ge=1, le=100000, description="Score only the first `limit` prompts. Default: all."
+    )
+    max_new_tokens: MaxNewTokens = Field(
+        default=DEFAULT_MAX_NEW_TOKENS,
+        description=f"Tokens generated per greedy answer. Default: {DEFAULT_MAX_NEW_TOKENS}.",
+    )
+
+
 class Hyperparameters(Settings):
     learning_rate: float = Field(default=1e-4, ge=0.0, le=1.0, description="Peak learning rate. Default: 1e-4.")
     epochs: float = Field(default=1.0, gt=0.0, le=100.0, description="Passes over the selected data. Default: 1.")
@@ -571,11 +595,68 @@ class Hyperparameters(Settings):
         return data
 
 
+HarnessTaskName = Annotated[
+    str,
+    Field(min_length=1, max_length=128),
+    Matching(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", "an lm-evaluation-harness task name: letters, digits, '_', '.', '-'"),
+]
+
+
+class Harness(Settings):
+    """Standard benchmarks as regression guards: lm-evaluation-harness tasks defined by the task YAMLs of one
+    folder, run on candidate and champion (sil_stages.evaluate.harness). Each task becomes a dataset of its own in
+    the series (`dataset=<task>`), with the paired difference, interval and p-value of its per-sample scores."""
+
+    tasks: list[HarnessTaskName] = Field(
+        min_length=1,
+        max_length=32,
+        description="Task names, each defined by a YAML in includePath (lm-eval's built-in tasks are not "
+        "searched: they download their data). Each task's metric must be a per-sample mean "
+        "(aggregation: mean, higher_is_better: true), e.g. acc or exact_match; corpus-level metrics (bleu, "
+        "perplexity, ...) cannot be paired per sample and are refused. Required.",
+    )
+    include_path: DataUri = Field(
+        description="The folder of task YAMLs and their data files (dataset_path: json with "
+        "dataset_kwargs.data_files relative to this folder): file:///path (in the image or a mounted volume), "
+        "s3://bucket/prefix (downloaded by the stage), or a path relative to the loop file for `sil run`. Required.",
+    )
+    num_fewshot: int | None = Field(
+        default=None, ge=0, le=64, description="Few-shot examples per prompt. Default: each task's own setting."
+    )
+    limit: int | None = Field(
+        default=None, ge=1, description="Score only the first `limit` items of each task. Default: all items."
+    )
+    batch_size: int | None = Field(default=None, ge=1, description="lm-eval's batch size. Default: evaluate.batchSize.")
+    metric: str | None = Field(
+        default=None,
+        min_length=1,
+        description="The metric compared, by name, in every task. Default: each task's first metric.",
+    )
+
+
 class EvalDataset(Settings):
-    name: DnsLabel = Field(description="Dataset name, a DNS label; it becomes the `dataset` metric label.")
-    uri: DataUri = Field(
+    cross_field: ClassVar[tuple[CrossFieldRule, ...]] = (
+        CrossFieldRule(
+            cel="has(self.uri) != has(self.harness)",
+            message="a dataset sets exactly one of uri (a JSONL of prompt and answer) and harness "
+            "(lm-evaluation-harness tasks)",
+            check=lambda dataset: (dataset.uri is None) != (dataset.harness is None),
+        ),
+    )
+
+    name: DnsLabel = Field(
+        description="Dataset name, a DNS label; it becomes the `dataset` metric label (for a harness entry, each "
+        "task's name is the label instead)."
+    )
+    uri: DataUri | None = Field(
+        default=None,
         description="JSONL with `prompt` and `answer` fields: s3://bucket/key, file:///path, or a path relative to "
-        "the loop file for `sil run`."
+        "the loop file for `sil run`. Exactly one of uri and harness.",
+    )
+    harness: Harness | None = Field(
+        default=None,
+        description="lm-evaluation-harness tasks run on both models, as regression guards. Exactly one of uri and "
+        "harness; not the first dataset (the primary score is a JSONL dataset's).",
     )
 
 

@@ -17,6 +17,7 @@ from sil_stages.core.seeding import derive_seed
 from sil_stages.core.store import Store
 from sil_stages.evaluate.gaptrend import GapTrend, read_previous_gaps, trend
 from sil_stages.evaluate.guards import ContaminatedItem, contaminated_items, mean_length
+from sil_stages.evaluate.harness import paired_values
 from sil_stages.evaluate.inputs import training_index
 from sil_stages.evaluate.measurement import Measurement
 from sil_stages.evaluate.scoring import ModelRun, mean
@@ -86,3 +87,28 @@ def _kl(candidate: ModelRun, champion_stats: list[TokenStats]) -> float:
     candidate's probes."""
     differences = [c.logprob - h.logprob for c, h in zip(candidate.probe_stats, champion_stats, strict=True)]
     return mean(differences)
+
+
+def harness_guards(config: EvaluateConfig, measured: Measurement) -> dict[str, DatasetGuards]:
+    """Per lm-eval task: the paired comparison of the two models' per-item values (the same bootstrap and McNemar
+    test as the JSONL datasets; McNemar when the metric is 0/1 per item, e.g. acc or exact_match)."""
+    guards: dict[str, DatasetGuards] = {}
+    for task, by_model in measured.harness.items():
+        candidate, champion = paired_values(by_model["candidate"], by_model["champion"], task=task)
+        comparison = compare(
+            candidate,
+            champion,
+            seed=derive_seed(config.seed, config.iteration, f"bootstrap:{task}"),
+            resamples=config.significance.resamples,
+            confidence=config.significance.confidence,
+        )
+        guards[task] = DatasetGuards(comparison=comparison)
+        log.info(
+            "harness task %s: candidate - champion %+.4f [%.4f, %.4f], p=%.4g",
+            task,
+            comparison.delta,
+            comparison.ci_low,
+            comparison.ci_high,
+            comparison.p_value,
+        )
+    return guards

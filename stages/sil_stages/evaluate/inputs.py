@@ -17,11 +17,16 @@ from sil_stages.evaluate.guards import TrainingIndex, diversity
 
 
 def load_datasets(store: Store, datasets: tuple[EvalDatasetConfig, ...]) -> dict[str, list[Record]]:
-    """The held-out datasets by name, in config order; each must hold records with a `prompt`."""
-    if not datasets:
-        raise StageInputError("datasets: empty; name at least one held-out dataset with prompt and answer")
+    """The held-out JSONL datasets by name, in config order; each must hold records with a `prompt`. Harness entries
+    are not read here (`harness.prepare_suites`)."""
+    if not datasets or datasets[0].uri is None:
+        raise StageInputError(
+            "datasets[0]: name a held-out JSONL dataset with prompt and answer (uri) first; harness entries follow it"
+        )
     loaded: dict[str, list[Record]] = {}
     for index, dataset in enumerate(datasets):
+        if dataset.uri is None:
+            continue
         field_name = f"datasets[{index}].uri"
         records = read_jsonl(store, dataset.uri, field=field_name)
         if not records:

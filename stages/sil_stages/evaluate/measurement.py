@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import gc
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from sil_stages.core.contract import EvaluateConfig
 from sil_stages.core.engines import make_engine
-from sil_stages.core.generation import SamplingRequest, TokenScorer, TokenStats
-from sil_stages.core.models import resolve_model, resolve_verified
+from sil_stages.core.generation import GenerationEngine, SamplingRequest, TokenScorer, TokenStats, TransformersEngine
+from sil_stages.core.models import load_model, load_tokenizer, resolve_model, resolve_verified
 from sil_stages.core.records import Record
 from sil_stages.core.seeding import derive_seed
 from sil_stages.core.store import Store
 from sil_stages.evaluate.guards import mean_length
+from sil_stages.evaluate.harness import HarnessSuite, TaskRun, run_suite
 from sil_stages.evaluate.scoring import Judges, ModelRun, mean_token_entropy, score_dataset
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,25 @@ class Measurement:
     """The sha256 of the optimize manifest the candidate's files were checked against."""
     same_model: bool
     """Candidate and champion are the same URI: one model was evaluated."""
+    harness: dict[str, dict[str, TaskRun]] = field(default_factory=dict)
+    """lm-eval task -> model -> its run (`harness`); with the same model, the champion's run is the candidate's."""
 
 
 def measure_models(
-    config: EvaluateConfig, store: Store, datasets: dict[str, list[Record]], judges: Judges
+    config: EvaluateConfig,
+    store: Store,
+    datasets: dict[str, list[Record]],
+    judges: Judges,
+    suites: list[HarnessSuite] | None = None,
 ) -> Measurement:
-    """Load each model in turn (the candidate first, verified), score it on every dataset, then free it."""
+    """Load each model in turn (the candidate first, verified), score it on every dataset and run the harness
+    suites' lm-eval tasks on it, then free it."""
     uris = {"candidate": config.candidate_uri, "champion": config.champion_uri}
     models = ["candidate"] if config.candidate_uri == config.champion_uri else list(MODELS)
 
     runs: dict[str, dict[str, ModelRun]] = {name: {} for name in datasets}
     champion_stats: dict[str, list[TokenStats]] = {}
+    harness: dict[str, dict[str, TaskRun]] = {}
     verified: str | None = None
     for model in models:
         if model == "candidate":
@@ -80,6 +89,11 @@ def measure_models(
                 champion_run = runs[name]["champion"]
                 champion_run.scores = replace(champion_run.scores, token_entropy=mean_token_entropy(stats))
             log.info("%s on %s: %s", model, name, runs[name][model].scores)
+        for suite in suites or []:
+            seed = derive_seed(config.seed, config.iteration, f"harness:{suite.entry}")
+            for task, task_run in _run_suite(suite, engine, path, config.batch_size, seed).items():
+                harness.setdefault(task, {})[model] = task_run
+                log.info("%s on harness task %s: %.4f", model, task, task_run.score)
         del engine
         gc.collect()
     same_model = models == ["candidate"]
@@ -87,9 +101,30 @@ def measure_models(
         for by_model in runs.values():
             by_model["champion"] = by_model["candidate"]
         champion_stats = {name: by_model["candidate"].probe_stats for name, by_model in runs.items()}
+        for by_model_run in harness.values():
+            by_model_run["champion"] = by_model_run["candidate"]
     return Measurement(
-        runs=runs, champion_stats=champion_stats, verified_manifest_sha256=verified, same_model=same_model
+        runs=runs,
+        champion_stats=champion_stats,
+        verified_manifest_sha256=verified,
+        same_model=same_model,
+        harness=harness,
     )
+
+
+def _run_suite(
+    suite: HarnessSuite, engine: GenerationEngine, path: str, batch_size: int, seed: int
+) -> dict[str, TaskRun]:
+    """lm-eval on the model the engine holds (transformers), else on the same checkpoint loaded with transformers
+    for the duration (vLLM keeps its weights out of reach)."""
+    if isinstance(engine, TransformersEngine):
+        return run_suite(suite, engine.model, engine.tokenizer, batch_size=batch_size, seed=seed)
+    model = load_model(path)
+    try:
+        return run_suite(suite, model, load_tokenizer(path), batch_size=batch_size, seed=seed)
+    finally:
+        del model
+        gc.collect()
 
 
 def base_output_lengths(

@@ -34,6 +34,11 @@ And the evaluation layer around those scores (see `significance`, `guards`):
   gate reads); the items are in results.json and named in the manifest's `findings` (`<dataset>/contaminated`:
   `<item number>: <prompt>`), which the Rejected event and the end-of-run table show.
 
+Standard benchmarks (`harness`): a dataset entry with `harness` names lm-evaluation-harness tasks of a local folder;
+they are checked before any model is loaded, run on each loaded model, and each task becomes a dataset of its own
+(`dataset=<task>`): `score` per model and the paired `delta`, `delta_ci_low`, `delta_ci_high`, `p_value` of the
+per-item values; results.json's `harness` says per task which metric and filter were compared.
+
 Both models see the same sampling seed, so their difference is the weights, not the dice. When candidate and
 champion are the same URI (iteration 1 before any training, or a no-op), the model is evaluated once.
 
@@ -55,14 +60,17 @@ dataset) and `series` (the series, flat metrics and findings). This module runs 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from sil_stages.core.contract import EvaluateConfig, Manifest
 from sil_stages.core.manifest import StageOutputs
 from sil_stages.core.pushgateway import push_stage
 from sil_stages.core.store import Store
-from sil_stages.evaluate.comparison import DatasetGuards, dataset_guards
+from sil_stages.evaluate.comparison import DatasetGuards, dataset_guards, harness_guards
+from sil_stages.evaluate.harness import HarnessSuite, prepare_suites
 from sil_stages.evaluate.inputs import acquire_diversity, load_datasets
 from sil_stages.evaluate.measurement import Measurement, base_output_lengths, measure_models
 from sil_stages.evaluate.scoring import Scores, make_judges
@@ -77,13 +85,17 @@ def run(config: EvaluateConfig, store: Store) -> Manifest:
     outputs = StageOutputs(store, config.output_uri)
     datasets = load_datasets(store, config.datasets)
     judges = make_judges(config, store)  # a bad verifier, pattern or pass@k fails before any model is loaded
-    measured = measure_models(config, store, datasets, judges)
+    with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:
+        suites = prepare_suites(store, config, scratch=Path(scratch))  # bad tasks fail before any model, too
+        measured = measure_models(config, store, datasets, judges, suites)
     base_lengths = base_output_lengths(store, config, datasets, measured.runs)
-    guards = dataset_guards(config, store, datasets, measured, base_lengths)
+    guards = {**dataset_guards(config, store, datasets, measured, base_lengths), **harness_guards(config, measured)}
     acquire = acquire_diversity(store, config)
     results = scores_by_dataset(measured, base_lengths)
 
-    outputs.write_text(RESULTS_FILE, results_json(config, measured, results, guards, base_lengths, acquire))
+    outputs.write_text(
+        RESULTS_FILE, results_json(config, measured, results, guards, base_lengths, acquire, harness_of(suites))
+    )
     series = series_for(config, results, guards, acquire)
     push_stage(config, series)  # before the manifest: a failed push fails the stage
     return outputs.seal(
@@ -105,7 +117,24 @@ def scores_by_dataset(measured: Measurement, base_lengths: dict[str, float]) -> 
     }
     for name, length in base_lengths.items():
         results[name]["base"] = Scores(score=float("nan"), output_length=length)
+    for task, by_model_run in measured.harness.items():
+        results[task] = {model: Scores(score=task_run.score) for model, task_run in by_model_run.items()}
     return results
+
+
+def harness_of(suites: list[HarnessSuite]) -> dict[str, dict[str, Any]]:
+    """results.json's record of each lm-eval task: the entry it came from and what was compared."""
+    return {
+        task.name: {
+            "entry": suite.entry,
+            "metric": task.metric,
+            "filter": task.filter,
+            "num_fewshot": suite.settings.num_fewshot,
+            "limit": suite.settings.limit,
+        }
+        for suite in suites
+        for task in suite.tasks
+    }
 
 
 def results_json(
@@ -115,8 +144,10 @@ def results_json(
     guards: dict[str, DatasetGuards],
     base_lengths: dict[str, float],
     acquire: dict[str, float],
+    harness: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """results.json: every score, comparison and guard, and the contaminated items in full."""
+    """results.json: every score, comparison and guard, the contaminated items in full, and per lm-eval task what
+    was compared (its scores and comparison are under `datasets` and `comparison`, by task name)."""
     document: dict[str, Any] = {
         "candidate_uri": config.candidate_uri,
         "champion_uri": config.champion_uri,
@@ -137,5 +168,6 @@ def results_json(
             for name, guard in guards.items()
         },
         "acquire": acquire,
+        "harness": harness or {},
     }
     return json.dumps(document, indent=2) + "\n"

@@ -35,7 +35,7 @@ from sil_stages.core.models import resolve_model
 from sil_stages.core.records import read_jsonl, require_field
 from sil_stages.core.seeding import derive_seed, seed_everything
 from sil_stages.core.store import Store
-from sil_stages.optimize import launcher, trainer_checkpoints
+from sil_stages.optimize import checkpoint_selection, launcher, trainer_checkpoints
 from sil_stages.optimize.methods import get_method
 from sil_stages.optimize.methods.base import TrainingJob
 from sil_stages.optimize.methods.training import copy_init
@@ -82,6 +82,9 @@ def run(config: OptimizeConfig, store: Store) -> Manifest | None:
         require_field(records, name, uri=config.train_uri, field="train_uri")
     if not records and method.empty_data is not None:
         raise StageInputError(method.empty_data)
+    if config.checkpoint_selection is not None:  # its errors before any model is loaded
+        checkpoint_selection.check(config)
+        checkpoint_selection.read_validation(store, config.checkpoint_selection, config.scorer)
     model_path = resolve_model(store, config.init_model_uri, field="init_model_uri")
 
     def base_model() -> str:

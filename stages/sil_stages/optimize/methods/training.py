@@ -168,9 +168,10 @@ def finish(job: TrainingJob, trainer: Any, before: dict[str, torch.Tensor], exam
     Under the launcher every rank trains; global rank 0 saves (with DeepSpeed every rank takes part in the save,
     which gathers ZeRO-3 shards into one 16-bit model) and only its metrics count (the others return none).
     """
-    from sil_stages.optimize import trainer_checkpoints
+    from sil_stages.optimize import checkpoint_selection, trainer_checkpoints
     from sil_stages.optimize.launcher import process_state
 
+    selection = checkpoint_selection.attach(trainer, job.config, job.store, job.model_path, job.seed)
     result, resumed_from = trainer_checkpoints.train(
         trainer,
         every_steps=job.config.checkpoint_every_steps,
@@ -179,6 +180,7 @@ def finish(job: TrainingJob, trainer: Any, before: dict[str, torch.Tensor], exam
         workdir=job.workdir,
     )
     state = process_state()
+    chosen = selection.restore_best(trainer.model) if selection is not None else {}
     model: Any = None
     if getattr(trainer, "is_deepspeed_enabled", False):
         model = save_gathered(job, trainer, state.is_main)
@@ -195,6 +197,7 @@ def finish(job: TrainingJob, trainer: Any, before: dict[str, torch.Tensor], exam
         "train_loss_mean": float(result.training_loss),
         "param_delta_l2": param_delta_l2(before, model),
         **trainer_metrics(history),
+        **chosen,
     }
     if resumed_from is not None:
         metrics["resumed_from_step"] = float(resumed_from)
