@@ -139,10 +139,11 @@ config's `engine` and spec.acquire.engine are this one type."""
 PYTHON_OBJECT = r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*"
 """A Python object as `module:name` (a verifier, a prompt generator, a scorer class): the one form of all three."""
 
-BUILTIN_VERIFIERS = ("exact-match",)
+BUILTIN_VERIFIERS = ("exact-match", "math")
 VERIFIER_PATTERN = "^(" + "|".join(BUILTIN_VERIFIERS) + "|" + PYTHON_OBJECT + ")$"
 Verifier = Annotated[
-    str, Matching(VERIFIER_PATTERN, "exact-match, or a Python function as module:function (e.g. arithmetic:verify)")
+    str,
+    Matching(VERIFIER_PATTERN, "exact-match, math, or a Python function as module:function (e.g. arithmetic:verify)"),
 ]
 
 # A value with a scheme (`letters:`) must use one of the listed ones; anything else is a path. Python's urlparse
@@ -309,7 +310,9 @@ class Scorer(Settings):
     verifier: Verifier = Field(
         default="exact-match",
         description="For type verifier: exact-match (the extracted answer equals the prompt record's `answer` "
-        "after normalization) or a Python function `module:function(prompt, completion, record) -> float` "
+        "after normalization), math (the completion's final answer, boxed or last, equals the record's `answer` "
+        "symbolically: 1/2 = 0.5 = \\frac{1}{2}; answerPattern is not used) or a Python function "
+        "`module:function(prompt, completion, record) -> float` "
         "importable by the stage. Default: exact-match.",
     )
     answer_pattern: AnswerPattern = Field(
@@ -652,8 +655,9 @@ class Judging(Settings):
     refinement: Refinement = Field(default_factory=Refinement, description="Inference refinement.")
     verifier: Verifier = Field(
         default="exact-match",
-        description="How an answer is judged correct: exact-match against the dataset's `answer`, or a "
-        "function module:function. Default: exact-match.",
+        description="How an answer is judged correct: exact-match against the dataset's `answer`, math "
+        "(symbolic equality of the final answer with `answer`), or a function module:function. Default: "
+        "exact-match.",
     )
     answer_pattern: AnswerPattern = Field(
         default=None, description="Regex extracting the answer; default: select.scorer.answerPattern."
