@@ -310,7 +310,12 @@ def _child(
 
 
 def _kill_group(pid: int) -> None:
-    """SIGKILL to the child's whole process group until none is left (the worker is their subreaper)."""
+    """SIGKILL to the child's whole process group until none is left (the worker is their subreaper: the
+    orphans of the group become its children, and reaping them is what empties the group)."""
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
     for _ in range(10000):
         try:
             os.killpg(pid, signal.SIGKILL)
