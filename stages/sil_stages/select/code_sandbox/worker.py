@@ -177,13 +177,32 @@ def build_seccomp() -> Any:
     return rules
 
 
-_SECCOMP: list[Any] = []
+_SECCOMP: list[bytes] = []
+"""The filter as a compiled BPF program (libseccomp's export): loading it is one prctl, where libseccomp's own
+load compiles it again in every child."""
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def compile_seccomp() -> bytes:
+    with tempfile.TemporaryFile() as file:
+        build_seccomp().export_bpf(file)
+        file.seek(0)
+        return file.read()
 
 
 def apply_seccomp() -> None:
     if not _SECCOMP:
-        _SECCOMP.append(build_seccomp())
-    _SECCOMP[0].load()
+        _SECCOMP.append(compile_seccomp())
+    program = _SECCOMP[0]
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
 
 
 def _count_tasks(uid: int) -> int:
@@ -379,7 +398,7 @@ def probe(config: dict[str, Any]) -> dict[str, Any]:
     """What holds here, found by doing it: a child applies each protection and checks its effect."""
     protections: dict[str, Any] = {}
     try:
-        _SECCOMP.append(build_seccomp())
+        _SECCOMP.append(compile_seccomp())
         protections["seccomp"] = True
     except Exception as error:
         protections["seccomp"] = f"pyseccomp or libseccomp.so.2 cannot be loaded ({type(error).__name__}: {error})"
