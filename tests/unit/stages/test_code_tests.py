@@ -239,3 +239,11 @@ def test_grpo_reward_and_select_get_the_same_scorer_from_the_registry() -> None:
     )
     assert rewards == [1.0, 2 / 3]  # return 0 passes add(-1, 1) == 0 and add(2, 2) != 5
     assert reward.__name__ == "code_tests"
+
+
+def test_the_reward_hacking_guard_judges_held_out_answers_with_the_same_scorer(scorer: CodeTestsScorer) -> None:
+    from sil_stages.evaluate.scoring import Proxy
+
+    proxy = Proxy(scorer, min_score=1.0)
+    answers = [["def add(a, b):\n    return a + b", "def add(a, b):\n    return 3"]]
+    assert proxy.verdicts(["add"], answers, [{"prompt": "add", "tests": ADD_TESTS}]) == [1.0, 0.0]
