@@ -9,6 +9,7 @@ protections the spec requires. The stage process itself becomes non-dumpable (`P
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -82,8 +83,7 @@ def _seccomp_path() -> str | None:
 
 
 class _Worker:
-    def __init__(self, limits: Limits, work_root: str, uid: int | None) -> None:
-        self._work_root = work_root
+    def __init__(self, limits: Limits, uid: int | None) -> None:
         self._config: dict[str, Any] = {
             "uid": uid,
             "timeoutS": limits.timeout_s,
@@ -91,7 +91,7 @@ class _Worker:
             "maxProcesses": limits.max_processes,
             "maxFileBytes": limits.max_file_bytes,
             "maxOutputBytes": limits.max_output_bytes,
-            "workRoot": work_root,
+            "workParent": tempfile.gettempdir(),
             "seccompPath": _seccomp_path(),
         }
         self._deadline_s = limits.timeout_s + _GRACE_S
@@ -105,16 +105,18 @@ class _Worker:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"},
-            cwd=self._work_root,
+            cwd="/",
             start_new_session=True,
             close_fds=True,
         )
         self._buffer = b""
+        self._work_root: str | None = None
         line = self._readline(time.monotonic() + self._deadline_s + 30.0)
         if line is None:
             self.close()
             raise StageInputError("select.scorer: the code-tests sandbox worker did not start (no probe report)")
-        self.protections = json.loads(line)["protections"]
+        first = json.loads(line)
+        self.protections, self._work_root = first["protections"], first["workRoot"]
 
     def _readline(self, deadline: float) -> str | None:
         assert self._process.stdout is not None
@@ -149,15 +151,21 @@ class _Worker:
         return RunResult(str(reply["status"]), tuple(reply["lines"]))
 
     def close(self) -> None:
-        """Ends the worker and every process of its session (children it could not kill if it died)."""
+        """Ends the worker (its job channel closed: it removes its work root and exits; killed if it does not) and
+        every process of its session (children it could not kill if it died)."""
         sid = self._process.pid
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait()
         for stream in (self._process.stdin, self._process.stdout):
             if stream is not None:
-                stream.close()
+                with contextlib.suppress(OSError):
+                    stream.close()
+        try:
+            self._process.wait(timeout=_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
         _kill_session(sid)
+        if self._work_root is not None:
+            shutil.rmtree(self._work_root, ignore_errors=True)
 
 
 def _kill_session(sid: int) -> None:
@@ -190,12 +198,10 @@ class SandboxPool:
 
     def __init__(self, limits: Limits, workers: int, accepted: frozenset[str], *, field: str) -> None:
         make_stage_undumpable()
-        self._root = tempfile.mkdtemp(prefix="sil-code-tests-")
-        os.chmod(self._root, 0o711)
         root = os.geteuid() == 0
         self._workers: list[_Worker] = []
         try:
-            self._reference = _Worker(limits, self._root, FIRST_UID if root else None)
+            self._reference = _Worker(limits, FIRST_UID if root else None)
             missing = missing_protections(self._reference.protections, accepted)
             if missing:
                 raise StageInputError(
@@ -206,7 +212,7 @@ class SandboxPool:
                     f"{field}.acceptMissingProtections to accept the weaker isolation"
                 )
             for k in range(workers):
-                self._workers.append(_Worker(limits, self._root, FIRST_UID + 1 + k if root else None))
+                self._workers.append(_Worker(limits, FIRST_UID + 1 + k if root else None))
         except BaseException:
             self.close()
             raise
@@ -238,4 +244,3 @@ class SandboxPool:
         for worker in [*self._workers, *([self._reference] if hasattr(self, "_reference") else [])]:
             worker.close()
         self._workers = []
-        shutil.rmtree(self._root, ignore_errors=True)

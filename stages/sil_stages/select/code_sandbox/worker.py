@@ -462,12 +462,18 @@ def main() -> None:
     for module in PRELOADED:
         __import__(module)
     out = sys.stdout
-    protections = probe(config)
-    out.write(json.dumps({"protections": protections}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        out.write(json.dumps(run_job(config, json.loads(line), protections)) + "\n")
+    # The worker owns its work root: it removes it when the stage closes the job channel, however the stage ends.
+    config["workRoot"] = tempfile.mkdtemp(prefix="sil-code-tests-", dir=config["workParent"])
+    os.chmod(config["workRoot"], 0o711)
+    try:
+        protections = probe(config)
+        out.write(json.dumps({"protections": protections, "workRoot": config["workRoot"]}) + "\n")
         out.flush()
+        for line in sys.stdin:
+            out.write(json.dumps(run_job(config, json.loads(line), protections)) + "\n")
+            out.flush()
+    finally:
+        shutil.rmtree(config["workRoot"], ignore_errors=True)
 
 
 if __name__ == "__main__":
