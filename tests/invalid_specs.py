@@ -185,6 +185,16 @@ INVALID: list[Invalid] = [
         "spec.select.scorer.judge.template",
     ),
     Invalid(
+        "a code-tests protection the sandbox does not know",
+        {"spec.select.scorer": {"type": "code-tests", "codeTests": {"acceptMissingProtections": ["network"]}}},
+        "spec.select.scorer.codeTests.acceptMissingProtections.0",
+    ),
+    Invalid(
+        "a code-tests run without time",
+        {"spec.select.scorer": {"type": "code-tests", "codeTests": {"timeoutS": 0}}},
+        "spec.select.scorer.codeTests.timeoutS",
+    ),
+    Invalid(
         "a difficulty band whose minimum is above its maximum",
         {"spec.select.keep": {"difficulty": {"minPassRate": 0.8, "maxPassRate": 0.2}}},
         "spec.select.keep.difficulty",

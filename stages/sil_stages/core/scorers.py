@@ -57,5 +57,13 @@ LLM_JUDGE = ScorerSpec(
     summary="a judge model (scorer.model, default the champion: self-rewarding) scores each completion with a "
     "rubric prompt (scorer.judge)",
 )
+CODE_TESTS = ScorerSpec(
+    name="code-tests",
+    summary="the completion's Python code (its first ```python block, else the whole text) runs in a sandbox "
+    "against the record's `tests` (asserts, or input/output pairs with `entryPoint`); the score is the share "
+    "passed (scorer.codeTests)",
+)
 
-SCORERS: dict[str, ScorerSpec] = {scorer.name: scorer for scorer in (VERIFIER, MAJORITY_VOTE, REWARD_MODEL, LLM_JUDGE)}
+SCORERS: dict[str, ScorerSpec] = {
+    scorer.name: scorer for scorer in (VERIFIER, MAJORITY_VOTE, REWARD_MODEL, LLM_JUDGE, CODE_TESTS)
+}

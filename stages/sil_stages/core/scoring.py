@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sil_stages.core.errors import StageInputError
+from sil_stages.core.math_answers import MATH, math_verifier
 
 Verifier = Callable[[str, str, dict[str, Any]], float]
 
@@ -78,7 +79,7 @@ def exact_match(pattern: re.Pattern[str] | None, *, field: str) -> Verifier:
 def load_user_function(spec: str, *, field: str) -> Verifier:
     """Imports `module:function`; `sil run` puts the loop file's directory on the path for it."""
     if ":" not in spec:
-        raise StageInputError(f"{field}: {spec!r} is neither exact-match nor module:function")
+        raise StageInputError(f"{field}: {spec!r} is neither exact-match, math nor module:function")
     user_function: Verifier = import_function(spec, field=field)
     return user_function
 
@@ -102,9 +103,12 @@ def import_function(spec: str, *, field: str) -> Callable[..., Any]:
 
 
 def make_verifier(spec: str, answer_pattern: str | None, *, field: str, pattern_field: str) -> Verifier:
-    """The verifier a config names: `exact-match` or a user function `module:function`."""
+    """The verifier a config names: `exact-match`, `math` (see `math_answers`) or a user function `module:function`."""
     if spec == EXACT_MATCH:
         return exact_match(compile_pattern(answer_pattern, field=pattern_field), field=field)
+    if spec == MATH:
+        verifier: Verifier = math_verifier(field=field)
+        return verifier
     return load_user_function(spec, field=field)
 
 

@@ -142,10 +142,11 @@ config's `engine` and spec.acquire.engine are this one type."""
 PYTHON_OBJECT = r"[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*"
 """A Python object as `module:name` (a verifier, a prompt generator, a scorer class): the one form of all three."""
 
-BUILTIN_VERIFIERS = ("exact-match",)
+BUILTIN_VERIFIERS = ("exact-match", "math")
 VERIFIER_PATTERN = "^(" + "|".join(BUILTIN_VERIFIERS) + "|" + PYTHON_OBJECT + ")$"
 Verifier = Annotated[
-    str, Matching(VERIFIER_PATTERN, "exact-match, or a Python function as module:function (e.g. arithmetic:verify)")
+    str,
+    Matching(VERIFIER_PATTERN, "exact-match, math, or a Python function as module:function (e.g. arithmetic:verify)"),
 ]
 
 # A value with a scheme (`letters:`) must use one of the listed ones; anything else is a path. Python's urlparse
@@ -407,6 +408,62 @@ class Judge(Settings):
     )
 
 
+SandboxProtection = Literal["seccomp", "landlock"]
+"""The code-tests sandbox's required protections (sil_stages.select.code_sandbox.pool.REQUIRED_PROTECTIONS)."""
+
+
+class CodeTests(Settings):
+    """How `code-tests` runs each completion against its prompt's tests: one sandboxed process per completion."""
+
+    timeout_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=600.0,
+        description="Wall-clock seconds for one completion's run (its code and all its tests); the whole process "
+        "group is killed then and the tests not yet reported fail. CPU time is limited to this plus one second. "
+        "Default: 5.",
+    )
+    memory_mb: int = Field(
+        default=512,
+        ge=64,
+        le=65536,
+        description="Address space of each process of a run (RLIMIT_AS), MiB. Default: 512.",
+    )
+    max_processes: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="Processes and threads a run may have (RLIMIT_NPROC; beyond the stage's own tasks when the "
+        "stage is not root). Default: 16.",
+    )
+    max_file_mb: int = Field(
+        default=16,
+        ge=0,
+        le=65536,
+        description="Largest file a run may write in its work dir (RLIMIT_FSIZE), MiB. Default: 16.",
+    )
+    max_output_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        le=1 << 30,
+        description="Most bytes of test values a run may send back; more fails the whole run (what it prints goes "
+        "to /dev/null and means nothing). Default: 1 MiB.",
+    )
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Sandbox workers running completions in parallel. Default: the CPUs the stage may use.",
+    )
+    accept_missing_protections: list[SandboxProtection] = Field(
+        default_factory=list,
+        description="Protections the sandbox may run without where the machine lacks them (the weaker isolation is "
+        "then accepted): seccomp (no sockets, no signals to others, no new session or namespace) and landlock (no "
+        "file outside the run's work dir). Default: none; a missing one makes the stage refuse, saying which and "
+        "why.",
+    )
+
+
 class Scorer(Settings):
     type: ScorerType = Field(
         default="verifier",
@@ -416,7 +473,9 @@ class Scorer(Settings):
     verifier: Verifier = Field(
         default="exact-match",
         description="For type verifier: exact-match (the extracted answer equals the prompt record's `answer` "
-        "after normalization) or a Python function `module:function(prompt, completion, record) -> float` "
+        "after normalization), math (the completion's final answer, boxed or last, equals the record's `answer` "
+        "symbolically: 1/2 = 0.5 = \\frac{1}{2}; answerPattern is not used) or a Python function "
+        "`module:function(prompt, completion, record) -> float` "
         "importable by the stage. Default: exact-match.",
     )
     answer_pattern: AnswerPattern = Field(
@@ -445,6 +504,9 @@ class Scorer(Settings):
         "batch (llm-judge). Default: 64.",
     )
     judge: Judge = Field(default_factory=Judge, description="For llm-judge: the judge prompt and its parsing.")
+    code_tests: CodeTests = Field(
+        default_factory=CodeTests, description="For code-tests: the sandbox's limits and its required protections."
+    )
 
 
 _ALL_PASS_RATES = (0.0, 1.0)
@@ -840,8 +902,9 @@ class Judging(Settings):
     refinement: Refinement = Field(default_factory=Refinement, description="Inference refinement.")
     verifier: Verifier = Field(
         default="exact-match",
-        description="How an answer is judged correct: exact-match against the dataset's `answer`, or a "
-        "function module:function. Default: exact-match.",
+        description="How an answer is judged correct: exact-match against the dataset's `answer`, math "
+        "(symbolic equality of the final answer with `answer`), or a function module:function. Default: "
+        "exact-match.",
     )
     answer_pattern: AnswerPattern = Field(
         default=None, description="Regex extracting the answer; default: select.scorer.answerPattern."

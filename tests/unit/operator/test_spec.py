@@ -117,8 +117,8 @@ def test_the_base_loop_of_the_shared_table_is_valid() -> None:
         ),
         ("spec.acquire.engine", "tgi", "spec.acquire.engine: Input should be 'transformers' or 'vllm'"),
         ("spec.acquire.samplesPerPrompts", 4, "spec.acquire.samplesPerPrompts: unknown field"),
-        ("spec.select.scorer.verifier", "fuzzy", "spec.select.scorer.verifier: expected exact-match, or a Python"),
-        ("spec.evaluate.verifier", "fuzzy", "spec.evaluate.verifier: expected exact-match, or a Python function"),
+        ("spec.select.scorer.verifier", "fuzzy", "spec.select.scorer.verifier: expected exact-match, math, or a"),
+        ("spec.evaluate.verifier", "fuzzy", "spec.evaluate.verifier: expected exact-match, math, or a Python function"),
         ("spec.select.scorer.answerPattern", "([0-9]+", "spec.select.scorer.answerPattern: not a valid regular expr"),
         ("spec.evaluate.datasets.0.name", "Held_Out", "spec.evaluate.datasets.0.name: expected a DNS label"),
         (

@@ -55,7 +55,7 @@ def test_the_stage_rejects_a_verifier_the_spec_would_reject() -> None:
     evaluate = build_stage_config(parse_loop(valid_loop()).spec, LoopRef("demo"), 1, "evaluate", "file:///m")
     assert isinstance(evaluate, EvaluateConfig)
     raw = json.loads(evaluate.model_dump_json()) | {"verifier": "verify.py"}
-    with pytest.raises(ValidationError, match="expected exact-match, or a Python function"):
+    with pytest.raises(ValidationError, match="expected exact-match, math, or a Python function"):
         parse_stage_config(raw)
 
 

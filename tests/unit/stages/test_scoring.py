@@ -87,7 +87,7 @@ def test_user_function_is_imported_from_module_colon_function(tmp_path: Path, mo
     [
         ("no_such_module_xyz:verify", r"scorer\.verifier: cannot import module 'no_such_module_xyz'.*PYTHONPATH"),
         ("json:no_such_function", r"scorer\.verifier: module 'json' has no function 'no_such_function'"),
-        ("not-a-spec", r"scorer\.verifier: 'not-a-spec' is neither exact-match nor module:function"),
+        ("not-a-spec", r"scorer\.verifier: 'not-a-spec' is neither exact-match, math nor module:function"),
     ],
 )
 def test_a_user_function_that_cannot_be_loaded_is_a_clear_input_error(spec: str, message: str) -> None:

@@ -105,3 +105,49 @@ def test_majority_vote_below_min_vote_share_gives_no_pseudo_label(tmp_path: Path
     config = stage_config("select", samples_uri=samples, scorer=scorer)
     assert _run(config) == 0
     assert read_jsonl(output_dir(config) / "train.jsonl") == [{"prompt": "strong", "completion": "x"}]
+
+
+def test_code_tests_keeps_the_programs_that_pass_every_test(tmp_path: Path, stage_config: StageConfig) -> None:
+    tests = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0"]
+    right = "```python\ndef add(a, b):\n    return a + b\n```"
+    samples = _samples(
+        tmp_path,
+        [
+            {
+                "prompt": "Write add.",
+                "completions": [right, "def add(a, b):\n    return 0", "while True: pass"],
+                "tests": tests,
+            }
+        ],
+    )
+    scorer = {"type": "code-tests", "code_tests": {"timeout_s": 2.0, "concurrency": 2}}
+    config = stage_config("select", samples_uri=samples, scorer=scorer, keep={"min_score": 1.0, "top_k": None})
+    assert _run(config) == 0
+    out = output_dir(config)
+    assert read_jsonl(out / "train.jsonl") == [{"prompt": "Write add.", "completion": right}]
+    scored = read_jsonl(out / "scored.jsonl")
+    assert [(row["score"], row["run"]) for row in scored] == [(1.0, "ok"), (0.5, "ok"), (0.0, "timeout")]
+    assert json.loads((out / "_manifest.json").read_text())["metrics"]["code_tests_pass_rate"] == pytest.approx(3 / 6)
+
+
+def test_code_tests_with_a_non_assert_statement_exits_2_naming_the_record(
+    tmp_path: Path, stage_config: StageConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    samples = _samples(
+        tmp_path, [{"prompt": "Write add.", "completions": ["x"], "tests": "want = 3\nassert add(1, 2) == want"}]
+    )
+    config = stage_config(
+        "select", samples_uri=samples, scorer={"type": "code-tests", "code_tests": {"concurrency": 1}}
+    )
+    assert _run(config) == 2
+    assert "only assert and import statements" in capsys.readouterr().err
+    assert not (output_dir(config) / "_manifest.json").exists()
+
+
+def test_the_math_verifier_keeps_equivalent_answers(tmp_path: Path, stage_config: StageConfig) -> None:
+    completions = ["So it is \\boxed{\\frac{1}{2}}", "The answer is 0.5", "The answer is 0.25"]
+    samples = _samples(tmp_path, [{"prompt": "Half of 1?", "completions": completions, "answer": "1/2"}])
+    config = stage_config("select", samples_uri=samples, scorer={"verifier": "math"}, keep={"top_k": None})
+    assert _run(config) == 0
+    kept = [row["completion"] for row in read_jsonl(output_dir(config) / "train.jsonl")]
+    assert kept == completions[:2]

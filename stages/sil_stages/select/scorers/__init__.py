@@ -6,7 +6,7 @@ evaluate's reward-hacking guard all build their scorer with `make_scorer` and ne
 
 from __future__ import annotations
 
-from sil_stages.select.scorers import llm_judge, majority_vote, reward_model, user_class, verifier
+from sil_stages.select.scorers import code_tests, llm_judge, majority_vote, reward_model, user_class, verifier
 from sil_stages.select.scorers.base import PromptSamples, Score, Scorer, ScorerContext, ScorerFactory
 
 REGISTRY: dict[str, ScorerFactory] = {
@@ -14,6 +14,7 @@ REGISTRY: dict[str, ScorerFactory] = {
     majority_vote.NAME: majority_vote.build,
     reward_model.NAME: reward_model.build,
     llm_judge.NAME: llm_judge.build,
+    code_tests.NAME: code_tests.build,
 }
 
 
