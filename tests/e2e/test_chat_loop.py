@@ -90,7 +90,8 @@ def test_a_chat_loop_runs_an_iteration_with_each_method_on_conversational_data(
     assert all(s["messages"][0] == system and s["messages"][-1]["content"] == s["prompt"] for s in samples)
     completions = [c for s in samples for c in s["completions"]]
     assert not any(token in c for c in completions for token in TEMPLATE_TOKENS)
-    assert any(c.strip().isdigit() for c in completions), "the chat model answers with a number"
+    answers = sum(c.strip().isdigit() for c in completions)
+    assert answers > 0.9 * len(completions), "generation stops at <|im_end|>: the answer alone, no further turns"
 
     train = _rows(store / "select" / "train.jsonl")
     assert train, "select kept data"

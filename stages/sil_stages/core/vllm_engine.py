@@ -12,12 +12,11 @@ from typing import Any
 from sil_stages.core.chat import Prompt, PromptFormat
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.generation import SamplingRequest
+from sil_stages.core.settings import ChatFormat
 
 
 class VllmEngine:
-    def __init__(self, model_path: str, prompt_format: PromptFormat, **llm_kwargs: Any) -> None:
-        self.format = prompt_format
-        """The one formatting of `sil_stages.core.chat` (the same tokenizer vLLM loads)."""
+    def __init__(self, model_path: str, prompt_format: PromptFormat | None = None, **llm_kwargs: Any) -> None:
         try:
             from vllm import LLM
         except ImportError as error:
@@ -25,6 +24,8 @@ class VllmEngine:
                 "engine: vllm is not installed in this image; use engine: transformers or the GPU stage image"
             ) from error
         self._llm = LLM(model=model_path, **llm_kwargs)
+        self.format = prompt_format or PromptFormat.of(self._llm.get_tokenizer(), ChatFormat(), model=model_path)
+        """The one formatting of `sil_stages.core.chat` (make_engine's, from the same tokenizer vLLM loads)."""
 
     def generate(self, prompts: Sequence[Prompt], request: SamplingRequest) -> list[list[str]]:
         from vllm import SamplingParams

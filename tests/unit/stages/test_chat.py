@@ -99,6 +99,15 @@ def test_a_conversation_for_a_model_that_reads_raw_text_is_refused(
         format_prompt(reader, [{"role": "user", "content": "1+2="}], settings)
 
 
+def test_formatting_a_conversation_again_adds_no_second_system_turn(tokenizer: Any) -> None:
+    """acquire writes the conversation with the system prompt; select, GRPO and a later format reuse it: once."""
+    settings = ChatFormat(system_prompt=SYSTEM)
+    once = conversation("1+2=", settings)
+    assert conversation(once, settings) == once
+    text = format_prompt(tokenizer, once, settings)
+    assert text.count("<|im_start|>system") == 1 and text.count("<|im_start|>assistant") == 1
+
+
 def test_generation_stops_at_chatml_end_of_turn(tokenizer: Any, plain_tokenizer: Any) -> None:
     assert tokenizer.convert_ids_to_tokens(end_of_turn_ids(tokenizer)) == ["<|im_end|>"]
     assert PromptFormat.of(tokenizer, ChatFormat()).stop_ids == tuple(end_of_turn_ids(tokenizer))
