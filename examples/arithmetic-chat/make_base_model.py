@@ -55,9 +55,9 @@ class Recipe:
     heads: int = 4
     max_positions: int = 64
     seed: int = 0
-    learning_rate: float = 2e-3
-    epochs: float = 16.0
-    batch_size: int = 64
+    learning_rate: float = 1e-3
+    epochs: float = 20.0
+    batch_size: int = 32
     pretrain_examples: int | None = None
     """How many pretraining sums to use (None: all)."""
 
