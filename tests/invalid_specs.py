@@ -308,6 +308,8 @@ INVALID: list[Invalid] = [
     # URI schemes
     Invalid("a model uri with an unknown scheme", {"spec.model.uri": "ftp://host/base"}, "spec.model.uri"),
     Invalid("an empty model uri", {"spec.model.uri": ""}, "spec.model.uri"),
+    Invalid("an unknown chat template mode", {"spec.model.chatTemplate": "sometimes"}, "spec.model.chatTemplate"),
+    Invalid("an empty system prompt", {"spec.model.systemPrompt": ""}, "spec.model.systemPrompt"),
     Invalid("a storage uri with an unknown scheme", {"spec.storage.uri": "ftp://host/runs"}, "spec.storage.uri"),
     Invalid("a storage uri on the hub (models only)", {"spec.storage.uri": "hf://org/runs"}, "spec.storage.uri"),
     Invalid(

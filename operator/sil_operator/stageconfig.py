@@ -26,6 +26,7 @@ from sil_stages.core.contract import (
 )
 from sil_stages.core.methods import method_spec
 from sil_stages.core.optimization import Optimization
+from sil_stages.core.settings import ChatFormat
 from sil_stages.core.store import join
 
 AnyStageConfig = AcquireConfig | SelectConfig | OptimizeConfig | EvaluateConfig
@@ -71,6 +72,7 @@ def build_stage_config(spec: LoopSpec, loop: LoopRef, iteration: int, stage: str
         "storage": StorageOptions(uri=storage, endpoint=spec.storage.endpoint, region=spec.storage.region),
         "output_uri": stage_uri(storage, iteration, stage),
         "seed": spec.loop_seed,
+        "chat": ChatFormat(chat_template=spec.model.chat_template, system_prompt=spec.model.system_prompt),
     }
     if stage == "acquire":
         acquire = spec.acquire

@@ -31,6 +31,7 @@ from sil_stages.core.settings import (
     SELF_INSTRUCT_REQUIRES,
     SELF_REFINE_REQUIRES,
     Accumulate,
+    ChatFormat,
     DataUri,
     DnsLabel,
     EvalDataset,
@@ -112,7 +113,7 @@ class ApiModel(CelValidated):
     )
 
 
-class ModelSpec(ApiModel):
+class ModelSpec(ApiModel, ChatFormat):
     uri: ModelUri = Field(
         description="The base model: a transformers checkpoint directory. s3://bucket/prefix, file:///path "
         "(or a path relative to the loop file for `sil run`), or hf://org/name on clusters with hub access. "

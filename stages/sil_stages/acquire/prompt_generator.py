@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
+from sil_stages.core.chat import check_prompt_record
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.records import Record
 from sil_stages.core.scoring import import_function
@@ -43,7 +44,9 @@ def generate_prompts(spec: str, iteration: int, seed: int, count: int | None) ->
             f"{FIELD}: {spec}({iteration}, {seed}, {count}) raised {type(error).__name__}: {error}; fix the function"
         ) from error
     for number, record in enumerate(records, start=1):
-        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+        if isinstance(record, dict) and "messages" in record:
+            check_prompt_record(record, f"{FIELD}: {spec} record {number}")
+        elif not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
             raise StageInputError(
                 f"{FIELD}: {spec} record {number} is not a dict with a string `prompt`: {shown(record)}"
             )

@@ -25,11 +25,12 @@ from sil_stages.acquire.self_instruct import (
     read_earlier_generated,
     self_instruct,
 )
+from sil_stages.core.chat import check_prompt_records, prompt_text
 from sil_stages.core.contract import GENERATED_FILE, AcquireConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.generation import GenerationEngine
 from sil_stages.core.manifest import StageOutputs
-from sil_stages.core.records import Record, read_jsonl, require_field, to_jsonl
+from sil_stages.core.records import Record, read_jsonl, to_jsonl
 from sil_stages.core.seeding import derive_seed
 from sil_stages.core.store import Store
 
@@ -86,10 +87,10 @@ def draw(records: list[Record], count: int | None, seed: int) -> list[Record]:
 
 
 def read_pool(config: AcquireConfig, store: Store) -> list[Record]:
-    """The records of `prompts_uri`, each with a `prompt`."""
+    """The records of `prompts_uri`, each with a `prompt` or `messages` (`sil_stages.core.chat`)."""
     assert config.prompts_uri is not None
     records = read_jsonl(store, config.prompts_uri, field="prompts_uri")
-    require_field(records, "prompt", uri=config.prompts_uri, field="prompts_uri")
+    check_prompt_records(records, uri=config.prompts_uri, field="prompts_uri")
     if not records:
         raise StageInputError(f"prompts_uri: {config.prompts_uri} holds no prompts")
     return records
@@ -117,7 +118,7 @@ def _self_instructed(growing: Growing) -> list[Record]:
     earlier = read_earlier_generated(growing.store, config.earlier_acquire_uris)
     rows = self_instruct(
         growing.engine,
-        [str(record["prompt"]) for record in growing.pool],
+        [prompt_text(record) for record in growing.pool],
         earlier,
         config.self_instruct,
         seed=derive_seed(config.seed, config.iteration, "self-instruct"),

@@ -24,14 +24,16 @@ import logging
 from sil_stages.acquire import metrics as acquire_metrics
 from sil_stages.acquire import temperature as auto_temperature
 from sil_stages.acquire.sources import Growing, configured_growers, configured_source, counters
+from sil_stages.core.chat import conversation, model_prompt, prompt_text
 from sil_stages.core.contract import SAMPLES_FILE, AcquireConfig, Manifest
 from sil_stages.core.engines import make_engine
+from sil_stages.core.errors import StageInputError
 from sil_stages.core.generation import GenerationEngine, SamplingRequest
 from sil_stages.core.manifest import StageOutputs
 from sil_stages.core.models import resolve_model
 from sil_stages.core.records import Record, to_jsonl
 from sil_stages.core.seeding import derive_seed, seed_everything
-from sil_stages.core.settings import AUTO
+from sil_stages.core.settings import AUTO, ChatFormat
 from sil_stages.core.store import Store
 from sil_stages.select.scorers import ScorerContext, make_scorer
 
@@ -40,7 +42,27 @@ log = logging.getLogger(__name__)
 
 def carried(record: Record) -> Record:
     """The fields of a prompt record that travel along with its samples (all but the prompt itself)."""
-    return {key: value for key, value in record.items() if key != "prompt"}
+    return {key: value for key, value in record.items() if key not in ("prompt", "messages")}
+
+
+def sample_row(record: Record, completions: list[str], engine: GenerationEngine, chat: ChatFormat) -> Record:
+    """One `samples.jsonl` line. A conversational loop also writes the prompt's `messages` (the system prompt
+    included), which select turns into conversational training data; `prompt` is then its question as text."""
+    if not engine.format.conversational:
+        return {"prompt": record["prompt"], "completions": completions, **carried(record)}
+    messages = conversation(model_prompt(record), chat)
+    return {"prompt": prompt_text(record), "messages": messages, "completions": completions, **carried(record)}
+
+
+def check_text_prompts(prompts: list[Record], config: AcquireConfig) -> None:
+    """A loop whose model reads raw text cannot take conversations: refused before the model generates."""
+    for number, record in enumerate(prompts, start=1):
+        if "messages" in record:
+            raise StageInputError(
+                f"acquire.prompts: record {number} has `messages`, but the model reads raw text "
+                f"(spec.model.chatTemplate is {config.chat.chat_template} and its tokenizer has no chat template, "
+                "or chatTemplate is never); give the records a `prompt`, or use a model with a chat template"
+            )
 
 
 def run(config: AcquireConfig, store: Store) -> Manifest:
@@ -54,7 +76,9 @@ def run(config: AcquireConfig, store: Store) -> Manifest:
     sample_seed = derive_seed(config.seed, config.iteration, "acquire")
     seed_everything(sample_seed)
     model_path = resolve_model(store, config.model_uri, field="model_uri")
-    engine = make_engine(config.engine, model_path, batch_size=config.batch_size, progress="acquire")
+    engine = make_engine(config.engine, model_path, batch_size=config.batch_size, progress="acquire", chat=config.chat)
+    if not engine.format.conversational:
+        check_text_prompts(drawn.prompts, config)
     prompts = drawn.prompts
     for grower in growers:
         prompts = prompts + grower.grow(Growing(config, store, engine, drawn.pool, outputs, metrics))
@@ -68,11 +92,10 @@ def run(config: AcquireConfig, store: Store) -> Manifest:
         max_new_tokens=config.sampling.max_new_tokens,
         seed=sample_seed,
     )
-    completions = engine.generate([str(record["prompt"]) for record in prompts], request)
+    completions = engine.generate([model_prompt(record) for record in prompts], request)
 
     lines = [
-        {"prompt": record["prompt"], "completions": samples, **carried(record)}
-        for record, samples in zip(prompts, completions, strict=True)
+        sample_row(record, samples, engine, config.chat) for record, samples in zip(prompts, completions, strict=True)
     ]
     outputs.write_text(SAMPLES_FILE, to_jsonl(lines))
     metrics |= {"prompts": float(len(lines)), "samples": float(sum(len(c) for c in completions))}
@@ -104,6 +127,7 @@ def _temperature(
             champion_uri=config.model_uri,
             seed=derive_seed(config.seed, config.iteration, "temperature-probe-score"),
             engine=config.engine,
+            chat=config.chat,
         )
     )
     choice = auto_temperature.choose(

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sil_stages.core.chat import model_prompt, prompt_text
 from sil_stages.core.generation import GenerationEngine, SamplingRequest
 from sil_stages.core.records import Record
 from sil_stages.core.settings import AutoTemperature, Keep, Sampling
@@ -165,8 +166,9 @@ def choose(
     """Probes every temperature of `bounds.grid()` on a seeded draw of `prompts` and picks the best (module doc)."""
     started = clock()
     probed = probe_draw(prompts, bounds.probe_prompts, draw_seed)
-    texts = [str(record["prompt"]) for record in probed]
-    contexts = [{key: value for key, value in record.items() if key != "prompt"} for record in probed]
+    asked = [model_prompt(record) for record in probed]  # as the iteration's sampling asks (a chat loop: messages)
+    texts = [prompt_text(record) for record in probed]
+    contexts = [{key: value for key, value in record.items() if key not in ("prompt", "messages")} for record in probed]
     rows: list[ProbeRow] = []
     for temperature in bounds.grid():
         request = SamplingRequest(
@@ -176,7 +178,7 @@ def choose(
             max_new_tokens=sampling.max_new_tokens,
             seed=generation_seed,
         )
-        completions = engine.generate(texts, request)
+        completions = engine.generate(asked, request)
         groups = [
             PromptSamples(text, tuple(samples), {"prompt": text, **context})
             for text, samples, context in zip(texts, completions, contexts, strict=True)

@@ -96,6 +96,8 @@ class _StageConfigBase(_Frozen):
     output_uri: str
     """The stage directory; outputs and the manifest go here."""
     seed: int = 0
+    chat: settings.ChatFormat = settings.ChatFormat()
+    """spec.model's chat settings: how every model of the stage reads a prompt (sil_stages.core.chat)."""
 
 
 _OWN_NAMES = ConfigDict(alias_generator=None)

@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from sil_stages.core.chat import Prompt, PromptFormat
+from sil_stages.core.settings import ChatFormat
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -27,8 +30,13 @@ class SamplingRequest:
 
 
 class GenerationEngine(Protocol):
-    def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
-        """For each prompt, `request.n` completions (text after the prompt, special tokens dropped)."""
+    format: PromptFormat
+    """How the engine's model reads a prompt (`sil_stages.core.chat`): text, or its chat template."""
+
+    def generate(self, prompts: Sequence[Prompt], request: SamplingRequest) -> list[list[str]]:
+        """For each prompt (a text, or messages), `request.n` completions: the text after the prompt, special tokens
+        dropped; with a chat template the prompt is formatted by `sil_stages.core.chat` and the completion is the
+        assistant turn's content, generation stopping at the end of the turn."""
         ...
 
 
@@ -47,7 +55,7 @@ class TokenStats:
 class TokenScorer(Protocol):
     """An engine that can also score given completions (the KL and entropy guards need it)."""
 
-    def token_stats(self, prompts: Sequence[str], completions: Sequence[str]) -> list[TokenStats]: ...
+    def token_stats(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[TokenStats]: ...
 
 
 class TransformersEngine:
@@ -60,9 +68,13 @@ class TransformersEngine:
         *,
         batch_size: int = 64,
         progress: str = "generate",
+        chat: ChatFormat | None = None,
+        name: str = "the model",
     ) -> None:
         self._model = model
         self._tokenizer = tokenizer
+        self.format = PromptFormat.of(tokenizer, chat or ChatFormat(), model=name)
+        """How this model reads a prompt; `format.conversational` says whether through its chat template."""
         self._batch_size = max(1, batch_size)
         self._progress = progress
 
@@ -75,7 +87,7 @@ class TransformersEngine:
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self._tokenizer
 
-    def generate(self, prompts: Sequence[str], request: SamplingRequest) -> list[list[str]]:
+    def generate(self, prompts: Sequence[Prompt], request: SamplingRequest) -> list[list[str]]:
         # Imported here, as torch is: the operator side imports this module (through the scorer registry) in an
         # image that has neither (images/operator.Dockerfile; tests/unit/test_import_boundaries.py).
         import torch
@@ -86,7 +98,7 @@ class TransformersEngine:
         results: list[list[str]] = []
         batches = range(0, len(prompts), self._batch_size)
         for start in tqdm(batches, desc=self._progress, unit="batch", leave=False):
-            batch = list(prompts[start : start + self._batch_size])
+            batch = [self.format.text(prompt) for prompt in prompts[start : start + self._batch_size]]
             inputs = self._tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
             inputs = inputs.to(self._model.device)
             model: Any = self._model
@@ -99,7 +111,9 @@ class TransformersEngine:
                     top_k=None if greedy else 0,
                     num_return_sequences=request.n,
                     max_new_tokens=request.max_new_tokens,
-                    eos_token_id=self._tokenizer.eos_token_id,
+                    eos_token_id=list(self.format.stop_ids)
+                    if self.format.conversational
+                    else self._tokenizer.eos_token_id,
                     pad_token_id=self._tokenizer.pad_token_id,
                 )
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -108,7 +122,7 @@ class TransformersEngine:
                 results.append(texts[index * request.n : (index + 1) * request.n])
         return results
 
-    def token_stats(self, prompts: Sequence[str], completions: Sequence[str]) -> list[TokenStats]:
+    def token_stats(self, prompts: Sequence[Prompt], completions: Sequence[str]) -> list[TokenStats]:
         """Log-probability and next-token entropy of each completion given its prompt, in one forward pass per batch.
 
         Prompt and completion are tokenized apart and joined, so two models with one tokenizer score the very same
@@ -124,7 +138,8 @@ class TransformersEngine:
         stats: list[TokenStats] = []
         for start in range(0, len(prompts), self._batch_size):
             end = start + self._batch_size
-            pairs = list(zip(prompts[start:end], completions[start:end], strict=True))
+            texts = [self.format.text(prompt) for prompt in prompts[start:end]]
+            pairs = list(zip(texts, completions[start:end], strict=True))
             encoded = [
                 (
                     tokenizer(prompt, add_special_tokens=False)["input_ids"],

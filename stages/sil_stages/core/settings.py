@@ -842,6 +842,29 @@ class SelfInstruct(Settings):
     )
 
 
+ChatTemplateMode = Literal["auto", "always", "never"]
+"""When a prompt goes through the model's chat template: auto (when its tokenizer has one), always, never."""
+
+
+class ChatFormat(Settings):
+    """How every stage turns a prompt into what the model reads (sil_stages.core.chat): spec.model's chat settings,
+    given to every stage as they are, so acquire, select's judge, optimize and evaluate format prompts alike."""
+
+    chat_template: ChatTemplateMode = Field(
+        default="auto",
+        description="Whether prompts go through the model's chat template (as user turns, the completion being the "
+        "assistant turn's content). auto: when the tokenizer has a chat_template. always: it must have one (the "
+        "stages fail when it has none). never: prompts are fed as raw text (records with `messages` are refused). "
+        "A conversational loop trains on conversational datasets (SFT's loss on the assistant turn only). "
+        "Default: auto.",
+    )
+    system_prompt: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A system turn put before every conversation that has none (chat template only). Default: none.",
+    )
+
+
 class Generation(Settings):
     """How the champion samples completions: spec.acquire's settings, given to the acquire stage as they are."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from sil_stages.core.chat import prompt_text
 from sil_stages.core.contract import EvaluateConfig
 from sil_stages.core.generation import TokenStats
 from sil_stages.core.records import Record
@@ -68,7 +69,7 @@ def dataset_guards(
         if gap is not None:
             guard.proxy_gap_trend = trend(gap, previous_gaps.get(name))
         if index is not None:
-            guard.contaminated = contaminated_items(index, [str(r["prompt"]) for r in datasets[name]])
+            guard.contaminated = contaminated_items(index, [prompt_text(r) for r in datasets[name]])
             guard.contamination = len(guard.contaminated) / len(datasets[name])
         guards[name] = guard
         log.info(

@@ -8,17 +8,18 @@ held-out prompts. Each reader checks its input and names the config field at fau
 
 from __future__ import annotations
 
+from sil_stages.core.chat import check_prompt_records, content_text
 from sil_stages.core.contract import EvalDatasetConfig, EvaluateConfig
 from sil_stages.core.errors import StageInputError
-from sil_stages.core.records import Record, read_jsonl, require_field
+from sil_stages.core.records import Record, read_jsonl
 from sil_stages.core.seeding import derive_seed
 from sil_stages.core.store import Store
 from sil_stages.evaluate.guards import TrainingIndex, diversity
 
 
 def load_datasets(store: Store, datasets: tuple[EvalDatasetConfig, ...]) -> dict[str, list[Record]]:
-    """The held-out JSONL datasets by name, in config order; each must hold records with a `prompt`. Harness entries
-    are not read here (`harness.prepare_suites`)."""
+    """The held-out JSONL datasets by name, in config order; each record holds a `prompt` or `messages`. Harness
+    entries are not read here (`harness.prepare_suites`)."""
     if not datasets or datasets[0].uri is None:
         raise StageInputError(
             "datasets[0]: name a held-out JSONL dataset with prompt and answer (uri) first; harness entries follow it"
@@ -31,7 +32,7 @@ def load_datasets(store: Store, datasets: tuple[EvalDatasetConfig, ...]) -> dict
         records = read_jsonl(store, dataset.uri, field=field_name)
         if not records:
             raise StageInputError(f"{field_name}: {dataset.uri} holds no records")
-        require_field(records, "prompt", uri=dataset.uri, field=field_name)
+        check_prompt_records(records, uri=dataset.uri, field=field_name)
         loaded[dataset.name] = records
     return loaded
 
@@ -51,5 +52,6 @@ def training_index(store: Store, config: EvaluateConfig) -> TrainingIndex | None
     if config.train_uri is None or not store.exists(config.train_uri):
         return None
     records = read_jsonl(store, config.train_uri, field="train_uri")
-    texts = [str(record.get(key, "")) for record in records for key in ("prompt", "completion", "chosen", "rejected")]
+    keys = ("prompt", "completion", "chosen", "rejected")
+    texts = [content_text(record.get(key, "")) for record in records for key in keys]
     return TrainingIndex([text for text in texts if text], n=config.contamination.ngram)

@@ -12,6 +12,7 @@ import gc
 import logging
 from dataclasses import dataclass, field, replace
 
+from sil_stages.core.chat import model_prompt
 from sil_stages.core.contract import EvaluateConfig
 from sil_stages.core.engines import make_engine
 from sil_stages.core.generation import GenerationEngine, SamplingRequest, TokenScorer, TokenStats, TransformersEngine
@@ -68,7 +69,9 @@ def measure_models(
             path, verified = checked.path, checked.manifest_sha256
         else:
             path = resolve_model(store, uris[model], field=f"{model}_uri")
-        engine = make_engine(config.engine, path, batch_size=config.batch_size, progress=f"evaluate {model}")
+        engine = make_engine(
+            config.engine, path, batch_size=config.batch_size, progress=f"evaluate {model}", chat=config.chat
+        )
         for name, records in datasets.items():
             seed = derive_seed(config.seed, config.iteration, f"evaluate:{name}")
             runs[name][model] = score_dataset(
@@ -84,7 +87,7 @@ def measure_models(
             )
             probes = runs[name]["candidate"].probes
             if model == "champion" and probes and isinstance(engine, TokenScorer):
-                stats = engine.token_stats([str(r["prompt"]) for r in records], probes)
+                stats = engine.token_stats([model_prompt(r) for r in records], probes)
                 champion_stats[name] = stats
                 champion_run = runs[name]["champion"]
                 champion_run.scores = replace(champion_run.scores, token_entropy=mean_token_entropy(stats))
@@ -137,10 +140,10 @@ def base_output_lengths(
         if uri == config.base_uri:
             return {name: mean_length(by_model[model].greedy) for name, by_model in runs.items()}
     path = resolve_model(store, config.base_uri, field="base_uri")
-    engine = make_engine(config.engine, path, batch_size=config.batch_size, progress="evaluate base")
+    engine = make_engine(config.engine, path, batch_size=config.batch_size, progress="evaluate base", chat=config.chat)
     request = SamplingRequest(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
     lengths = {
-        name: mean_length([outs[0] for outs in engine.generate([str(r["prompt"]) for r in records], request)])
+        name: mean_length([outs[0] for outs in engine.generate([model_prompt(r) for r in records], request)])
         for name, records in datasets.items()
     }
     del engine

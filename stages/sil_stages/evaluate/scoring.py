@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from sil_stages.core.chat import model_prompt, prompt_text
 from sil_stages.core.contract import EvaluateConfig
 from sil_stages.core.generation import GenerationEngine, SamplingRequest, TokenScorer, TokenStats
 from sil_stages.core.records import Record
@@ -111,6 +112,7 @@ def _scorer_context(config: EvaluateConfig, store: Store, settings: ScorerSettin
         champion_uri=config.champion_uri,
         seed=derive_seed(config.seed, config.iteration, "proxy"),
         engine=config.engine,
+        chat=config.chat,
     )
 
 
@@ -167,9 +169,11 @@ def score_dataset(
 ) -> ModelRun:
     """Greedy accuracy, the refinement scores (self-consistency, pass@k, best-of-N by `selector`, self-refine) and
     the guards of one model on one dataset."""
-    prompts = [str(record["prompt"]) for record in records]
+    prompts = [prompt_text(record) for record in records]
+    inputs = [model_prompt(record) for record in records]
+    """What the model reads: formatted by the engine exactly as acquire's prompts (`sil_stages.core.chat`)."""
     greedy_request = SamplingRequest(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens)
-    greedy = [outs[0] for outs in engine.generate(prompts, greedy_request)]
+    greedy = [outs[0] for outs in engine.generate(inputs, greedy_request)]
 
     def accuracy(answers: list[str]) -> list[float]:
         return [
@@ -190,7 +194,7 @@ def score_dataset(
             seed=seed,
         )
         seed_everything(seed)
-        sampled = engine.generate(prompts, request)
+        sampled = engine.generate(inputs, request)
         verdicts = [
             [verifier(prompt, completion, record) >= CORRECT for completion in completions]
             for prompt, completions, record in zip(prompts, sampled, records, strict=True)
@@ -239,8 +243,8 @@ def score_dataset(
         probe_seed = derive_seed(seed, 0, "probe")
         seed_everything(probe_seed)
         request = SamplingRequest(n=1, temperature=1.0, max_new_tokens=config.max_new_tokens, seed=probe_seed)
-        run.probes = [outs[0] for outs in engine.generate(prompts, request)]
-        run.probe_stats = engine.token_stats(prompts, run.probes)
+        run.probes = [outs[0] for outs in engine.generate(inputs, request)]
+        run.probe_stats = engine.token_stats(inputs, run.probes)
         extra["token_entropy"] = mean_token_entropy(run.probe_stats)
     run.scores = Scores(score=run.scores.score, **extra)
     return run

@@ -24,11 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sil_stages.core.chat import check_prompt_records, model_prompt, prompt_text
 from sil_stages.core.contract import OptimizeConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.records import Record, read_jsonl, require_field
 from sil_stages.core.scoring import EXACT_MATCH
-from sil_stages.core.settings import CheckpointSelection
+from sil_stages.core.settings import ChatFormat, CheckpointSelection
 from sil_stages.core.settings import Scorer as ScorerSettings
 from sil_stages.core.store import Store
 
@@ -93,7 +94,7 @@ def read_validation(store: Store, settings: CheckpointSelection, scorer: ScorerS
         records = records[: settings.limit]
     if not records:
         raise StageInputError(f"{field_name}: {settings.validation_uri} holds no records")
-    require_field(records, "prompt", uri=settings.validation_uri, field=field_name)
+    check_prompt_records(records, uri=settings.validation_uri, field=field_name)  # a `prompt` or `messages`
     if scorer is not None and scorer.type == "verifier" and scorer.verifier == EXACT_MATCH:
         require_field(records, "answer", uri=settings.validation_uri, field=field_name)
     return records
@@ -108,6 +109,8 @@ class Validator:
     tokenizer: Any
     max_new_tokens: int
     batch_size: int
+    chat: ChatFormat = field(default_factory=ChatFormat)
+    """spec.model's chat settings: the validation prompts are formatted as every other stage formats its prompts."""
 
     def score(self, model: Any) -> float:
         from sil_stages.core.generation import SamplingRequest, TransformersEngine
@@ -116,12 +119,14 @@ class Validator:
         was_training = model.training
         model.eval()
         try:
-            engine = TransformersEngine(model, self.tokenizer, batch_size=self.batch_size, progress="validate")
+            engine = TransformersEngine(
+                model, self.tokenizer, batch_size=self.batch_size, progress="validate", chat=self.chat
+            )
             request = SamplingRequest(n=1, temperature=0.0, max_new_tokens=self.max_new_tokens)
-            outputs = engine.generate([str(r["prompt"]) for r in self.records], request)
+            outputs = engine.generate([model_prompt(r) for r in self.records], request)
         finally:
             model.train(was_training)
-        groups = [PromptSamples(str(r["prompt"]), (out[0],), r) for r, out in zip(self.records, outputs, strict=True)]
+        groups = [PromptSamples(prompt_text(r), (out[0],), r) for r, out in zip(self.records, outputs, strict=True)]
         values = [score.value or 0.0 for scores in self.scorer.score(groups) for score in scores]
         return sum(values) / len(values)
 
@@ -202,11 +207,13 @@ def attach(trainer: Any, config: OptimizeConfig, store: Store | None, model_path
                 champion_uri=config.init_model_uri,
                 seed=seed,
                 engine="transformers",
+                chat=config.chat,
             )
         ),
         tokenizer=load_tokenizer(model_path),
         max_new_tokens=settings.max_new_tokens,
         batch_size=config.hyperparameters.batch_size,
+        chat=config.chat,
     )
     selection = Selection(validator, settings.every_steps, process_state().is_main)
     trainer.add_callback(callback(selection))

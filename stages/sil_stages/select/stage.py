@@ -30,9 +30,11 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
+from sil_stages.core.chat import assistant_turn, content_text
 from sil_stages.core.contract import KEPT_FILE, SCORED_FILE, TRAIN_FILE, Manifest, SelectConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.manifest import StageOutputs
@@ -70,7 +72,7 @@ SHAPE_KEYS: dict[DataShape, frozenset[str]] = {
 
 def example_text(row: Record) -> str:
     """The text an example is deduplicated on: its fields in a fixed order (the record of prompt-only rows aside)."""
-    return "\n".join(str(row[key]) for key in ("prompt", "completion", "chosen", "rejected") if key in row)
+    return "\n".join(content_text(row[key]) for key in ("prompt", "completion", "chosen", "rejected") if key in row)
 
 
 def _groups(records: list[Record], uri: str) -> list[PromptSamples]:
@@ -103,6 +105,16 @@ class Selection:
     prompts_with_kept: int = 0
 
 
+def _as_data(group: PromptSamples, completion: str | None = None) -> Any:
+    """A prompt, or a completion, as the training data holds it: text, or in a conversational loop (the samples
+    carry the prompt's `messages`) TRL's conversational format, so SFT/DPO/GRPO render them with the chat template
+    the stages prompted with (`sil_stages.core.chat`) and SFT's loss covers the assistant turn only."""
+    messages = group.record.get("messages")
+    if completion is not None:
+        return completion if messages is None else assistant_turn(completion)
+    return group.prompt if messages is None else list(messages)
+
+
 def _candidates(
     group: PromptSamples, scored: list[Scored], config: SelectConfig, removed: Counter[str], seen_prompts: set[str]
 ) -> list[tuple[Record, int | None]]:
@@ -112,17 +124,21 @@ def _candidates(
         if best_over_worst is None:
             removed["no_pair"] += 1
             return []
-        row = {"prompt": group.prompt, "chosen": best_over_worst.chosen, "rejected": best_over_worst.rejected}
+        row = {
+            "prompt": _as_data(group),
+            "chosen": _as_data(group, best_over_worst.chosen),
+            "rejected": _as_data(group, best_over_worst.rejected),
+        }
         return [(row, None)]
     if config.data == "prompt-only":
         if group.prompt in seen_prompts:
             removed["repeated_prompt"] += 1
             return []
         seen_prompts.add(group.prompt)
-        return [({"prompt": group.prompt, "record": json.dumps(dict(group.record))}, None)]
+        return [({"prompt": _as_data(group), "record": json.dumps(dict(group.record))}, None)]
     passing = [index for index, item in enumerate(scored) if passes(item, config.keep.min_score)]
     removed["min_score"] += len(scored) - len(passing)
-    return [({"prompt": group.prompt, "completion": scored[i].completion}, i) for i in passing]
+    return [({"prompt": _as_data(group), "completion": _as_data(group, scored[i].completion)}, i) for i in passing]
 
 
 def _keep_prompt(
@@ -147,7 +163,8 @@ def _keep_prompt(
     rows = [row for row, _ in admitted]
     used = {index for _, index in admitted if index is not None}
     if config.data == "preference" and rows:
-        used = {group.completions.index(rows[0]["chosen"]), group.completions.index(rows[0]["rejected"])}
+        chosen, rejected = (content_text(rows[0][key]) for key in ("chosen", "rejected"))
+        used = {group.completions.index(chosen), group.completions.index(rejected)}
     return rows, used
 
 
@@ -240,6 +257,7 @@ def run(config: SelectConfig, store: Store) -> Manifest:
             champion_uri=config.champion_uri,
             seed=derive_seed(config.seed, config.iteration, "select"),
             engine=config.engine,
+            chat=config.chat,
         )
     )
     scores = score_all(scorer, groups)

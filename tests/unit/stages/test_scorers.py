@@ -269,19 +269,24 @@ def test_a_custom_pattern_reads_its_first_group_else_its_whole_match(
 def test_the_judge_prompt_puts_question_and_answer_in_by_plain_replacement() -> None:
     """Rubrics hold JSON and other braces: str.format would fail on them."""
     template = 'Q: {prompt}\nA: {completion}\nReply as {"score": n}'
-    assert judge_prompt(template, "1+1=", "{2}", None) == 'Q: 1+1=\nA: {2}\nReply as {"score": n}'
+    assert judge_prompt(template, "1+1=", "{2}") == 'Q: 1+1=\nA: {2}\nReply as {"score": n}'
 
 
 def test_the_judge_prompt_is_one_user_turn_in_the_judges_chat_template(tiny_model: Path) -> None:
+    """The judge's engine formats its question like any prompt (sil_stages.core.chat), with the judge's template."""
     from transformers import AutoTokenizer
 
+    from sil_stages.core.chat import PromptFormat
+    from sil_stages.core.settings import ChatFormat
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    assert judge_prompt("{prompt}|{completion}", "q", "a", tokenizer) == "q|a", "no chat template: the raw text"
+    question = judge_prompt("{prompt}|{completion}", "q", "a")
+    assert PromptFormat.of(tokenizer, ChatFormat()).text(question) == "q|a", "no chat template: the raw text"
     tokenizer.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %}<assistant>{% endif %}"
     )
-    assert judge_prompt("{prompt}|{completion}", "q", "a", tokenizer) == "<user>q|a<assistant>"
+    assert PromptFormat.of(tokenizer, ChatFormat()).text(question) == "<user>q|a<assistant>"
 
 
 def _judge(model: Path | None, pattern: str, **fields: Any) -> ScorerContext:

@@ -4,7 +4,8 @@ Each iteration, select pairs each prompt's best-scored completion (chosen) with 
 scores differ by at least `select.pairs.minMargin`; TRL's `DPOTrainer` trains on them. The reference model is the
 iteration's init model (`champion`) or the base model (`base`, a fixed π0 across rounds, as RLHFlow's iterative
 DPO recipe does). Plain `[sigmoid]` DPO on self-generated pairs mostly lowers the likelihood of the rejected
-completion and can hurt accuracy; `[sigmoid, sft]` (RPO) adds the likelihood of the chosen one.
+completion and can hurt accuracy; `[sigmoid, sft]` (RPO) adds the likelihood of the chosen one. In a
+conversational loop a pair shares its prompt's messages and chosen and rejected are one assistant message each.
 """
 
 from __future__ import annotations

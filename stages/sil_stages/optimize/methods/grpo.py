@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from sil_stages.core import methods
+from sil_stages.core.chat import end_of_turn_ids
 from sil_stages.core.contract import Manifest, manifest_uri
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.settings import AUTO, Grpo
@@ -53,6 +54,20 @@ def rollout_temperature(job: TrainingJob, settings: Grpo) -> float:
     return float(chosen)
 
 
+def rollout_prompt(prompt: Any) -> Any:
+    """A text prompt as a string; a conversational one (messages, the system prompt included, as select wrote them)
+    as is: TRL renders it with the chat template and generation prompt, as `sil_stages.core.chat` does for acquire."""
+    return prompt if isinstance(prompt, list) else str(prompt)
+
+
+def stop_at_end_of_turn(model: Any, tokenizer: Any, job: TrainingJob) -> None:
+    """Rollouts of a conversational loop stop where acquire's do, at the template's end-of-turn tokens: TRL stops
+    at the model's generation_config EOS ids (and the tokenizer's EOS)."""
+    if not any(isinstance(record["prompt"], list) for record in job.records):
+        return
+    model.generation_config.eos_token_id = end_of_turn_ids(tokenizer)
+
+
 def train(job: TrainingJob) -> dict[str, float]:
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer  # type: ignore[attr-defined]
@@ -64,9 +79,10 @@ def train(job: TrainingJob) -> dict[str, float]:
     model = load_policy(job)
     before = snapshot(model)
     rows = [
-        {"prompt": str(r["prompt"]), "record": r.get("record") or json.dumps({"prompt": r["prompt"]})}
+        {"prompt": rollout_prompt(r["prompt"]), "record": r.get("record") or json.dumps({"prompt": r["prompt"]})}
         for r in job.records
     ]
+    stop_at_end_of_turn(model, tokenizer, job)
     arguments = common_arguments(job, len(rows) * settings.num_generations)
     args = GRPOConfig(
         **arguments,
@@ -89,6 +105,7 @@ def train(job: TrainingJob) -> dict[str, float]:
                 champion_uri=job.config.init_model_uri,
                 seed=job.seed,
                 engine=job.config.engine,
+                chat=job.config.chat,
             ),
         ),
         args=args,

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from sil_stages.core.chat import Prompt, content_text, text_of
 from sil_stages.core.settings import Scorer
 from sil_stages.select.scorers import PromptSamples, ScorerContext, make_scorer
 
@@ -30,18 +31,21 @@ def reward_function(settings: Scorer, context: ScorerContext | None = None) -> R
     scorer = make_scorer(context or ScorerContext(settings=settings))
 
     def reward(
-        prompts: list[str], completions: list[str], record: list[str] | None = None, **_: Any
+        prompts: list[Prompt], completions: list[Any], record: list[str] | None = None, **_: Any
     ) -> list[float | None]:
+        # A conversational dataset's prompts are message lists and its completions one assistant message each
+        # (TRL's format): the scorer sees the question and the assistant turn's content as text, as in select.
+        texts = [content_text(c) if isinstance(c, list) else str(c) for c in completions]
         indices: dict[str, list[int]] = {}
         for index, prompt in enumerate(prompts):
-            indices.setdefault(prompt, []).append(index)
+            indices.setdefault(prompt if isinstance(prompt, str) else json.dumps(prompt), []).append(index)
         groups = [
             PromptSamples(
-                prompt,
-                tuple(completions[i] for i in members),
-                json.loads(record[members[0]]) if record is not None else {"prompt": prompt},
+                text_of(prompts[members[0]]),
+                tuple(texts[i] for i in members),
+                json.loads(record[members[0]]) if record is not None else {"prompt": text_of(prompts[members[0]])},
             )
-            for prompt, members in indices.items()
+            for members in indices.values()
         ]
         rewards: list[float | None] = [None] * len(prompts)
         for members, scores in zip(indices.values(), scorer.score(groups), strict=True):

@@ -1,6 +1,9 @@
 """sft: supervised fine-tuning on the kept completions (rejection sampling / STaR / ReST-EM).
 
-TRL's `SFTTrainer` on the prompt-completion data select wrote, with the loss on the completion only.
+TRL's `SFTTrainer` on the prompt-completion data select wrote, with the loss on the completion only. In a
+conversational loop the rows are TRL's conversational format (the prompt's messages, the completion one assistant
+message): TRL renders them with the model's chat template, and the loss covers the assistant turn only (its content
+and the template's end of turn), as tests/unit/stages/test_chat.py checks on the collator's labels.
 """
 
 from __future__ import annotations

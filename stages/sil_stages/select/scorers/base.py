@@ -12,11 +12,12 @@ One module per scorer under `sil_stages.select.scorers`, each with `NAME` and `b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sil_stages.core.settings import EngineName
+from sil_stages.core.settings import ChatFormat, EngineName
 from sil_stages.core.settings import Scorer as ScorerSettings
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ class ScorerContext:
     seed: int = 0
     engine: EngineName = "transformers"
     """The generation engine (acquire's) of scorers that generate (llm-judge)."""
+    chat: ChatFormat = dataclasses.field(default_factory=ChatFormat)
+    """spec.model's chat settings: how a scorer's generating model reads its prompts (llm-judge)."""
 
 
 ScorerFactory = Callable[[ScorerContext], Scorer]

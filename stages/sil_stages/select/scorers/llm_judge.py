@@ -12,7 +12,6 @@ import math
 import re
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from sil_stages.core import scorers
 from sil_stages.core.errors import StageInputError
@@ -21,9 +20,6 @@ from sil_stages.core.scoring import compile_pattern
 from sil_stages.core.settings import SELF_REWARDING_TEMPLATE, Judge
 from sil_stages.select.scorers.base import PromptSamples, Score, Scorer, ScorerContext, flat, regroup
 from sil_stages.select.scorers.model_uri import resolve_scorer_model
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
 
 NAME = scorers.LLM_JUDGE.name
 
@@ -48,16 +44,11 @@ def parse_judgment(judgment: str, pattern: re.Pattern[str]) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def judge_prompt(template: str, prompt: str, completion: str, tokenizer: PreTrainedTokenizerBase | None) -> str:
-    """The string the judge model continues: the template with the question and the answer put in (by plain
-    replacement: templates hold other braces), as one user message in the judge's chat template when it has one."""
-    text = template.replace("{prompt}", prompt).replace("{completion}", completion)
-    if tokenizer is None or not tokenizer.chat_template:
-        return text
-    wrapped: Any = tokenizer.apply_chat_template(
-        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-    )
-    return str(wrapped)
+def judge_prompt(template: str, prompt: str, completion: str) -> str:
+    """The judge's question: the template with the question and the answer put in (by plain replacement: templates
+    hold other braces). The judge's engine formats it like any prompt (`sil_stages.core.chat`): one user turn in
+    the judge's chat template when the loop's spec.model.chatTemplate lets it have one."""
+    return template.replace("{prompt}", prompt).replace("{completion}", completion)
 
 
 def _shown(judgment: str) -> str:
@@ -67,7 +58,6 @@ def _shown(judgment: str) -> str:
 class LlmJudgeScorer:
     def __init__(self, context: ScorerContext) -> None:
         from sil_stages.core.engines import make_engine
-        from sil_stages.core.models import load_tokenizer
 
         settings = context.settings
         judge = settings.judge
@@ -82,14 +72,15 @@ class LlmJudgeScorer:
         pattern = compile_pattern(judge.score_pattern, field=f"{context.field}.judge.scorePattern")
         self._pattern = pattern if pattern is not None else re.compile(DEFAULT_SCORE_PATTERN)
         self._template = judge.template or SELF_REWARDING_TEMPLATE
-        self._tokenizer = load_tokenizer(path)
         # Greedy decoding gives one judgment however many are asked for: sample once.
         samples = 1 if judge.temperature <= 0.0 else judge.samples
         self._request = SamplingRequest(
             n=samples, temperature=judge.temperature, max_new_tokens=judge.max_new_tokens, seed=context.seed
         )
         self._min_parse_rate = judge.min_parse_rate
-        self._engine = make_engine(context.engine, path, batch_size=settings.batch_size, progress="judge")
+        self._engine = make_engine(
+            context.engine, path, batch_size=settings.batch_size, progress="judge", chat=context.chat
+        )
         self._judged = 0
         self._scores: list[float] = []
         self._first_unparsed: str | None = None
@@ -99,9 +90,7 @@ class LlmJudgeScorer:
         pairs = flat(groups)
         if not pairs:
             return regroup(groups, [])
-        prompts = [
-            judge_prompt(self._template, group.prompt, completion, self._tokenizer) for group, completion in pairs
-        ]
+        prompts = [judge_prompt(self._template, group.prompt, completion) for group, completion in pairs]
         judgments = self._engine.generate(prompts, self._request)
         scores = [self._score(samples) for samples in judgments]
         if self._first_unparsed is None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sil_stages.core import scorers
+from sil_stages.core.chat import format_conversation, has_template
 from sil_stages.core.errors import StageInputError
 from sil_stages.select.scorers.base import PromptSamples, Score, Scorer, ScorerContext, flat, regroup
 from sil_stages.select.scorers.model_uri import resolve_scorer_model
@@ -50,13 +51,9 @@ def check_reward_model_config(path: str, *, field: str) -> None:
 
 
 def reward_text(tokenizer: PreTrainedTokenizerBase, prompt: str, completion: str) -> str:
-    """The text the reward model reads: the conversation in the tokenizer's chat template (special tokens
-    included, as RewardTrainer tokenizes conversations), else prompt + completion."""
-    if tokenizer.chat_template:
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        text: Any = tokenizer.apply_chat_template(messages, tokenize=False)
-        return str(text)
-    return prompt + completion
+    """The text the reward model reads: the conversation in its chat template, else prompt + completion (the one
+    formatting of `sil_stages.core.chat`)."""
+    return format_conversation(tokenizer, prompt, completion)
 
 
 class RewardModelScorer:
@@ -98,7 +95,7 @@ class RewardModelScorer:
 
         texts = [reward_text(self._tokenizer, group.prompt, completion) for group, completion in flat(groups)]
         # A chat template writes its own special tokens; a plain text gets the tokenizer's (BOS), as in training.
-        special_tokens = not self._tokenizer.chat_template
+        special_tokens = not has_template(self._tokenizer)
         values: list[float] = []
         batches = range(0, len(texts), self._batch_size)
         for start in tqdm(batches, desc="reward-model", unit="batch", leave=False):
