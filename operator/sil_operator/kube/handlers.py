@@ -152,9 +152,17 @@ async def run_loop(
     controller: Controller = memo.controller
     wakeups: Wakeups = memo.wakeups
     wake = wakeups.event(namespace, name)
+    clock = asyncio.get_running_loop().time
+    listed_at = clock()
     try:
         while not stopped:
             wake.clear()
+            if clock() - listed_at >= RESYNC_SECONDS:
+                # The resync period, counted from the loop's last LIST whatever woke it since: a loop that is
+                # requeued often (a stage being diagnosed every 20 s) would otherwise never list again, and a watch
+                # event lost across an API server restart would leave it waiting on a stale cache.
+                controller.watched.unprime((namespace, name))
+                listed_at = clock()
             try:
                 result = await controller.reconcile(namespace, name, dict(body))
             except Exception as error:  # shown on the loop (Degraded, or Failed), retried with backoff
@@ -163,12 +171,10 @@ async def run_loop(
                 await _back_off(wakeups, namespace, name, RESYNC_SECONDS if delay is None else delay, stopped)
                 continue
             wait = RESYNC_SECONDS if result.requeue_after is None else result.requeue_after
+            wait = min(wait, max(0.0, listed_at + RESYNC_SECONDS - clock()))
             if wait > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=wait)
-                except TimeoutError:
-                    if result.requeue_after is None:  # the resync period: list the loop's Jobs once again
-                        controller.watched.unprime((namespace, name))
     finally:
         wakeups.forget(namespace, name)
         controller.forget(namespace, name)

@@ -11,8 +11,10 @@ When a loop is (re)primed by a LIST:
 - after kopf relisted (a watch whose resourceVersion expired, 410 Gone, restarts from a LIST): Jobs deleted while
   no watch was open send no DELETED event, so every loop is listed again. A relist shows as a second listing
   event (kopf's type None) for a Job already seen; `seen` then unprimes every loop;
-- on the resync period (handlers.run_loop), which bounds how long a Job deleted during a relist that showed no
-  surviving Job (so no second listing event) can stay in the cache.
+- on the resync period (handlers.run_loop), counted from the loop's last LIST whatever woke the loop since, which
+  bounds how long a stale entry can stay in the cache: a Job deleted during a relist that showed no surviving Job
+  (so no second listing event), or an event lost across an API server restart (seen once in the long chaos run:
+  a loop requeued every 20 s for a stage being diagnosed never reached the old, idle-only resync).
 
 A LIST and the watch race: events that arrive while a LIST is in flight are newer than it or as new, so `replace`
 keeps what the watch said since the LIST started (updates and deletions, by a sequence number) over the LIST's
