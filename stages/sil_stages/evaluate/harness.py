@@ -73,6 +73,25 @@ class TaskRun:
     score: float
     per_item: dict[int, float]
     """doc_id -> the item's value of the compared metric."""
+    example: str = ""
+    """The first item's prompt as lm-eval gave it to the model (in the chat template in a conversational loop)."""
+
+
+def first_prompt(sample: Mapping[str, Any]) -> str:
+    """The prompt text of one per-sample log entry: the first string of its `arguments` (a context, continuation
+    pair per request for log-likelihood tasks; context and generation settings for generation tasks)."""
+
+    def first(value: Any) -> str | None:
+        if isinstance(value, str):
+            return value
+        items = value.values() if isinstance(value, Mapping) else value if isinstance(value, list | tuple) else ()
+        for item in items:
+            found = first(item)
+            if found is not None:
+                return found
+        return None
+
+    return first(sample.get("arguments")) or ""
 
 
 def comparability_problem(metric: str, aggregation: str, higher_is_better: bool | None) -> str | None:
@@ -259,8 +278,21 @@ def _checked_task(task: Any, name: str, settings: Harness, folder: Path, *, fiel
     return HarnessTask(name=name, metric=metric, filter=filter_name)
 
 
-def run_suite(suite: HarnessSuite, model: Any, tokenizer: Any, *, batch_size: int, seed: int) -> dict[str, TaskRun]:
-    """Run the suite's tasks on one loaded model (lm-eval's HFLM around it): task -> its score and per-item values."""
+def run_suite(
+    suite: HarnessSuite,
+    model: Any,
+    tokenizer: Any,
+    *,
+    batch_size: int,
+    seed: int,
+    chat: bool = False,
+    system_prompt: str | None = None,
+) -> dict[str, TaskRun]:
+    """Run the suite's tasks on one loaded model (lm-eval's HFLM around it): task -> its score and per-item values.
+
+    `chat`: the loop is conversational (spec.model.chatTemplate), so lm-eval renders each task prompt in the
+    tokenizer's chat template, with `system_prompt` as the system turn, as every other stage's prompts are
+    (`sil_stages.core.chat`); a text loop's tasks get lm-eval's raw prompts."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
@@ -279,12 +311,15 @@ def run_suite(suite: HarnessSuite, model: Any, tokenizer: Any, *, batch_size: in
             numpy_random_seed=seed,
             torch_random_seed=seed,
             fewshot_random_seed=seed,
+            apply_chat_template=chat,
+            system_instruction=system_prompt if chat else None,
         )
     if outcome is None:  # simple_evaluate returns None on non-zero ranks only
         raise RuntimeError("lm-eval returned no results")
     runs: dict[str, TaskRun] = {}
     for task in suite.tasks:
-        per_item = per_item_values(outcome["samples"][task.name], task.metric, task.filter)
+        samples = outcome["samples"][task.name]
+        per_item = per_item_values(samples, task.metric, task.filter)
         score = float(outcome["results"][task.name][f"{task.metric},{task.filter}"])
-        runs[task.name] = TaskRun(score=score, per_item=per_item)
+        runs[task.name] = TaskRun(score=score, per_item=per_item, example=first_prompt(samples[0]) if samples else "")
     return runs

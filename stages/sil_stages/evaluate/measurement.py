@@ -94,7 +94,7 @@ def measure_models(
             log.info("%s on %s: %s", model, name, runs[name][model].scores)
         for suite in suites or []:
             seed = derive_seed(config.seed, config.iteration, f"harness:{suite.entry}")
-            for task, task_run in _run_suite(suite, engine, path, config.batch_size, seed).items():
+            for task, task_run in _run_suite(suite, engine, path, config, seed).items():
                 harness.setdefault(task, {})[model] = task_run
                 log.info("%s on harness task %s: %.4f", model, task, task_run.score)
         del engine
@@ -116,15 +116,27 @@ def measure_models(
 
 
 def _run_suite(
-    suite: HarnessSuite, engine: GenerationEngine, path: str, batch_size: int, seed: int
+    suite: HarnessSuite, engine: GenerationEngine, path: str, config: EvaluateConfig, seed: int
 ) -> dict[str, TaskRun]:
     """lm-eval on the model the engine holds (transformers), else on the same checkpoint loaded with transformers
-    for the duration (vLLM keeps its weights out of reach)."""
+    for the duration (vLLM keeps its weights out of reach); in a conversational loop, in the model's chat template."""
+    chat, system = engine.format.conversational, config.chat.system_prompt
     if isinstance(engine, TransformersEngine):
-        return run_suite(suite, engine.model, engine.tokenizer, batch_size=batch_size, seed=seed)
+        return run_suite(
+            suite,
+            engine.model,
+            engine.tokenizer,
+            batch_size=config.batch_size,
+            seed=seed,
+            chat=chat,
+            system_prompt=system,
+        )
     model = load_model(path)
     try:
-        return run_suite(suite, model, load_tokenizer(path), batch_size=batch_size, seed=seed)
+        tokenizer = load_tokenizer(path)
+        return run_suite(
+            suite, model, tokenizer, batch_size=config.batch_size, seed=seed, chat=chat, system_prompt=system
+        )
     finally:
         del model
         gc.collect()

@@ -244,3 +244,26 @@ def test_a_generation_task_is_paired_by_its_exact_match_per_item(tiny_model: Pat
     assert sorted(run.per_item) == list(range(6))
     assert set(run.per_item.values()) <= {0.0, 1.0}
     assert run.score == pytest.approx(sum(run.per_item.values()) / 6)
+
+
+@pytest.mark.slow
+def test_in_a_chat_loop_harness_prompts_are_in_the_chat_template_like_every_other_prompt(tmp_path: Path) -> None:
+    """lm-eval renders a conversational loop's task prompts with the tokenizer's template and the loop's system
+    prompt, the rendering `sil_stages.core.chat` gives any other prompt; a text loop's stay raw."""
+    from sil_stages.core.chat import format_prompt
+    from sil_stages.core.models import load_model, load_tokenizer
+    from sil_stages.core.settings import ChatFormat
+    from sil_stages.evaluate.harness import run_suite
+    from tests.chat_model import build_tiny_chat_model
+
+    chat_model = build_tiny_chat_model(tmp_path / "chat-model")
+    model, tokenizer = load_model(str(chat_model)), load_tokenizer(str(chat_model))
+    (suite,) = _prepare(tmp_path, _harness(["tiny-arith"], limit=2))
+
+    (chat,) = run_suite(suite, model, tokenizer, batch_size=2, seed=1, chat=True, system_prompt="Be brief.").values()
+    (text,) = run_suite(suite, model, tokenizer, batch_size=2, seed=1).values()
+
+    question = text.example
+    assert "<|im_start|>" not in question
+    settings = ChatFormat.model_validate({"chat_template": "always", "system_prompt": "Be brief."})
+    assert chat.example == format_prompt(tokenizer, question.strip(), settings)
