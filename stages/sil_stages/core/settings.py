@@ -456,7 +456,7 @@ class CodeTests(Settings):
         description="Sandbox workers running completions in parallel. Default: the CPUs the stage may use.",
     )
     accept_missing_protections: list[SandboxProtection] = Field(
-        default_factory=list,
+        default=[],  # a default (not a factory), so the CRD carries it and the API server fills it in
         description="Protections the sandbox may run without where the machine lacks them (the weaker isolation is "
         "then accepted): seccomp (no sockets, no signals to others, no new session or namespace) and landlock (no "
         "file outside the run's work dir). Default: none; a missing one makes the stage refuse, saying which and "
