@@ -13,6 +13,7 @@ environment of `sil run` starts each stage as a plain subprocess instead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -30,6 +31,8 @@ from sil_operator.local.forkclient import ForkServer
 from sil_operator.planner import StartStage
 
 _PR_SET_PDEATHSIG = 1
+KILL_WAIT_SECONDS = 5.0
+"""How long a stop waits for a stage it SIGKILLed before it closes the fork server, which ends it too."""
 FORK_SERVER_VARIABLE = "SIL_FORK_SERVER"
 _OFF = ("0", "false", "no", "off")
 
@@ -187,7 +190,11 @@ class LocalExecutor:
                 stage.process.wait(timeout=grace_seconds)
             except subprocess.TimeoutExpired:
                 stage.process.kill()
-                stage.process.wait()
+                # Bounded: a Ctrl-C that landed while the fork server's report of an exit was being read can lose
+                # that report, and an unbounded wait would then never return; closing the server below ends
+                # whatever still runs there.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    stage.process.wait(timeout=KILL_WAIT_SECONDS)
             if self.containers is not None and stage in running:
                 self.containers.remove(stage.action.run_name, stage.action.attempt)
         if self._server is not None:

@@ -16,14 +16,30 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 SERVER_MODULE = "sil_stages.forkserver"
 SERVER_GONE = -signal.SIGKILL
 """The exit code reported for a stage whose server died: the server's death killed it (parent-death signal)."""
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait (blocked, then delivered) until the block ends; in the main thread only, where
+    Python runs signal handlers (elsewhere nothing to hold)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class ForkServer:
@@ -84,15 +100,16 @@ class ForkServer:
         ready, _, _ = select.select([self._stdout_fd], [], [], max(0.0, timeout))
         if not ready:
             return
-        data = os.read(self._stdout_fd, 65536)
-        if not data:
-            self._server_gone()
-            return
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                self._receive(json.loads(line))
+        with _signals_held():  # a Ctrl-C between the read and the bookkeeping would lose what was read
+            data = os.read(self._stdout_fd, 65536)
+            if not data:
+                self._server_gone()
+                return
+            self._buffer += data
+            *lines, self._buffer = self._buffer.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    self._receive(json.loads(line))
 
     def wait_for(self, run: int, timeout: float | None) -> int | None:
         deadline = None if timeout is None else time.monotonic() + timeout
