@@ -212,3 +212,14 @@ class PromptFormat:
             conversation(prompt, self.settings), tokenize=False, add_generation_prompt=True
         )
         return str(rendered)
+
+
+def lm_eval_arguments(conversational: bool, system_prompt: str | None) -> dict[str, Any]:
+    """How lm-evaluation-harness must render its task prompts to read them as every stage does: in the chat
+    template (`apply_chat_template`, lm-eval's own use of the tokenizer's template) with the loop's system prompt
+    in a conversational loop, raw otherwise. lm-eval builds its task prompts itself, so this is the one place a
+    template is applied outside this module's functions; tests/unit/stages/test_harness.py checks that its
+    rendering equals `format_prompt`'s."""
+    if not conversational:
+        return {"apply_chat_template": False, "system_instruction": None}
+    return {"apply_chat_template": True, "system_instruction": system_prompt}

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sil_stages.core.chat import lm_eval_arguments
 from sil_stages.core.contract import EvaluateConfig
 from sil_stages.core.errors import StageInputError
 from sil_stages.core.settings import Harness
@@ -311,8 +312,7 @@ def run_suite(
             numpy_random_seed=seed,
             torch_random_seed=seed,
             fewshot_random_seed=seed,
-            apply_chat_template=chat,
-            system_instruction=system_prompt if chat else None,
+            **lm_eval_arguments(chat, system_prompt),
         )
     if outcome is None:  # simple_evaluate returns None on non-zero ranks only
         raise RuntimeError("lm-eval returned no results")
