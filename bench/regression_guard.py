@@ -24,7 +24,6 @@ import random
 import subprocess
 import sys
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,12 +91,11 @@ def base_model(pretraining: Path, output: Path) -> float:
     sys.path.insert(0, str(EXAMPLE))
     import make_base_model
 
-    make_base_model.PRETRAIN = pretraining
-    recipe = replace(make_base_model.Recipe())
-    if make_base_model.is_current(recipe, output):
+    recipe = make_base_model.Recipe()
+    if make_base_model.is_current(recipe, output, pretraining):
         return 0.0
     started = time.monotonic()
-    make_base_model.build(recipe, output)
+    make_base_model.build(recipe, output, pretrain=pretraining)
     return time.monotonic() - started
 
 

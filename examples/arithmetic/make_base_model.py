@@ -45,12 +45,12 @@ class Recipe:
     epochs: float = 20.0
     batch_size: int = 32
 
-    def digest(self) -> str:
-        payload = json.dumps(asdict(self), sort_keys=True).encode() + PRETRAIN.read_bytes()
+    def digest(self, pretrain: Path | None = None) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True).encode() + (pretrain or PRETRAIN).read_bytes()
         return hashlib.sha256(payload).hexdigest()
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(characters: str = CHARACTERS) -> PreTrainedTokenizerFast:
     """A character-level WordLevel tokenizer trained on the alphabet, wrapped for transformers."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -59,20 +59,23 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tokenizer.decoder = decoders.Fuse()
     trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS))
-    tokenizer.train_from_iterator([CHARACTERS], trainer=trainer)
+    tokenizer.train_from_iterator([characters], trainer=trainer)
     wrapped: PreTrainedTokenizerFast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", padding_side="left"
     )
     return wrapped
 
 
-def build(recipe: Recipe, output: Path) -> None:
+def build(recipe: Recipe, output: Path, *, pretrain: Path | None = None, characters: str = CHARACTERS) -> None:
+    """Pretrains the recipe's model on `pretrain` (default: this example's data/pretrain.jsonl) with a tokenizer of
+    `characters`, and writes it to `output`. Other examples build their base models with it (examples/code-ops)."""
     from datasets import load_dataset
     from transformers import LlamaConfig, LlamaForCausalLM, set_seed
     from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
 
     set_seed(recipe.seed)
-    tokenizer = build_tokenizer()
+    pretrain = pretrain or PRETRAIN
+    tokenizer = build_tokenizer(characters)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=recipe.hidden_size,
@@ -87,7 +90,7 @@ def build(recipe: Recipe, output: Path) -> None:
         bos_token_id=None,
     )
     model = LlamaForCausalLM(config)
-    with tempfile.TemporaryDirectory(prefix="arithmetic-base-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"{output.name}-") as tmp:
         args = SFTConfig(
             output_dir=tmp,
             learning_rate=recipe.learning_rate,
@@ -100,7 +103,7 @@ def build(recipe: Recipe, output: Path) -> None:
             save_strategy="no",
             logging_steps=25,
         )
-        dataset = load_dataset("json", data_files=str(PRETRAIN), split="train")
+        dataset = load_dataset("json", data_files=str(pretrain), split="train")
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
     staging = output.with_name(output.name + ".tmp")
@@ -108,17 +111,17 @@ def build(recipe: Recipe, output: Path) -> None:
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / RECIPE_FILE).write_text(
-        json.dumps({"digest": recipe.digest(), **asdict(recipe)}, indent=2) + "\n", encoding="utf-8"
+        json.dumps({"digest": recipe.digest(pretrain), **asdict(recipe)}, indent=2) + "\n", encoding="utf-8"
     )
     shutil.rmtree(output, ignore_errors=True)
     staging.rename(output)
 
 
-def is_current(recipe: Recipe, output: Path) -> bool:
+def is_current(recipe: Recipe, output: Path, pretrain: Path | None = None) -> bool:
     marker = output / RECIPE_FILE
     if not marker.is_file():
         return False
-    return bool(json.loads(marker.read_text(encoding="utf-8")).get("digest") == recipe.digest())
+    return bool(json.loads(marker.read_text(encoding="utf-8")).get("digest") == recipe.digest(pretrain))
 
 
 def main() -> None:
