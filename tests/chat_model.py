@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from tests.tiny_models import tiny_llama
+
 CHAT_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "arithmetic-chat"
 
 
@@ -30,24 +32,11 @@ def chat_example() -> ModuleType:
 
 
 def build_tiny_chat_model(directory: Path) -> Path:
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, set_seed
+    from transformers import GenerationConfig, set_seed
 
     set_seed(0)
     tokenizer = chat_example().build_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=96,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-    )
-    model: Any = LlamaForCausalLM(config)
+    model: Any = tiny_llama(tokenizer, max_positions=96)
     model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
+from tests.tiny_models import tiny_llama
+
 ALPHABET = "0123456789+= abcdefghijklmnopqrstuvwxyz.\n"
 
 
 def build_tiny_model(directory: Path) -> Path:
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, set_seed
+    from transformers import PreTrainedTokenizerFast, set_seed
 
     set_seed(0)
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -31,20 +33,7 @@ def build_tiny_model(directory: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
     )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(directory)
+    tiny_llama(tokenizer, max_positions=64).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
